@@ -1,0 +1,67 @@
+"""The Backend protocol: one runtime (ONNX Runtime, TVM, OpenVINO, torch, ...) behind a small interface.
+
+Core interface — change it with care: every backend module, the measurement worker, the runtime loader and
+the conformance kit in ``chipfit.testing`` depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from chipfit.model import Model
+
+__all__ = ["Backend", "Capabilities", "Executable", "OptionSet"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, stated truthfully (the conformance kit checks it)."""
+
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = ("float32",)
+    dynamic_shapes: bool = True
+
+
+@dataclass(frozen=True)
+class OptionSet:
+    """A backend's candidate options for one model: variants (pass chains) × runtime options."""
+
+    variants: list[list[dict[str, Any]]] = field(default_factory=list)  # each a list of {"name", "params"}
+    options: list[dict[str, Any]] = field(default_factory=list)
+    reference_options: dict[str, Any] | None = None  # the backend's plain default session, if it has one
+
+
+@runtime_checkable
+class Executable(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable here; otherwise why not and what to install."""
+        ...
+
+    def version(self) -> str | None: ...
+
+    def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> Executable:
+        """Prepare ``model_path`` (an ONNX file) to run on ``target`` ("cpu", "cuda", ...) with ``options``."""
+        ...
+
+    def option_space(self, model: Model, cpus: int) -> OptionSet:
+        """The variants and runtime options ``fit`` should try for ``model`` on this machine."""
+        ...

@@ -1,0 +1,94 @@
+"""Terminal output for the CLI: progress on stderr, the result as tables on stdout (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from chipfit.pipeline import FitResult
+    from chipfit.search.driver import Callback
+
+__all__ = ["fit_progress", "print_fit_result"]
+
+
+@contextmanager
+def fit_progress(console: Console, enabled: bool = True) -> Iterator[Callback | None]:
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console, transient=False,
+    )
+    task = None
+
+    def callback(event: str, candidate: Any, result: Any, index: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("", total=total)
+        if event == "start":
+            progress.update(task, description=candidate.label())
+        else:
+            progress.update(task, completed=index + 1,
+                            description=f"{candidate.label()} → {result.measurement.status} ({result.source})")
+
+    with progress:
+        yield callback
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def print_fit_result(console: Console, result: FitResult) -> None:
+    qname = "accuracy" if result.reference and result.reference.metric("accuracy") is not None else "fidelity"
+    table = Table(title=f"{len(result.candidates)} candidates", title_justify="left", header_style="bold")
+    left = ("variant", "options", "status", "feasible")
+    for col in ("variant", "options", "batch", "status", "p50 ms", "p99 ms", "n", "thr/s", "peak MB", qname,
+                "feasible"):
+        table.add_column(col, justify="left" if col in left else "right", no_wrap=col in ("variant", "options"))
+    pareto = {p.candidate.id for p in result.pareto}
+    for r in result.candidates:
+        if r.source == "skipped":
+            continue
+        feas = "[green]yes[/]" if r.feasible else (
+            "[red]" + ",".join(v.constraint for v in r.violations) + "[/]" if r.measurement.ok else "–")
+        style = "bold yellow" if result.winner and r.candidate.id == result.winner.candidate.id else None
+        name = r.candidate.pass_label() + (" ◆" if r.candidate.id in pareto else "")
+        opts = f"{r.candidate.backend} {r.candidate.option_label()}"
+        status = r.measurement.status if r.measurement.ok else f"[red]{r.measurement.status}[/]"
+        table.add_row(name, opts, str(r.candidate.batch), status, _f(r.metric("p50_ms")), _f(r.metric("p99_ms")), _f(r.metric("samples")),
+                      _f(r.metric("throughput"), 4), _f(r.metric("peak_memory_mb")), _f(r.quality(), 4), feas,
+                      style=style)
+    console.print(table)
+    skipped = [r for r in result.candidates if r.source == "skipped"]
+    if skipped:
+        console.print(f"[dim]{len(skipped)} skipped: {skipped[0].measurement.error}[/]")
+    failed = [r for r in result.candidates if r.measurement.status in ("failed", "timeout", "oom")]
+    for r in failed:
+        console.print(f"[red]{r.measurement.status}[/] {r.candidate.label()}: {r.measurement.error}", soft_wrap=True)
+    console.print("[dim]◆ = on the Pareto front (p50 latency, quality, memory)[/]")
+    if result.winner:
+        w = result.winner
+        ref = result.reference
+        speed = ""
+        if ref and ref.metric("p50_ms") and w.candidate.id != ref.candidate.id:
+            speed = f"\n  (the backend's default session, measured in its own worker: p50 {_f(ref.metric('p50_ms'))} ms)"
+        console.print(
+            f"\n[bold green]winner[/] ({result.spec.objective}): {w.candidate.label()}\n"
+            f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_f(w.metric('p99_ms'))} ms · {_f(w.metric('throughput'), 4)}/s · "
+            f"peak {_f(w.metric('peak_memory_mb'))} MB · {qname} {_f(w.quality(), 4)}{speed}"
+        )
+    else:
+        console.print("\n[bold red]no candidate meets every constraint.[/] Nearest misses:")
+        for r in result.near_misses:
+            console.print(f"  {r.candidate.label()}: " + "; ".join(v.describe() for v in r.violations))
+    if result.out_dir:
+        console.print(f"artifact: {result.out_dir}/ (manifest.json, results.jsonl, report.html"
+                      + (", model)" if result.winner else ")"))

@@ -1,0 +1,100 @@
+"""Run one job in a fresh worker process with a timeout and a memory cap; classify what happened.
+
+A result file means the worker finished (ok, or failed with the exception's text). No result file means it
+died: killed by us after the timeout (``timeout``), or by a signal / nonzero exit (``failed``, with the
+signal and the last lines of its stderr; ``oom`` when those lines show an allocation failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from chipfit.measure.measurement import Measurement
+
+__all__ = ["run_isolated"]
+
+_OOM_MARKERS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
+
+
+def _limit_memory(limit_mb: int | None) -> Any:
+    def apply() -> None:
+        if limit_mb:
+            limit = int(limit_mb) * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def _tail(path: Path, n: int = 6) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-1500:]
+
+
+def run_isolated(
+    job: dict[str, Any], workdir: Path, timeout_s: float, memory_limit_mb: int | None, threads: int
+) -> Measurement:
+    """Measure ``job`` in a worker process; never raises for anything the candidate does."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = dict(job, result_path=str(workdir / "result.json"))
+    job_path, err_path = workdir / "job.json", workdir / "stderr.txt"
+    Path(job["result_path"]).unlink(missing_ok=True)
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    src_root = str(Path(__file__).resolve().parents[2])  # so plug-ins and an uninstalled tree import
+    env["PYTHONPATH"] = os.pathsep.join([src_root, *sys.path[1:], env.get("PYTHONPATH", "")])
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    start = time.perf_counter()
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chipfit.measure.worker", str(job_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+            preexec_fn=_limit_memory(memory_limit_mb), start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+    wall = time.perf_counter() - start
+    result_file = Path(job["result_path"])
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        _kill_group(proc)  # stray children of a finished worker
+        return Measurement(result["status"], result.get("metrics") or {}, result.get("error"),
+                           result.get("notes") or [], wall)
+    if timed_out:
+        return Measurement("timeout", error=f"no result within the {timeout_s:.0f}s timeout; worker killed", wall_s=wall)
+    tail = _tail(err_path)
+    code = proc.returncode
+    if code is not None and code < 0:
+        why = f"worker died from signal {signal.Signals(-code).name}"
+        if -code == signal.SIGKILL:
+            why += " (killed from outside, e.g. by the kernel's OOM killer)"
+    else:
+        why = f"worker exited with code {code} without a result"
+    status = "oom" if any(m in tail for m in _OOM_MARKERS) else "failed"
+    return Measurement(status, error=f"{why}. stderr: {tail}" if tail else why, wall_s=wall)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass

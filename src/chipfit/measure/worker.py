@@ -1,0 +1,150 @@
+"""The measurement worker: one process per candidate, started by ``measure.runner``.
+
+``python -m chipfit.measure.worker JOB.json`` applies the candidate's passes (cached), compiles it with its
+backend, warms up, times it until the estimate is stable or the time cap is hit, reads its peak memory,
+evaluates quality, and writes RESULT.json atomically. An exception becomes ``status: failed`` (or ``oom``)
+with its text; a crash or hang is classified by the parent, which sees no result file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "measure"]
+
+_OOM_MARKERS = ("MemoryError", "bad_alloc", "Failed to allocate memory", "std::bad_alloc", "out of memory")
+
+
+def _feed(data: dict[str, np.ndarray], start: int, size: int) -> dict[str, np.ndarray]:
+    """``size`` consecutive samples from ``start``, wrapping around when the data holds fewer."""
+    n = len(next(iter(data.values())))
+    idx = (np.arange(start, start + size) % n) if start + size > n else slice(start, start + size)
+    return {k: np.ascontiguousarray(v[idx]) for k, v in data.items()}
+
+
+def _time(exe: Any, feed: dict[str, np.ndarray], batch: int, policy: Any) -> dict[str, Any]:
+    from chipfit.measure.stats import is_stable, latency_summary
+
+    t_end = time.perf_counter() + policy.warmup_s
+    runs = 0
+    while runs < policy.warmup_runs or time.perf_counter() < t_end:
+        exe.run(feed)
+        runs += 1
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    start = time.perf_counter()
+    deadline = start + policy.max_time_s
+    while True:
+        t0 = clock()
+        exe.run(feed)
+        samples.append((clock() - t0) / 1e6)
+        n = len(samples)
+        if n >= policy.max_samples:
+            break
+        if time.perf_counter() >= deadline and n >= policy.min_runs:
+            break
+        if n % 50 == 0 and is_stable(samples, policy):
+            break
+    out = latency_summary(samples, batch, time.perf_counter() - start)
+    out["stopped_by"] = "stable" if is_stable(samples, policy) else "time cap"
+    return out
+
+
+def _evaluate(exe: Any, data: dict[str, np.ndarray], chunk: int, limit: int | None) -> list[np.ndarray]:
+    n = len(next(iter(data.values())))
+    n = min(n, limit) if limit else n
+    collected: list[list[np.ndarray]] = []
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        outs = exe.run(_feed(data, start, size))
+        collected.append([np.asarray(o) for o in outs])
+    return [np.concatenate([c[i] for c in collected], axis=0) for i in range(len(collected[0]))]
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in this process; returns the result dict (status, metrics, notes)."""
+    from chipfit.backends import get_backend
+    from chipfit.data import Dataset
+    from chipfit.measure import quality
+    from chipfit.measure.memory import MemoryProbe
+    from chipfit.measure.stats import TimingPolicy
+    from chipfit.passes import PassContext, apply_passes
+
+    phase = "setup"
+    metrics: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        data = Dataset.load_saved(Path(job["data_dir"]), job["input_names"])
+        phase = "passes"
+        ctx = PassContext(Path(job["calib_dir"]) if job.get("calib_dir") else None, job["input_names"])
+        variant, notes = apply_passes(
+            Path(job["model_path"]), job["model_sha256"], job["passes"], Path(job["variants_dir"]), ctx
+        )
+        from chipfit.model import onnx_files
+
+        metrics["size_mb"] = sum(p.stat().st_size for p in onnx_files(variant)) / 2**20
+        phase = "compile"
+        backend = get_backend(job["backend"])
+        reason = backend.unavailable_reason()  # also imports the backend's library, before the probe starts
+        if reason:
+            raise RuntimeError(f"backend {job['backend']} is unavailable: {reason}")
+        probe = MemoryProbe()
+        probe.start()
+        t0 = time.perf_counter()
+        exe = backend.compile(variant, job.get("target", "cpu"), job["options"])
+        metrics["compile_s"] = time.perf_counter() - t0
+        phase = "timing"
+        batch = int(job["batch"])
+        metrics.update(_time(exe, _feed(data.inputs, 0, batch), batch, TimingPolicy(**job.get("timing", {}))))
+        metrics["peak_memory_mb"] = probe.peak_mb()
+        metrics["memory_method"] = probe.method
+        phase = "quality"
+        q = job["quality"]
+        outputs = _evaluate(exe, data.inputs, int(q["chunk"]), q.get("limit"))
+        if q.get("save_reference"):
+            np.savez(q["save_reference"], *outputs)
+        if q.get("reference"):
+            with np.load(q["reference"]) as ref:
+                reference = [ref[f"arr_{i}"] for i in range(len(ref.files))]
+            metrics["fidelity"] = quality.fidelity(outputs, reference, q["fidelity_metric"])
+            metrics["fidelity_metric"] = q["fidelity_metric"]
+        if q.get("metric") and data.labels is not None:
+            labels = np.asarray(data.labels)[: len(outputs[0])]
+            metrics["accuracy"] = quality.accuracy(outputs[0], labels, q["metric"])
+            metrics["accuracy_metric"] = q["metric"]
+        metrics["eval_samples"] = len(outputs[0])
+        exe.close()
+        return {"status": "ok", "metrics": metrics, "notes": notes, "error": None}
+    except BaseException as exc:  # everything a candidate can raise is recorded, not propagated
+        text = f"{phase}: {type(exc).__name__}: {exc}".strip()
+        status = "oom" if isinstance(exc, MemoryError) or any(m in text for m in _OOM_MARKERS) else "failed"
+        return {
+            "status": status,
+            "metrics": metrics,
+            "notes": notes,
+            "error": text[:2000],
+            "traceback": traceback.format_exc(limit=8)[-4000:],
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    result = measure(job)
+    out = Path(job["result_path"])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=float))
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The deployable artifact: the winning model, manifest.json, results.jsonl and report.html in one folder,
+written atomically (a staging folder renamed into place), and ``load`` that reopens it exactly as measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chipfit.errors import ArtifactError, OutputError
+from chipfit.model import onnx_files
+
+if TYPE_CHECKING:
+    from chipfit.pipeline import FitResult
+    from chipfit.search.driver import SearchContext
+
+__all__ = ["LoadedModel", "check_writable", "load", "write_artifact"]
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def check_writable(out: Path) -> Path:
+    """Fail before any work when ``out`` cannot become an artifact folder."""
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out '{out}' is a file; pass a folder path (it is created if missing).")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise OutputError(
+            f"--out '{out}' is a non-empty folder that is not a chipfit artifact; refusing to overwrite it. "
+            "Pass a new or empty folder."
+        )
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".chipfit-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputError(f"--out '{out}' is not writable ({exc.strerror or exc}). Pass a folder you can write to.") from None
+    return out
+
+
+def _constraints_table(result: FitResult) -> list[dict[str, Any]]:
+    from chipfit.spec import CONSTRAINTS
+
+    rows = []
+    w = result.winner
+    for name, bound in result.spec.bounds().items():
+        metric = CONSTRAINTS[name].metric
+        value = w.metric(metric) if w else None
+        held = w is not None and not any(v.constraint == name for v in w.violations)
+        rows.append({"constraint": name, "bound": bound, "value": value, "held": held})
+    return rows
+
+
+def _batch_profile(result: FitResult) -> list[dict[str, Any]]:
+    """Latency per batch size of the winner's configuration (what the server's batcher starts from)."""
+    w = result.winner
+    if w is None:
+        return []
+    same = [r for r in result.candidates if r.candidate.config_id == w.candidate.config_id and r.measurement.ok]
+    return [
+        {"batch": r.candidate.batch, **{k: r.metric(k) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput")}}
+        for r in sorted(same, key=lambda r: r.candidate.batch)
+    ]
+
+
+def _manifest(result: FitResult, model_file: str | None, files: dict[str, str]) -> dict[str, Any]:
+    from chipfit import __version__
+
+    w = result.winner
+    return {
+        "format": FORMAT_VERSION,
+        "chipfit_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "feasible": result.feasible,
+        "model": {"file": model_file, "sha256": files, "source": result.model.summary()},
+        "backend": w.candidate.backend if w else None,
+        "target": w.candidate.target if w else None,
+        "candidate": w.candidate.to_dict() if w else None,
+        "runtime_options": dict(w.candidate.options) if w else None,
+        "measurements": w.measurement.metrics if w else None,
+        "batch_profile": _batch_profile(result),
+        "objective": result.spec.objective,
+        "spec": result.spec.model_dump(),
+        "constraints": _constraints_table(result),
+        "reference": result.reference.measurement.metrics if result.reference else None,
+        "environment": result.environment,
+        "notes": result.notes + (w.measurement.notes if w else []),
+    }
+
+
+def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
+    """Write the artifact to a staging folder beside ``out`` and swap it in; nothing is half-written."""
+    from chipfit.passes import PassContext, apply_passes
+    from chipfit.report import render_report
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        files: dict[str, str] = {}
+        model_file = None
+        if result.winner is not None:
+            variant, _ = apply_passes(ctx.model_path, ctx.model_sha256, list(result.winner.candidate.passes),
+                                      ctx.variants_dir, PassContext(ctx.calib_dir, ctx.input_names))
+            for p in onnx_files(variant):
+                shutil.copy2(p, staging / p.name)
+            model_file = variant.name
+            files = {p.name: _sha256(p) for p in onnx_files(staging / model_file)}
+        with open(staging / "results.jsonl", "w") as f:
+            for r in result.candidates:
+                f.write(json.dumps(r.to_dict(), default=_json_default) + "\n")
+        (staging / MANIFEST).write_text(json.dumps(_manifest(result, model_file, files), indent=2, default=_json_default))
+        (staging / "report.html").write_text(render_report(result))
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+class LoadedModel:
+    """A model from an artifact, on the backend and with the options it was measured with."""
+
+    def __init__(self, executable: Any, manifest: dict[str, Any], path: Path) -> None:
+        self._exe = executable
+        self.manifest = manifest
+        self.path = path
+        self.input_names: list[str] = list(executable.input_names)
+        self.output_names: list[str] = list(executable.output_names)
+        self.backend: str = manifest["backend"]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._exe.run(feeds)
+
+    def close(self) -> None:
+        self._exe.close()
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({str(self.path)!r}, backend={self.backend!r}, inputs={self.input_names})"
+
+
+def load(path: str | Path) -> LoadedModel:
+    """Open an artifact folder: check the model files against the manifest's hashes, then compile the model
+    with the recorded backend, target and runtime options."""
+    from chipfit.backends import get_backend
+
+    folder = Path(path)
+    mf = folder / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"'{folder}' is not a chipfit artifact: {MANIFEST} is missing. Pass the --out folder of `chipfit fit`.")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"'{mf}' is not valid JSON ({exc}); the artifact is damaged. Run `chipfit fit` again.") from None
+    model = manifest.get("model", {})
+    if not manifest.get("feasible") or not model.get("file"):
+        raise ArtifactError(
+            f"Artifact '{folder}' holds no model: no candidate met the constraints. See its report.html and "
+            "relax the constraints."
+        )
+    for name, digest in model["sha256"].items():
+        f = folder / name
+        if not f.is_file():
+            raise ArtifactError(f"Artifact '{folder}' lacks '{name}', which its manifest lists.")
+        if _sha256(f) != digest:
+            raise ArtifactError(
+                f"'{f}' does not match the sha256 in {MANIFEST} (expected {digest[:12]}…, got {_sha256(f)[:12]}…): "
+                "the model was changed after it was measured. Re-run `chipfit fit` to produce a fresh artifact."
+            )
+    backend = get_backend(manifest["backend"])
+    reason = backend.unavailable_reason()
+    if reason:
+        from chipfit.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"Artifact '{folder}' needs backend '{manifest['backend']}': {reason}")
+    exe = backend.compile(folder / model["file"], manifest.get("target") or "cpu", manifest.get("runtime_options") or {})
+    return LoadedModel(exe, manifest, folder)
+

@@ -1,0 +1,40 @@
+"""The Pass protocol: one model transformation, pure and cached by (input hash, pass, params).
+
+Core interface — change it with care. Passes work on ONNX files (not in-memory protos) so that models over
+2 GB, whose weights live in external data, go through the same path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Pass", "PassContext", "PassResult"]
+
+
+@dataclass
+class PassContext:
+    """What a pass may read besides the model: calibration data, the machine, a scratch folder."""
+
+    calib_dir: Path | None = None
+    input_names: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassResult:
+    """``applied`` is False when the pass decided it does not apply (the reason is in ``notes``)."""
+
+    applied: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Pass(Protocol):
+    name: str
+    params: dict[str, tuple[Any, ...]]  # parameter name -> allowed values
+
+    def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
+        """Write the transformed model of ``src`` to ``dst``; never modify ``src``."""
+        ...

@@ -1,0 +1,39 @@
+"""ONNX Runtime's graph optimizations (basic / extended / all) applied offline and saved.
+
+The saved model is tied to this ONNX Runtime version and CPU (level ``all`` adds layout-specific nodes), so
+it is cached under the environment it was made in and run with online optimization disabled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chipfit.passes.base import PassContext, PassResult
+
+__all__ = ["OrtGraphOpt", "pass_"]
+
+
+class OrtGraphOpt:
+    name = "ort_graph_opt"
+    params: dict[str, tuple[Any, ...]] = {"level": ("basic", "extended", "all")}
+
+    def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
+        import onnxruntime as ort
+
+        from chipfit.backends.onnxruntime import session_options
+
+        level = params.get("level", "all")
+        if level not in self.params["level"]:
+            raise ValueError(f"ort_graph_opt: level must be one of {self.params['level']}; got {level!r}")
+        so = session_options({"graph_optimization_level": level, "intra_op_num_threads": 1})
+        so.optimized_model_filepath = str(dst)
+        if src.stat().st_size > 1_800_000_000:
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", dst.name + ".data"
+            )
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        return PassResult(applied=True, notes=[f"ONNX Runtime graph optimization level '{level}' applied offline"])
+
+
+pass_ = OrtGraphOpt()

@@ -1,0 +1,151 @@
+"""``chipfit.fit``: ingest → candidates → isolated measurement → selection → deployable artifact."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chipfit.data import Dataset, load_data, split_data, validate_data
+from chipfit.errors import ModelError, SpecError
+from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerprint_hash
+from chipfit.measure.quality import default_metric
+from chipfit.model import Model, load_model
+from chipfit.package import check_writable, write_artifact
+from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
+from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
+from chipfit.search.space import SpaceOptions, build_space
+from chipfit.spec import Spec, load_spec
+from chipfit.store import Store
+from chipfit.workspace import default_home, subdir
+
+__all__ = ["FitResult", "fit"]
+
+log = logging.getLogger("chipfit")
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` found. ``winner`` is None when nothing met the constraints (see ``near_misses``)."""
+
+    winner: CandidateResult | None
+    pareto: list[CandidateResult]
+    candidates: list[CandidateResult]
+    near_misses: list[CandidateResult]
+    reference: CandidateResult | None
+    spec: Spec
+    model: Model
+    environment: dict[str, Any]
+    elapsed_s: float
+    out_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return self.winner is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feasible": self.feasible,
+            "winner": self.winner.to_dict() if self.winner else None,
+            "pareto": [r.to_dict() for r in self.pareto],
+            "near_misses": [r.to_dict() for r in self.near_misses],
+            "candidates": [r.to_dict() for r in self.candidates],
+            "reference": self.reference.to_dict() if self.reference else None,
+            "spec": self.spec.model_dump(),
+            "model": self.model.summary(),
+            "environment": self.environment,
+            "elapsed_s": self.elapsed_s,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+            "notes": self.notes,
+        }
+
+
+def _as_spec(spec: Spec | str | Path | dict[str, Any] | None, overrides: dict[str, Any]) -> Spec:
+    if isinstance(spec, Spec):
+        return load_spec(None, **{**spec.model_dump(exclude_unset=True), **overrides})
+    if isinstance(spec, dict):
+        return load_spec(None, **{**spec, **overrides})
+    return load_spec(spec, **overrides)
+
+
+def _quality_settings(spec: Spec, model: Model, data: Dataset) -> str | None:
+    if data.labels is None:
+        if spec.max_accuracy_drop is not None:
+            raise SpecError(
+                "--max-accuracy-drop needs labels: add a 'labels' array to --data, "
+                "or bound the agreement with the original model with --min-fidelity instead."
+            )
+        if spec.metric is not None:
+            raise SpecError(f"--metric {spec.metric} needs labels: add a 'labels' array to --data.")
+        return None
+    out_shape = tuple(d if isinstance(d, int) else 2 for d in model.outputs[0].shape) if model.outputs else ()
+    return spec.metric or default_metric(data.labels, out_shape)
+
+
+def fit(
+    model: Model | str | Path | Any,
+    data: Any,
+    spec: Spec | str | Path | dict[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    calib_data: Any = None,
+    example_inputs: Any = None,
+    space: SpaceOptions | None = None,
+    settings: MeasureSettings | None = None,
+    store: Store | str | None = None,
+    home: Path | None = None,
+    callback: Callback | None = None,
+    **constraints: Any,
+) -> FitResult:
+    """Find the best variant of ``model`` that meets ``spec`` on this machine; deliver it to ``out``.
+
+    ``constraints`` are spec fields given as keywords (``max_p99_ms=20``); they override ``spec``.
+    """
+    started = time.monotonic()
+    spec_obj = _as_spec(spec, constraints)
+    out_dir = check_writable(Path(out)) if out is not None else None
+    m = model if isinstance(model, Model) else load_model(model, example_inputs, home=home)
+    dataset = validate_data(load_data(data), m)
+    calib = validate_data(load_data(calib_data), m) if calib_data is not None else None
+    metric = _quality_settings(spec_obj, m, dataset)
+    calib_set, eval_set = split_data(dataset, calib)
+    notes = list(m.notes) + dataset.notes
+    home = home or default_home()
+    run_dir = subdir("runs", home) / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    store_obj = store if isinstance(store, Store) else Store(store)
+    env = environment_fingerprint()
+    settings = settings or MeasureSettings()
+    ctx = SearchContext(
+        model_path=m.path, model_sha256=m.sha256, input_names=[t.name for t in m.inputs],
+        dynamic_batch=m.dynamic_batch, data_dir=eval_set.save(run_dir / "eval"),
+        calib_dir=calib_set.save(run_dir / "calib"), data_sha256=eval_set.sha256() + calib_set.sha256()[:16],
+        metric=metric, fidelity_metric=spec_obj.fidelity_metric, workdir=run_dir / "jobs",
+        variants_dir=subdir("variants", home), refs_dir=subdir("refs", home), store=store_obj, env=env,
+        env_hash=fingerprint_hash(env), threads=cpu_quota(), settings=settings,
+    )
+    candidates = build_space(m, space or SpaceOptions(), cpu_quota())
+    try:
+        results = run_search(ctx, candidates, spec_obj.time_budget, callback)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    reference = next((r for r in results if r.candidate.reference), None)
+    if reference is not None and not reference.measurement.ok:
+        raise ModelError(
+            f"Model '{m.path}' fails to run as given on {reference.candidate.backend}'s default session: "
+            f"{reference.measurement.error}"
+        )
+    evaluate(results, spec_obj)
+    feasible = [r for r in results if r.feasible]
+    result = FitResult(
+        winner=choose_winner(feasible, spec_obj.objective), pareto=pareto_front(results), candidates=results,
+        near_misses=near_misses(results), reference=reference, spec=spec_obj, model=m, environment=env,
+        elapsed_s=time.monotonic() - started, notes=notes,
+    )
+    if out_dir is not None:
+        result.out_dir = write_artifact(result, out_dir, ctx)
+    return result

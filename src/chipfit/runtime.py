@@ -1,0 +1,5 @@
+"""Run a delivered artifact: ``chipfit.runtime.load(DIR).run({"input": array})``."""
+
+from chipfit.package import LoadedModel, load
+
+__all__ = ["LoadedModel", "load"]

@@ -1,0 +1,192 @@
+"""What the user asks for: constraints, an objective and a time budget.
+
+The same names work as CLI flags (``--max-p99-ms 20``), as keys of a YAML spec file (``max_p99_ms: 20``)
+and as keyword arguments (``Spec(max_p99_ms=20)``). A ``Spec`` only stores and validates; selection
+(``chipfit.search.select``) is what applies it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from chipfit.errors import SpecError
+
+__all__ = ["CONSTRAINTS", "OBJECTIVES", "Constraint", "Spec", "load_spec", "parse_duration"]
+
+Objective = Literal["latency", "throughput", "memory", "size", "accuracy"]
+OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "memory", "size", "accuracy")
+FIDELITY_METRICS = ("cosine", "agreement", "max_rel_error")
+ACCURACY_METRIC_RE = re.compile(r"^(top[1-9][0-9]*|mse|f1)$")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One bound: which measured value it reads, whether it is an upper or lower bound, and its unit."""
+
+    name: str
+    metric: str  # key in Measurement.metrics (or a derived one: "accuracy_drop")
+    kind: Literal["max", "min"]
+    unit: str
+    allowed: str  # what is allowed, for error messages
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    c.name: c
+    for c in (
+        Constraint("max_p50_ms", "p50_ms", "max", "ms", "a positive number of milliseconds"),
+        Constraint("max_p99_ms", "p99_ms", "max", "ms", "a positive number of milliseconds"),
+        Constraint("min_throughput", "throughput", "min", "inf/s", "a positive number of inferences per second"),
+        Constraint("max_memory_mb", "peak_memory_mb", "max", "MB", "a positive number of megabytes"),
+        Constraint("max_size_mb", "size_mb", "max", "MB", "a positive number of megabytes"),
+        Constraint(
+            "max_accuracy_drop", "accuracy_drop", "max", "", "a number from 0 to 1 (absolute drop vs the original)"
+        ),
+        Constraint("min_fidelity", "fidelity", "min", "", "a number from 0 to 1 (1 = identical outputs)"),
+    )
+}
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """Parse '90s', '10m', '2h', '1.5h' or a number of seconds; None stays None."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else _bad_duration(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(str(value))
+        if not m:
+            return _bad_duration(value)
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower() if m.group(2) else None]
+    if not math.isfinite(seconds) or seconds <= 0:
+        return _bad_duration(value)
+    return seconds
+
+
+def _bad_duration(value: object) -> float:
+    raise ValueError(f"must be a positive duration such as '90s', '10m' or '2h'; got {value!r}")
+
+
+class Spec(BaseModel):
+    """Constraints, objective and time budget of one run. Every constraint is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_p50_ms: float | None = None
+    max_p99_ms: float | None = None
+    min_throughput: float | None = None
+    max_memory_mb: float | None = None
+    max_size_mb: float | None = None
+    max_accuracy_drop: float | None = None
+    min_fidelity: float | None = None
+    objective: Objective = "latency"
+    time_budget: float | None = None  # seconds for the whole run; parsed from '10m' etc.
+    metric: str | None = None  # accuracy metric against labels: top1, top5, mse, f1 (default: inferred)
+    fidelity_metric: Literal["cosine", "agreement", "max_rel_error"] = "cosine"
+
+    @field_validator("max_p50_ms", "max_p99_ms", "min_throughput", "max_memory_mb", "max_size_mb")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("not positive")
+        return v
+
+    @field_validator("max_accuracy_drop", "min_fidelity")
+    @classmethod
+    def _unit_interval(cls, v: float | None) -> float | None:
+        if v is not None and not (0.0 <= v <= 1.0):
+            raise ValueError("not in [0, 1]")
+        return v
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        return parse_duration(v)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        if v is not None and not ACCURACY_METRIC_RE.match(v):
+            raise ValueError("unknown metric")
+        return v
+
+    def bounds(self) -> dict[str, float]:
+        """The constraints that are set, by name."""
+        return {name: getattr(self, name) for name in CONSTRAINTS if getattr(self, name) is not None}
+
+
+_ALLOWED = {
+    **{name: c.allowed for name, c in CONSTRAINTS.items()},
+    "objective": "one of " + ", ".join(OBJECTIVES),
+    "time_budget": "a positive duration such as '90s', '10m' or '2h'",
+    "metric": "one of top1, top5 (any topK), mse, f1",
+    "fidelity_metric": "one of " + ", ".join(FIDELITY_METRICS),
+}
+
+
+def _label(field: str, source: str | None) -> str:
+    if source is None:
+        return "--" + field.replace("_", "-")
+    return f"'{field}' in {source}"
+
+
+def build_spec(values: dict[str, Any], source: str | None = None) -> Spec:
+    """Validate ``values`` into a Spec; errors name the flag (or the key and file) and the allowed values."""
+    for key in values:
+        if key not in Spec.model_fields:
+            near = difflib.get_close_matches(key, list(Spec.model_fields), n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            where = f" in {source}" if source else ""
+            raise SpecError(
+                f"Unknown spec key '{key}'{where}.{hint} Allowed keys: {', '.join(Spec.model_fields)}."
+            )
+    try:
+        return Spec(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        given = values.get(field, err.get("input"))
+        raise SpecError(
+            f"{_label(field, source)} must be {_ALLOWED.get(field, 'valid')}; got {given!r}."
+        ) from None
+
+
+def load_spec(path: str | Path | None = None, **overrides: Any) -> Spec:
+    """Read a YAML spec file (optional) and apply ``overrides`` (non-None values) on top of it."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError(f"Spec file '{p}' does not exist. Pass the path of a YAML file with keys such as max_p99_ms.")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"Spec file '{p}' is not valid YAML: {exc}. Fix the syntax and retry.") from None
+        if not isinstance(loaded, dict):
+            raise SpecError(
+                f"Spec file '{p}' must hold a mapping of keys (max_p99_ms: 20, ...); got a {type(loaded).__name__}."
+            )
+        values.update(_flatten(loaded))
+        spec_from_file = build_spec(values, source=str(p))  # file errors name the file
+        values = spec_from_file.model_dump(exclude_unset=True)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_spec(values)
+
+
+def _flatten(loaded: dict[str, Any]) -> dict[str, Any]:
+    """Accept both a flat file and one with a ``constraints:`` section."""
+    out = dict(loaded)
+    nested = out.pop("constraints", None)
+    if isinstance(nested, dict):
+        out.update(nested)
+    return out
