@@ -17,8 +17,10 @@ class DigitsCNN(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
             torch.nn.MaxPool2d(2),
         )
         self.head = torch.nn.Sequential(
@@ -51,8 +53,13 @@ def main() -> None:
         acc = (model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean()
     print(f"test accuracy {acc:.4f} on {len(y_te)} held-out digits")
     torch.onnx.export(
-        model, (torch.from_numpy(x_te[:2]),), str(HERE / "model.onnx"), dynamo=True, input_names=["image"],
-        output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        model,
+        (torch.from_numpy(x_te[:2]),),
+        str(HERE / "model.onnx"),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
     )
     import onnx
 

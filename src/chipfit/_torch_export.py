@@ -18,9 +18,7 @@ def _torch() -> Any:
     try:
         import torch
     except ImportError:
-        raise BackendUnavailableError(
-            "Ingesting a PyTorch model needs torch: pip install 'chipfit[torch]'."
-        ) from None
+        raise BackendUnavailableError("Ingesting a PyTorch model needs torch: pip install 'chipfit[torch]'.") from None
     # the exporter logs one warning per missing torchvision op; chipfit never uses torchvision
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     return torch
@@ -51,8 +49,11 @@ def _names(module: Any, n: int, input_names: list[str] | None) -> list[str]:
             raise ModelError(f"input_names has {len(input_names)} names but there are {n} example inputs.")
         return list(input_names)
     try:
-        params = [p for p in inspect.signature(module.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
         names = [p.name for p in params][:n]
     except (TypeError, ValueError):
         names = []
@@ -72,8 +73,9 @@ def export_module(module: Any, example_inputs: Any, input_names: list[str] | Non
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(out), dynamo=True, input_names=names,
-                              dynamic_shapes=dyn_shapes, verbose=False)
+            torch.onnx.export(
+                module, args, str(out), dynamo=True, input_names=names, dynamic_shapes=dyn_shapes, verbose=False
+            )
         return out, notes
     except Exception as exc:  # the dynamo exporter raises many types; the reason is kept
         dynamo_error = _short(exc)
@@ -82,7 +84,12 @@ def export_module(module: Any, example_inputs: Any, input_names: list[str] | Non
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, str(out), dynamo=False, input_names=names, opset_version=17,
+                module,
+                args,
+                str(out),
+                dynamo=False,
+                input_names=names,
+                opset_version=17,
                 dynamic_axes={n: {0: "batch"} for n, a in zip(names, args, strict=True) if a.dim() > 0},
             )
     except Exception as exc:

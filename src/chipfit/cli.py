@@ -57,7 +57,9 @@ def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
     except ValueError:
         out = ()
     if not out or any(v < 1 for v in out):
-        raise ChipfitError(f"{flag} must be a comma-separated list of positive integers such as '1,8,32'; got {value!r}.")
+        raise ChipfitError(
+            f"{flag} must be a comma-separated list of positive integers such as '1,8,32'; got {value!r}."
+        )
     return out
 
 
@@ -81,36 +83,166 @@ def version() -> None:
 
 @app.command()
 def fit(
-    model: Annotated[Path, typer.Argument(help="The model: an .onnx file (external data beside it) or a .pt2 ExportedProgram.")],
-    data: Annotated[Path, typer.Option(help="Evaluation data: an .npz (one array per model input, named as the input, optional 'labels') or a folder of .npy files.")],
-    spec: Annotated[Path | None, typer.Option(help="YAML spec file with the same keys as the flags (max_p99_ms: 20 ...). Flags override it.")] = None,
-    calib_data: Annotated[Path | None, typer.Option(help="Separate calibration data; by default a slice of --data, disjoint from evaluation.")] = None,
-    max_p50_ms: Annotated[float | None, typer.Option(help="Bound on median latency (ms) at the candidate's batch size.", rich_help_panel="Constraints")] = None,
-    max_p99_ms: Annotated[float | None, typer.Option(help="Bound on 99th-percentile latency (ms).", rich_help_panel="Constraints")] = None,
-    min_throughput: Annotated[float | None, typer.Option(help="Lower bound on throughput (samples/s, single stream).", rich_help_panel="Constraints")] = None,
-    max_memory_mb: Annotated[float | None, typer.Option(help="Bound on the peak memory the model adds to its process (MB).", rich_help_panel="Constraints")] = None,
-    max_size_mb: Annotated[float | None, typer.Option(help="Bound on the model's size on disk (MB).", rich_help_panel="Constraints")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(help="Largest absolute accuracy drop vs the original model (needs labels), e.g. 0.01.", rich_help_panel="Constraints")] = None,
-    min_fidelity: Annotated[float | None, typer.Option(help="Smallest fidelity to the original model's outputs (1 = identical).", rich_help_panel="Constraints")] = None,
-    objective: Annotated[str | None, typer.Option(help="What the winner is best at among feasible candidates: latency, throughput, memory, size, accuracy.", rich_help_panel="Constraints")] = None,
-    time_budget: Annotated[str | None, typer.Option(help="Time for the whole run, e.g. '10m'; candidates not started by then are skipped.", rich_help_panel="Constraints")] = None,
-    metric: Annotated[str | None, typer.Option(help="Accuracy metric against labels: top1, top5 (any topK), mse, f1. Default: top1 for class labels, else mse.", rich_help_panel="Quality")] = None,
-    fidelity_metric: Annotated[str | None, typer.Option(help="Fidelity to the original's outputs: cosine (default), agreement (argmax), max_rel_error.", rich_help_panel="Quality")] = None,
-    eval_samples: Annotated[int | None, typer.Option(min=1, help="Evaluate quality on at most this many samples.", rich_help_panel="Quality")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for the deployable artifact: model, manifest.json, results.jsonl, report.html.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress stays on stderr).")] = False,
-    backends: Annotated[str, typer.Option(help="Comma-separated backends to try (a plug-in is 'module:attribute').", rich_help_panel="Search space")] = "onnxruntime",
-    batch_sizes: Annotated[str, typer.Option(help="Batch sizes to measure (larger ones need a dynamic batch dimension).", rich_help_panel="Search space")] = "1,8,32",
-    threads: Annotated[str | None, typer.Option(help="Intra-op thread counts, e.g. '1,2'. Default: 1, 2, 4 ... up to the container's CPU quota.", rich_help_panel="Search space")] = None,
-    opt_levels: Annotated[str | None, typer.Option(help="Graph variants: none (as given), basic, extended, all (ONNX Runtime levels applied offline).", rich_help_panel="Search space")] = None,
-    execution_modes: Annotated[str | None, typer.Option(help="sequential, parallel.", rich_help_panel="Search space")] = None,
-    batch_sweep_top: Annotated[int, typer.Option(min=1, help="Measure batch sizes above the first only for this many fastest configurations.", rich_help_panel="Search space")] = 3,
-    measure_time: Annotated[float, typer.Option(min=0.05, help="Time cap (s) for timing one candidate once warm.", rich_help_panel="Measurement")] = 2.0,
-    timeout: Annotated[float, typer.Option(min=1, help="Kill a candidate's worker after this many seconds and record a timeout.", rich_help_panel="Measurement")] = 300.0,
-    memory_limit_mb: Annotated[int | None, typer.Option(min=64, help="Address-space cap of each worker (MB); past it the candidate is recorded as oom.", rich_help_panel="Measurement")] = None,
-    store: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the results store. Default: sqlite under $CHIPFIT_HOME or ~/.cache/chipfit.", rich_help_panel="Measurement")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Measure again candidates stored as failed, timeout or oom.", rich_help_panel="Measurement")] = False,
-    fresh: Annotated[bool, typer.Option(help="Ignore stored results and measure everything again.", rich_help_panel="Measurement")] = False,
+    model: Annotated[
+        Path, typer.Argument(help="The model: an .onnx file (external data beside it) or a .pt2 ExportedProgram.")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Evaluation data: an .npz (one array per model input, named as the input, optional 'labels') or a folder of .npy files."
+        ),
+    ],
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="YAML spec file with the same keys as the flags (max_p99_ms: 20 ...). Flags override it."),
+    ] = None,
+    calib_data: Annotated[
+        Path | None,
+        typer.Option(help="Separate calibration data; by default a slice of --data, disjoint from evaluation."),
+    ] = None,
+    max_p50_ms: Annotated[
+        float | None,
+        typer.Option(help="Bound on median latency (ms) at the candidate's batch size.", rich_help_panel="Constraints"),
+    ] = None,
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="Bound on 99th-percentile latency (ms).", rich_help_panel="Constraints")
+    ] = None,
+    min_throughput: Annotated[
+        float | None,
+        typer.Option(help="Lower bound on throughput (samples/s, single stream).", rich_help_panel="Constraints"),
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Bound on the peak memory the model adds to its process (MB).", rich_help_panel="Constraints"
+        ),
+    ] = None,
+    max_size_mb: Annotated[
+        float | None, typer.Option(help="Bound on the model's size on disk (MB).", rich_help_panel="Constraints")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest absolute accuracy drop vs the original model (needs labels), e.g. 0.01.",
+            rich_help_panel="Constraints",
+        ),
+    ] = None,
+    min_fidelity: Annotated[
+        float | None,
+        typer.Option(
+            help="Smallest fidelity to the original model's outputs (1 = identical).", rich_help_panel="Constraints"
+        ),
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="What the winner is best at among feasible candidates: latency, throughput, memory, size, accuracy.",
+            rich_help_panel="Constraints",
+        ),
+    ] = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Time for the whole run, e.g. '10m'; candidates not started by then are skipped.",
+            rich_help_panel="Constraints",
+        ),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Accuracy metric against labels: top1, top5 (any topK), mse, f1. Default: top1 for class labels, else mse.",
+            rich_help_panel="Quality",
+        ),
+    ] = None,
+    fidelity_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Fidelity to the original's outputs: cosine (default), agreement (argmax), max_rel_error.",
+            rich_help_panel="Quality",
+        ),
+    ] = None,
+    eval_samples: Annotated[
+        int | None,
+        typer.Option(min=1, help="Evaluate quality on at most this many samples.", rich_help_panel="Quality"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the deployable artifact: model, manifest.json, results.jsonl, report.html."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON on stdout (progress stays on stderr).")
+    ] = False,
+    backends: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated backends to try (a plug-in is 'module:attribute').", rich_help_panel="Search space"
+        ),
+    ] = "onnxruntime",
+    batch_sizes: Annotated[
+        str,
+        typer.Option(
+            help="Batch sizes to measure (larger ones need a dynamic batch dimension).", rich_help_panel="Search space"
+        ),
+    ] = "1,8,32",
+    threads: Annotated[
+        str | None,
+        typer.Option(
+            help="Intra-op thread counts, e.g. '1,2'. Default: 1, 2, 4 ... up to the container's CPU quota.",
+            rich_help_panel="Search space",
+        ),
+    ] = None,
+    opt_levels: Annotated[
+        str | None,
+        typer.Option(
+            help="Graph variants: none (as given), basic, extended, all (ONNX Runtime levels applied offline).",
+            rich_help_panel="Search space",
+        ),
+    ] = None,
+    execution_modes: Annotated[
+        str | None, typer.Option(help="sequential, parallel.", rich_help_panel="Search space")
+    ] = None,
+    batch_sweep_top: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Measure batch sizes above the first only for this many fastest configurations.",
+            rich_help_panel="Search space",
+        ),
+    ] = 3,
+    measure_time: Annotated[
+        float,
+        typer.Option(min=0.05, help="Time cap (s) for timing one candidate once warm.", rich_help_panel="Measurement"),
+    ] = 2.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Kill a candidate's worker after this many seconds and record a timeout.",
+            rich_help_panel="Measurement",
+        ),
+    ] = 300.0,
+    memory_limit_mb: Annotated[
+        int | None,
+        typer.Option(
+            min=64,
+            help="Address-space cap of each worker (MB); past it the candidate is recorded as oom.",
+            rich_help_panel="Measurement",
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL of the results store. Default: sqlite under $CHIPFIT_HOME or ~/.cache/chipfit.",
+            rich_help_panel="Measurement",
+        ),
+    ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(help="Measure again candidates stored as failed, timeout or oom.", rich_help_panel="Measurement"),
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option(help="Ignore stored results and measure everything again.", rich_help_panel="Measurement")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
 ) -> None:
     """Measure variants of MODEL on this machine and deliver the best one that meets the constraints.
@@ -134,18 +266,40 @@ def fit(
             execution_modes=_words(execution_modes, "--execution-modes", ("sequential", "parallel")),
         )
         settings = MeasureSettings(
-            timing=TimingPolicy(max_time_s=measure_time), timeout_s=timeout, memory_limit_mb=memory_limit_mb,
-            eval_limit=eval_samples, batch_sweep_top=batch_sweep_top, retry_failed=retry_failed, fresh=fresh,
+            timing=TimingPolicy(max_time_s=measure_time),
+            timeout_s=timeout,
+            memory_limit_mb=memory_limit_mb,
+            eval_limit=eval_samples,
+            batch_sweep_top=batch_sweep_top,
+            retry_failed=retry_failed,
+            fresh=fresh,
         )
         overrides: dict[str, Any] = {
-            "max_p50_ms": max_p50_ms, "max_p99_ms": max_p99_ms, "min_throughput": min_throughput,
-            "max_memory_mb": max_memory_mb, "max_size_mb": max_size_mb, "max_accuracy_drop": max_accuracy_drop,
-            "min_fidelity": min_fidelity, "objective": objective, "time_budget": time_budget, "metric": metric,
+            "max_p50_ms": max_p50_ms,
+            "max_p99_ms": max_p99_ms,
+            "min_throughput": min_throughput,
+            "max_memory_mb": max_memory_mb,
+            "max_size_mb": max_size_mb,
+            "max_accuracy_drop": max_accuracy_drop,
+            "min_fidelity": min_fidelity,
+            "objective": objective,
+            "time_budget": time_budget,
+            "metric": metric,
             "fidelity_metric": fidelity_metric,
         }
         with fit_progress(err_console, enabled=not quiet) as callback:
-            result = run_fit(model, data, spec, out=out, calib_data=calib_data, space=space, settings=settings,
-                             store=store, callback=callback, **overrides)
+            result = run_fit(
+                model,
+                data,
+                spec,
+                out=out,
+                calib_data=calib_data,
+                space=space,
+                settings=settings,
+                store=store,
+                callback=callback,
+                **overrides,
+            )
         if json_out:
             sys.stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
         else:

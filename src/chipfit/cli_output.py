@@ -23,8 +23,13 @@ def fit_progress(console: Console, enabled: bool = True) -> Iterator[Callback | 
         yield None
         return
     progress = Progress(
-        TextColumn("[bold]measuring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console, transient=False,
+        TextColumn("[bold]measuring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
     )
     task = None
 
@@ -35,8 +40,11 @@ def fit_progress(console: Console, enabled: bool = True) -> Iterator[Callback | 
         if event == "start":
             progress.update(task, description=candidate.label())
         else:
-            progress.update(task, completed=index + 1,
-                            description=f"{candidate.label()} → {result.measurement.status} ({result.source})")
+            progress.update(
+                task,
+                completed=index + 1,
+                description=f"{candidate.label()} → {result.measurement.status} ({result.source})",
+            )
 
     with progress:
         yield callback
@@ -50,22 +58,47 @@ def print_fit_result(console: Console, result: FitResult) -> None:
     qname = "accuracy" if result.reference and result.reference.metric("accuracy") is not None else "fidelity"
     table = Table(title=f"{len(result.candidates)} candidates", title_justify="left", header_style="bold")
     left = ("variant", "options", "status", "feasible")
-    for col in ("variant", "options", "batch", "status", "p50 ms", "p99 ms", "n", "thr/s", "peak MB", qname,
-                "feasible"):
+    for col in (
+        "variant",
+        "options",
+        "batch",
+        "status",
+        "p50 ms",
+        "p99 ms",
+        "n",
+        "thr/s",
+        "peak MB",
+        qname,
+        "feasible",
+    ):
         table.add_column(col, justify="left" if col in left else "right", no_wrap=col in ("variant", "options"))
     pareto = {p.candidate.id for p in result.pareto}
     for r in result.candidates:
         if r.source == "skipped":
             continue
-        feas = "[green]yes[/]" if r.feasible else (
-            "[red]" + ",".join(v.constraint for v in r.violations) + "[/]" if r.measurement.ok else "–")
+        feas = (
+            "[green]yes[/]"
+            if r.feasible
+            else ("[red]" + ",".join(v.constraint for v in r.violations) + "[/]" if r.measurement.ok else "–")
+        )
         style = "bold yellow" if result.winner and r.candidate.id == result.winner.candidate.id else None
         name = r.candidate.pass_label() + (" ◆" if r.candidate.id in pareto else "")
         opts = f"{r.candidate.backend} {r.candidate.option_label()}"
         status = r.measurement.status if r.measurement.ok else f"[red]{r.measurement.status}[/]"
-        table.add_row(name, opts, str(r.candidate.batch), status, _f(r.metric("p50_ms")), _f(r.metric("p99_ms")), _f(r.metric("samples")),
-                      _f(r.metric("throughput"), 4), _f(r.metric("peak_memory_mb")), _f(r.quality(), 4), feas,
-                      style=style)
+        table.add_row(
+            name,
+            opts,
+            str(r.candidate.batch),
+            status,
+            _f(r.metric("p50_ms")),
+            _f(r.metric("p99_ms")),
+            _f(r.metric("samples")),
+            _f(r.metric("throughput"), 4),
+            _f(r.metric("peak_memory_mb")),
+            _f(r.quality(), 4),
+            feas,
+            style=style,
+        )
     console.print(table)
     skipped = [r for r in result.candidates if r.source == "skipped"]
     if skipped:
@@ -79,10 +112,13 @@ def print_fit_result(console: Console, result: FitResult) -> None:
         ref = result.reference
         speed = ""
         if ref and ref.metric("p50_ms") and w.candidate.id != ref.candidate.id:
-            speed = f"\n  (the backend's default session, measured in its own worker: p50 {_f(ref.metric('p50_ms'))} ms)"
+            speed = (
+                f"\n  (the backend's default session, measured in its own worker: p50 {_f(ref.metric('p50_ms'))} ms)"
+            )
         console.print(
             f"\n[bold green]winner[/] ({result.spec.objective}): {w.candidate.label()}\n"
-            f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_f(w.metric('p99_ms'))} ms · {_f(w.metric('throughput'), 4)}/s · "
+            f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_f(w.metric('p99_ms'))} ms · "
+            f"{_f(w.metric('throughput'), 4)}/s · "
             f"peak {_f(w.metric('peak_memory_mb'))} MB · {qname} {_f(w.quality(), 4)}{speed}"
         )
     else:
@@ -90,5 +126,7 @@ def print_fit_result(console: Console, result: FitResult) -> None:
         for r in result.near_misses:
             console.print(f"  {r.candidate.label()}: " + "; ".join(v.describe() for v in r.violations))
     if result.out_dir:
-        console.print(f"artifact: {result.out_dir}/ (manifest.json, results.jsonl, report.html"
-                      + (", model)" if result.winner else ")"))
+        console.print(
+            f"artifact: {result.out_dir}/ (manifest.json, results.jsonl, report.html"
+            + (", model)" if result.winner else ")")
+        )

@@ -21,17 +21,77 @@ __all__ = ["GraphStats", "NodeStats", "compute_stats"]
 Shape = tuple[int, ...]
 
 _ELEMENTWISE_1 = {
-    "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt",
-    "Pow", "Max", "Min", "Clip", "Erf", "PRelu", "Elu", "Selu", "HardSigmoid", "HardSwish", "Where",
-    "Equal", "Less", "Greater", "Not", "And", "Or", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
-    "QuantizeLinear", "DequantizeLinear", "Cast", "BatchNormalization",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Pow",
+    "Max",
+    "Min",
+    "Clip",
+    "Erf",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "HardSigmoid",
+    "HardSwish",
+    "Where",
+    "Equal",
+    "Less",
+    "Greater",
+    "Not",
+    "And",
+    "Or",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Cast",
+    "BatchNormalization",
 }
-_ELEMENTWISE_K = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "Gelu": 8, "FastGelu": 8,
-                  "InstanceNormalization": 8, "SkipLayerNormalization": 9, "BiasGelu": 9, "Softplus": 3}
-_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "GlobalAveragePool",
-           "GlobalMaxPool"}
-_ZERO_FLOP = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice",
-              "Gather", "Shape", "Identity", "Constant", "Expand", "Dropout", "Pad", "Tile", "ConstantOfShape"}
+_ELEMENTWISE_K = {
+    "Softmax": 5,
+    "LogSoftmax": 5,
+    "LayerNormalization": 8,
+    "Gelu": 8,
+    "FastGelu": 8,
+    "InstanceNormalization": 8,
+    "SkipLayerNormalization": 9,
+    "BiasGelu": 9,
+    "Softplus": 3,
+}
+_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "GlobalAveragePool", "GlobalMaxPool"}
+_ZERO_FLOP = {
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "Shape",
+    "Identity",
+    "Constant",
+    "Expand",
+    "Dropout",
+    "Pad",
+    "Tile",
+    "ConstantOfShape",
+}
 
 
 @dataclass(frozen=True)
@@ -127,8 +187,8 @@ def _node_flops(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
     if op in _REDUCE:
         return _numel(ins[0]) if ins and ins[0] is not None else None
     if op in ("MaxPool", "AveragePool"):
-        k = next((list(at.ints) for at in node.attribute if at.name == "kernel_shape"), None)
-        return _numel(out) * _numel(tuple(k)) if k else None
+        kernel = next((tuple(at.ints) for at in node.attribute if at.name == "kernel_shape"), None)
+        return _numel(out) * _numel(kernel) if kernel else None
     return None
 
 

@@ -41,10 +41,12 @@ def check_writable(out: Path) -> Path:
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".chipfit-probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".chipfit-probe-", delete=True):
+            pass
     except OSError as exc:
-        raise OutputError(f"--out '{out}' is not writable ({exc.strerror or exc}). Pass a folder you can write to.") from None
+        raise OutputError(
+            f"--out '{out}' is not writable ({exc.strerror or exc}). Pass a folder you can write to."
+        ) from None
     return out
 
 
@@ -108,16 +110,23 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
         files: dict[str, str] = {}
         model_file = None
         if result.winner is not None:
-            variant, _ = apply_passes(ctx.model_path, ctx.model_sha256, list(result.winner.candidate.passes),
-                                      ctx.variants_dir, PassContext(ctx.calib_dir, ctx.input_names))
-            for p in onnx_files(variant):
-                shutil.copy2(p, staging / p.name)
-            model_file = variant.name
+            variant, _ = apply_passes(
+                ctx.model_path,
+                ctx.model_sha256,
+                list(result.winner.candidate.passes),
+                ctx.variants_dir,
+                PassContext(ctx.calib_dir, ctx.input_names),
+            )
+            for p in onnx_files(variant):  # the model is always model.onnx; external data keeps its names
+                shutil.copy2(p, staging / ("model.onnx" if p == variant else p.name))
+            model_file = "model.onnx"
             files = {p.name: _sha256(p) for p in onnx_files(staging / model_file)}
         with open(staging / "results.jsonl", "w") as f:
             for r in result.candidates:
                 f.write(json.dumps(r.to_dict(), default=_json_default) + "\n")
-        (staging / MANIFEST).write_text(json.dumps(_manifest(result, model_file, files), indent=2, default=_json_default))
+        (staging / MANIFEST).write_text(
+            json.dumps(_manifest(result, model_file, files), indent=2, default=_json_default)
+        )
         (staging / "report.html").write_text(render_report(result))
         _swap_into_place(staging, out)
     except BaseException:
@@ -183,11 +192,15 @@ def load(path: str | Path) -> LoadedModel:
     folder = Path(path)
     mf = folder / MANIFEST
     if not mf.is_file():
-        raise ArtifactError(f"'{folder}' is not a chipfit artifact: {MANIFEST} is missing. Pass the --out folder of `chipfit fit`.")
+        raise ArtifactError(
+            f"'{folder}' is not a chipfit artifact: {MANIFEST} is missing. Pass the --out folder of `chipfit fit`."
+        )
     try:
         manifest = json.loads(mf.read_text())
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"'{mf}' is not valid JSON ({exc}); the artifact is damaged. Run `chipfit fit` again.") from None
+        raise ArtifactError(
+            f"'{mf}' is not valid JSON ({exc}); the artifact is damaged. Run `chipfit fit` again."
+        ) from None
     model = manifest.get("model", {})
     if not manifest.get("feasible") or not model.get("file"):
         raise ArtifactError(
@@ -209,6 +222,7 @@ def load(path: str | Path) -> LoadedModel:
         from chipfit.errors import BackendUnavailableError
 
         raise BackendUnavailableError(f"Artifact '{folder}' needs backend '{manifest['backend']}': {reason}")
-    exe = backend.compile(folder / model["file"], manifest.get("target") or "cpu", manifest.get("runtime_options") or {})
+    exe = backend.compile(
+        folder / model["file"], manifest.get("target") or "cpu", manifest.get("runtime_options") or {}
+    )
     return LoadedModel(exe, manifest, folder)
-

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,13 +120,28 @@ def fit(
     store_obj = store if isinstance(store, Store) else Store(store)
     env = environment_fingerprint()
     settings = settings or MeasureSettings()
+    if settings.memory_limit_mb is None:  # a runaway candidate must not take the machine down
+        import psutil
+
+        settings = replace(settings, memory_limit_mb=int(psutil.virtual_memory().total * 0.8 / 2**20))
     ctx = SearchContext(
-        model_path=m.path, model_sha256=m.sha256, input_names=[t.name for t in m.inputs],
-        dynamic_batch=m.dynamic_batch, data_dir=eval_set.save(run_dir / "eval"),
-        calib_dir=calib_set.save(run_dir / "calib"), data_sha256=eval_set.sha256() + calib_set.sha256()[:16],
-        metric=metric, fidelity_metric=spec_obj.fidelity_metric, workdir=run_dir / "jobs",
-        variants_dir=subdir("variants", home), refs_dir=subdir("refs", home), store=store_obj, env=env,
-        env_hash=fingerprint_hash(env), threads=cpu_quota(), settings=settings,
+        model_path=m.path,
+        model_sha256=m.sha256,
+        input_names=[t.name for t in m.inputs],
+        dynamic_batch=m.dynamic_batch,
+        data_dir=eval_set.save(run_dir / "eval"),
+        calib_dir=calib_set.save(run_dir / "calib"),
+        data_sha256=eval_set.sha256() + calib_set.sha256()[:16],
+        metric=metric,
+        fidelity_metric=spec_obj.fidelity_metric,
+        workdir=run_dir / "jobs",
+        variants_dir=subdir("variants", home),
+        refs_dir=subdir("refs", home),
+        store=store_obj,
+        env=env,
+        env_hash=fingerprint_hash(env),
+        threads=cpu_quota(),
+        settings=settings,
     )
     candidates = build_space(m, space or SpaceOptions(), cpu_quota())
     try:
@@ -142,9 +157,16 @@ def fit(
     evaluate(results, spec_obj)
     feasible = [r for r in results if r.feasible]
     result = FitResult(
-        winner=choose_winner(feasible, spec_obj.objective), pareto=pareto_front(results), candidates=results,
-        near_misses=near_misses(results), reference=reference, spec=spec_obj, model=m, environment=env,
-        elapsed_s=time.monotonic() - started, notes=notes,
+        winner=choose_winner(feasible, spec_obj.objective),
+        pareto=pareto_front(results),
+        candidates=results,
+        near_misses=near_misses(results),
+        reference=reference,
+        spec=spec_obj,
+        model=m,
+        environment=env,
+        elapsed_s=time.monotonic() - started,
+        notes=notes,
     )
     if out_dir is not None:
         result.out_dir = write_artifact(result, out_dir, ctx)

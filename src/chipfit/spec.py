@@ -147,18 +147,14 @@ def build_spec(values: dict[str, Any], source: str | None = None) -> Spec:
             near = difflib.get_close_matches(key, list(Spec.model_fields), n=1)
             hint = f" Did you mean '{near[0]}'?" if near else ""
             where = f" in {source}" if source else ""
-            raise SpecError(
-                f"Unknown spec key '{key}'{where}.{hint} Allowed keys: {', '.join(Spec.model_fields)}."
-            )
+            raise SpecError(f"Unknown spec key '{key}'{where}.{hint} Allowed keys: {', '.join(Spec.model_fields)}.")
     try:
         return Spec(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         given = values.get(field, err.get("input"))
-        raise SpecError(
-            f"{_label(field, source)} must be {_ALLOWED.get(field, 'valid')}; got {given!r}."
-        ) from None
+        raise SpecError(f"{_label(field, source)} must be {_ALLOWED.get(field, 'valid')}; got {given!r}.") from None
 
 
 def load_spec(path: str | Path | None = None, **overrides: Any) -> Spec:
@@ -167,7 +163,9 @@ def load_spec(path: str | Path | None = None, **overrides: Any) -> Spec:
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise SpecError(f"Spec file '{p}' does not exist. Pass the path of a YAML file with keys such as max_p99_ms.")
+            raise SpecError(
+                f"Spec file '{p}' does not exist. Pass the path of a YAML file with keys such as max_p99_ms."
+            )
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -11,7 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -83,15 +94,28 @@ class Store:
             return Measurement(row.status, row.metrics, row.error, row.notes, row.wall_s)
 
     def put(
-        self, model_hash: str, candidate: Candidate, context_hash: str, env: dict[str, Any], env_hash: str,
+        self,
+        model_hash: str,
+        candidate: Candidate,
+        context_hash: str,
+        env: dict[str, Any],
+        env_hash: str,
         m: Measurement,
     ) -> None:
         """Insert, or replace the stored measurement with the same key (a deliberate re-measure)."""
         values = dict(
-            model_hash=model_hash, candidate_id=candidate.id, context_hash=context_hash, env_hash=env_hash,
-            candidate=candidate.to_dict(), status=m.status, error=m.error,
-            metrics=json.loads(json.dumps(m.metrics, default=float)), notes=list(m.notes), env=env,
-            wall_s=m.wall_s, created_at=dt.datetime.now(dt.timezone.utc),
+            model_hash=model_hash,
+            candidate_id=candidate.id,
+            context_hash=context_hash,
+            env_hash=env_hash,
+            candidate=candidate.to_dict(),
+            status=m.status,
+            error=m.error,
+            metrics=json.loads(json.dumps(m.metrics, default=float)),
+            notes=list(m.notes),
+            env=env,
+            wall_s=m.wall_s,
+            created_at=dt.datetime.now(dt.timezone.utc),
         )
         with Session(self.engine) as s:
             try:
@@ -102,8 +126,10 @@ class Store:
                 s.rollback()
             row = s.scalars(
                 select(MeasurementRow).where(
-                    MeasurementRow.model_hash == model_hash, MeasurementRow.candidate_id == candidate.id,
-                    MeasurementRow.context_hash == context_hash, MeasurementRow.env_hash == env_hash,
+                    MeasurementRow.model_hash == model_hash,
+                    MeasurementRow.candidate_id == candidate.id,
+                    MeasurementRow.context_hash == context_hash,
+                    MeasurementRow.env_hash == env_hash,
                 )
             ).one()
             for k, v in values.items():
@@ -123,9 +149,7 @@ class Store:
             q = select(MeasurementRow).order_by(MeasurementRow.id)
             if model_hash:
                 q = q.where(MeasurementRow.model_hash == model_hash)
-            return [
-                {c.name: getattr(r, c.name) for c in MeasurementRow.__table__.columns} for r in s.scalars(q).all()
-            ]
+            return [{c.name: getattr(r, c.name) for c in MeasurementRow.__table__.columns} for r in s.scalars(q).all()]
 
     def close(self) -> None:
         self.engine.dispose()

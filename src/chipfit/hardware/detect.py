@@ -23,9 +23,29 @@ __all__ = ["cpu_quota", "environment_fingerprint", "fingerprint_hash", "local_ma
 
 # ISA flags that change which kernels a runtime can use; the rest of /proc/cpuinfo is noise here.
 _RELEVANT_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-    "avx512_fp16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "asimddp", "sve", "sve2", "i8mm",
-    "bf16", "fphp", "asimdhp",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "asimd",
+    "asimddp",
+    "sve",
+    "sve2",
+    "i8mm",
+    "bf16",
+    "fphp",
+    "asimdhp",
 )
 _LIBRARIES = ("chipfit", "onnx", "onnxruntime", "numpy", "torch", "apache-tvm", "openvino")
 
@@ -76,7 +96,8 @@ def cpu_quota() -> int:
 
 
 def _cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), set()
+    model: str = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -103,7 +124,10 @@ def _gpus() -> list[dict[str, Any]]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

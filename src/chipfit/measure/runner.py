@@ -7,6 +7,7 @@ signal and the last lines of its stderr; ``oom`` when those lines show an alloca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -52,15 +53,19 @@ def run_isolated(
     job_path.write_text(json.dumps(job))
     env = dict(os.environ)
     src_root = str(Path(__file__).resolve().parents[2])  # so plug-ins and an uninstalled tree import
-    env["PYTHONPATH"] = os.pathsep.join([src_root, *sys.path[1:], env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [src_root, *sys.path, env.get("PYTHONPATH", "")] if p)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     start = time.perf_counter()
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "chipfit.measure.worker", str(job_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
-            preexec_fn=_limit_memory(memory_limit_mb), start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+            preexec_fn=_limit_memory(memory_limit_mb),
+            start_new_session=True,
         )
         try:
             proc.wait(timeout=timeout_s)
@@ -73,10 +78,13 @@ def run_isolated(
     if result_file.exists():
         result = json.loads(result_file.read_text())
         _kill_group(proc)  # stray children of a finished worker
-        return Measurement(result["status"], result.get("metrics") or {}, result.get("error"),
-                           result.get("notes") or [], wall)
+        return Measurement(
+            result["status"], result.get("metrics") or {}, result.get("error"), result.get("notes") or [], wall
+        )
     if timed_out:
-        return Measurement("timeout", error=f"no result within the {timeout_s:.0f}s timeout; worker killed", wall_s=wall)
+        return Measurement(
+            "timeout", error=f"no result within the {timeout_s:.0f}s timeout; worker killed", wall_s=wall
+        )
     tail = _tail(err_path)
     code = proc.returncode
     if code is not None and code < 0:
@@ -90,11 +98,7 @@ def run_isolated(
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_P99_SAMPLES", "TimingPolicy", "latency_summary", "quantile_ci", "is_stable"]
+__all__ = ["MIN_P99_SAMPLES", "TimingPolicy", "is_stable", "latency_summary", "quantile_ci"]
 
 MIN_P99_SAMPLES = 100  # below this a p99 is reported with p99_reliable = False
 

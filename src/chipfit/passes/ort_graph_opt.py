@@ -7,7 +7,7 @@ it is cached under the environment it was made in and run with online optimizati
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from chipfit.passes.base import PassContext, PassResult
 
@@ -16,7 +16,7 @@ __all__ = ["OrtGraphOpt", "pass_"]
 
 class OrtGraphOpt:
     name = "ort_graph_opt"
-    params: dict[str, tuple[Any, ...]] = {"level": ("basic", "extended", "all")}
+    params: ClassVar[dict[str, tuple[Any, ...]]] = {"level": ("basic", "extended", "all")}
 
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
         import onnxruntime as ort
@@ -29,9 +29,7 @@ class OrtGraphOpt:
         so = session_options({"graph_optimization_level": level, "intra_op_num_threads": 1})
         so.optimized_model_filepath = str(dst)
         if src.stat().st_size > 1_800_000_000:
-            so.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", dst.name + ".data"
-            )
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
         return PassResult(applied=True, notes=[f"ONNX Runtime graph optimization level '{level}' applied offline"])
 

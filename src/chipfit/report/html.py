@@ -26,8 +26,10 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def render_report(result: FitResult) -> str:
     env = Environment(
-        loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["html", "j2"]),
-        trim_blocks=True, lstrip_blocks=True,
+        loader=FileSystemLoader(Path(__file__).parent),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
     from chipfit import __version__
@@ -40,6 +42,5 @@ def render_report(result: FitResult) -> str:
         pareto_svg=pareto_plot(result),
         batch_svg=batch_plot(result),
         pareto_ids={p.candidate.id for p in result.pareto},
-        quality_name="accuracy" if result.reference and result.reference.metric("accuracy") is not None
-        else "fidelity",
+        quality_name="accuracy" if result.reference and result.reference.metric("accuracy") is not None else "fidelity",
     )

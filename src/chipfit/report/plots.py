@@ -15,10 +15,10 @@ def _svg(fig: object) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
     text = buf.getvalue()
-    return text[text.find("<svg"):]
+    return text[text.find("<svg") :]
 
 
 def pareto_plot(result: FitResult) -> str:
@@ -32,15 +32,25 @@ def pareto_plot(result: FitResult) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     qname = "accuracy" if any(r.metric("accuracy") is not None for r in ok) else "fidelity"
     for feasible, color, label in ((True, "#2a9d8f", "feasible"), (False, "#e76f51", "violates a constraint")):
-        pts = [(r.metric("p50_ms"), r.quality()) for r in ok if r.feasible == feasible and r.quality() is not None]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), s=28, c=color, label=label, alpha=0.8)
-    front = sorted(((r.metric("p50_ms"), r.quality()) for r in result.pareto if r.quality() is not None))
+        sel = [r for r in ok if r.feasible == feasible and r.quality() is not None]
+        if sel:
+            xs = [float(r.metric("p50_ms")) for r in sel]
+            ys = [float(r.quality() or 0.0) for r in sel]
+            ax.scatter(xs, ys, s=28, c=color, label=label, alpha=0.8)
+    front = sorted((r.metric("p50_ms"), r.quality()) for r in result.pareto if r.quality() is not None)
     if front:
         ax.plot(*zip(*front, strict=True), color="#264653", lw=1, ls="--", label="Pareto front")
     if result.winner and result.winner.quality() is not None:
-        ax.scatter([result.winner.metric("p50_ms")], [result.winner.quality()], marker="*", s=260, c="#f4a261",
-                   edgecolors="black", label="winner", zorder=5)
+        ax.scatter(
+            [result.winner.metric("p50_ms")],
+            [float(result.winner.quality() or 0.0)],
+            marker="*",
+            s=260,
+            c="#f4a261",
+            edgecolors="black",
+            label="winner",
+            zorder=5,
+        )
     if result.spec.max_p50_ms:
         ax.axvline(result.spec.max_p50_ms, color="#e76f51", lw=0.8, ls=":")
     ax.set_xlabel("p50 latency (ms)")
@@ -60,8 +70,10 @@ def batch_plot(result: FitResult) -> str:
     w = result.winner
     if w is None:
         return ""
-    rows = sorted((r for r in result.candidates if r.candidate.config_id == w.candidate.config_id
-                   and r.measurement.ok), key=lambda r: r.candidate.batch)
+    rows = sorted(
+        (r for r in result.candidates if r.candidate.config_id == w.candidate.config_id and r.measurement.ok),
+        key=lambda r: r.candidate.batch,
+    )
     if len(rows) < 2:
         return ""
     fig, ax = plt.subplots(figsize=(6, 3.2))

@@ -60,8 +60,11 @@ class SearchContext:
     @property
     def context_hash(self) -> str:
         payload = {
-            "data": self.data_sha256, "metric": self.metric, "fidelity": self.fidelity_metric,
-            "timing": self.settings.timing.__dict__, "eval_limit": self.settings.eval_limit,
+            "data": self.data_sha256,
+            "metric": self.metric,
+            "fidelity": self.fidelity_metric,
+            "timing": self.settings.timing.__dict__,
+            "eval_limit": self.settings.eval_limit,
             "protocol": WORKER_PROTOCOL,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
@@ -73,13 +76,22 @@ class SearchContext:
     def job(self, c: Candidate) -> dict[str, Any]:
         chunk = max(c.batch, 32) if self.dynamic_batch else c.batch
         return {
-            "model_path": str(self.model_path), "model_sha256": self.model_sha256,
-            "passes": [dict(p) for p in c.passes], "backend": c.backend, "target": c.target,
-            "options": dict(c.options), "batch": c.batch, "input_names": self.input_names,
-            "data_dir": str(self.data_dir), "calib_dir": str(self.calib_dir) if self.calib_dir else None,
-            "variants_dir": str(self.variants_dir), "timing": self.settings.timing.__dict__,
+            "model_path": str(self.model_path),
+            "model_sha256": self.model_sha256,
+            "passes": [dict(p) for p in c.passes],
+            "backend": c.backend,
+            "target": c.target,
+            "options": dict(c.options),
+            "batch": c.batch,
+            "input_names": self.input_names,
+            "data_dir": str(self.data_dir),
+            "calib_dir": str(self.calib_dir) if self.calib_dir else None,
+            "variants_dir": str(self.variants_dir),
+            "timing": self.settings.timing.__dict__,
             "quality": {
-                "chunk": chunk, "limit": self.settings.eval_limit, "metric": self.metric,
+                "chunk": chunk,
+                "limit": self.settings.eval_limit,
+                "metric": self.metric,
                 "fidelity_metric": self.fidelity_metric,
                 "save_reference": str(self.reference_path) if c.reference else None,
                 "reference": None if c.reference else str(self.reference_path),
@@ -97,14 +109,15 @@ def _measure_one(ctx: SearchContext, c: Candidate) -> tuple[Measurement, str]:
         stored = None  # the reference outputs are gone: measure the reference again to recreate them
     if stored is not None and not (ctx.settings.retry_failed and not stored.ok):
         return stored, "stored"
-    m = run_isolated(ctx.job(c), ctx.workdir / c.id, ctx.settings.timeout_s, ctx.settings.memory_limit_mb,
-                     ctx.threads)
+    m = run_isolated(ctx.job(c), ctx.workdir / c.id, ctx.settings.timeout_s, ctx.settings.memory_limit_mb, ctx.threads)
     ctx.store.put(ctx.model_sha256, c, ctx.context_hash, ctx.env, ctx.env_hash, m)
     return m, "measured"
 
 
 def run_search(
-    ctx: SearchContext, candidates: list[Candidate], time_budget_s: float | None = None,
+    ctx: SearchContext,
+    candidates: list[Candidate],
+    time_budget_s: float | None = None,
     callback: Callback | None = None,
 ) -> list[CandidateResult]:
     """Measure ``candidates`` (reference first) within the time budget; returns one result per candidate."""

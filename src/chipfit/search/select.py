@@ -62,8 +62,11 @@ class CandidateResult:
             "feasible": self.feasible,
             "error": self.measurement.error,
             **{k: m.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb", "size_mb")},
-            "quality": {k: m.get(k) for k in ("accuracy", "accuracy_metric", "accuracy_drop", "fidelity",
-                                               "fidelity_metric") if m.get(k) is not None},
+            "quality": {
+                k: m.get(k)
+                for k in ("accuracy", "accuracy_metric", "accuracy_drop", "fidelity", "fidelity_metric")
+                if m.get(k) is not None
+            },
             "metrics": m,
             "violations": [v.__dict__ | {"text": v.describe()} for v in self.violations],
             "notes": self.measurement.notes,

@@ -37,13 +37,20 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        return cls(d["backend"], tuple(d.get("passes", ())), dict(d.get("options", {})), d.get("target", "cpu"),
-                   int(d.get("batch", 1)), bool(d.get("reference", False)))
+        return cls(
+            d["backend"],
+            tuple(d.get("passes", ())),
+            dict(d.get("options", {})),
+            d.get("target", "cpu"),
+            int(d.get("batch", 1)),
+            bool(d.get("reference", False)),
+        )
 
     def config_dict(self) -> dict[str, Any]:
         """Everything but the batch size: candidates with equal configs share a latency-per-batch profile."""
         d = self.to_dict()
         d.pop("batch")
+        d.pop("reference")
         return d
 
     @property
@@ -56,7 +63,7 @@ class Candidate:
 
     def pass_label(self) -> str:
         if not self.passes:
-            return "default" if self.reference else "as given"
+            return "default" if not self.options else "as given"
         return "+".join(
             p["name"] + ("(" + ",".join(str(v) for v in p.get("params", {}).values()) + ")" if p.get("params") else "")
             for p in self.passes
@@ -71,9 +78,11 @@ class Candidate:
             parts.append(f"{o['intra_op_num_threads']}t")
         if "execution_mode" in o:
             parts.append(str(o["execution_mode"])[:3])
-        parts += [f"{k}={v}" for k, v in o.items()
-                  if k not in ("intra_op_num_threads", "execution_mode", "inter_op_num_threads",
-                               "graph_optimization_level")]
+        parts += [
+            f"{k}={v}"
+            for k, v in o.items()
+            if k not in ("intra_op_num_threads", "execution_mode", "inter_op_num_threads", "graph_optimization_level")
+        ]
         return " ".join(parts)
 
     def label(self) -> str:
@@ -100,9 +109,11 @@ def _keep_variant(variant: list[dict[str, Any]], levels: tuple[str, ...] | None)
 
 
 def _keep_options(opt: dict[str, Any], space: SpaceOptions) -> bool:
-    if space.threads is not None and opt.get("intra_op_num_threads") not in space.threads:
+    """Filters apply to the options a backend has; a backend without thread options is not filtered by them."""
+    if space.threads is not None and "intra_op_num_threads" in opt and opt["intra_op_num_threads"] not in space.threads:
         return False
-    return space.execution_modes is None or opt.get("execution_mode") in space.execution_modes
+    mode = opt.get("execution_mode")
+    return space.execution_modes is None or mode is None or mode in space.execution_modes
 
 
 def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]:
@@ -116,15 +127,19 @@ def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]
     out: list[Candidate] = []
     for name in space.backends:
         opts = get_backend(name).option_space(model, cpus)
-        if opts.reference_options is not None and not out:
-            out.append(Candidate(name, (), dict(opts.reference_options), space.target, batches[0], reference=True))
+        if opts.reference_options is not None and not out:  # the default session, the reference at batch 1
+            out.extend(
+                Candidate(name, (), dict(opts.reference_options), space.target, b, reference=i == 0)
+                for i, b in enumerate(batches)
+            )
+        has_levels = any(p["name"] == "ort_graph_opt" for v in opts.variants for p in v)
         for variant in opts.variants:
-            if not _keep_variant(variant, space.opt_levels):
+            if has_levels and not _keep_variant(variant, space.opt_levels):
                 continue
             for opt in opts.options:
                 if _keep_options(opt, space):
                     out.extend(Candidate(name, tuple(variant), dict(opt), space.target, b) for b in batches)
-    return sorted(out, key=lambda c: (not c.reference, c.batch))
+    return sorted(out, key=lambda c: (not c.reference, c.batch))  # stable: backend order kept per batch
 
 
 def _fixed_batch(model: Model) -> int:

@@ -1,0 +1,147 @@
+"""The pipeline end to end on small real models: fit → artifact → runtime.load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chipfit
+from chipfit.errors import ArtifactError, SpecError
+from chipfit.search.space import SpaceOptions
+
+
+def test_fit_delivers_an_artifact_that_loads(
+    mlp: Path, mlp_npz: Path, tmp_path: Path, fast_settings, small_space
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    result = chipfit.fit(
+        mlp, mlp_npz, out=out, space=small_space, settings=fast_settings, max_p99_ms=1000, max_accuracy_drop=0.01
+    )
+    assert result.feasible and result.winner is not None
+    assert len(result.candidates) == 3 and result.reference is not None
+    assert result.reference.metric("accuracy") == 1.0  # the labels are the model's own predictions
+    assert all(r.measurement.ok for r in result.candidates)
+    assert result.winner in result.pareto
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "manifest.json", "results.jsonl", "report.html"}
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        for key in (
+            "backend",
+            "passes",
+            "options",
+            "status",
+            "p50_ms",
+            "p99_ms",
+            "throughput",
+            "peak_memory_mb",
+            "quality",
+        ):
+            assert key in row, key
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"] == "onnxruntime" and manifest["runtime_options"] == result.winner.candidate.options
+    assert {c["constraint"]: c["held"] for c in manifest["constraints"]} == {
+        "max_p99_ms": True,
+        "max_accuracy_drop": True,
+    }
+    assert manifest["environment"]["cpu"]["cores_in_quota"] >= 1 and manifest["chipfit_version"] == chipfit.__version__
+    session = chipfit.runtime.load(out)
+    assert session.input_names == ["x"] and session.output_names == ["probs"]
+    x = np.load(mlp_npz)["x"][:5]
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(session.run({"x": x})[0], expected, rtol=1e-5, atol=1e-6)
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "Constraints" in html and "max_p99_ms" in html
+    for network_load in ("<script", "<link", 'src="http', 'href="http', "@import", "url(http"):
+        assert network_load not in html, network_load  # renders offline
+
+
+def test_runtime_load_checks_the_hash(mlp: Path, mlp_npz: Path, tmp_path: Path, fast_settings, small_space) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    chipfit.fit(mlp, mlp_npz, out=out, space=small_space, settings=fast_settings)
+    with open(out / "model.onnx", "ab") as f:
+        f.write(b"\x00")
+    with pytest.raises(ArtifactError, match=r"model.onnx' does not match the sha256 in manifest.json"):
+        chipfit.runtime.load(out)
+    with pytest.raises(ArtifactError, match=r"not a chipfit artifact"):
+        chipfit.runtime.load(tmp_path)
+
+
+def test_infeasible_run_saves_everything_and_lists_near_misses(
+    mlp: Path, mlp_npz: Path, tmp_path: Path, fast_settings, small_space
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    result = chipfit.fit(mlp, mlp_npz, out=out, space=small_space, settings=fast_settings, max_p50_ms=1e-6)
+    assert not result.feasible and result.winner is None
+    assert result.near_misses and result.near_misses[0].violations[0].constraint == "max_p50_ms"
+    assert chipfit.Store().count(result.model.sha256) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["feasible"] is False and not (out / "model.onnx").exists()
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(ArtifactError, match=r"holds no model: no candidate met the constraints"):
+        chipfit.runtime.load(out)
+
+
+def test_rerun_reuses_stored_results(mlp: Path, mlp_npz: Path, fast_settings, small_space) -> None:  # type: ignore[no-untyped-def]
+    first = chipfit.fit(mlp, mlp_npz, space=small_space, settings=fast_settings)
+    second = chipfit.fit(mlp, mlp_npz, space=small_space, settings=fast_settings)
+    assert {r.source for r in first.candidates} == {"measured"}
+    assert {r.source for r in second.candidates} == {"stored"}
+    assert [r.metric("p50_ms") for r in first.candidates] == [r.metric("p50_ms") for r in second.candidates]
+
+
+def test_fidelity_without_labels_and_fidelity_metrics(mlp: Path, tmp_path: Path, fast_settings, small_space) -> None:  # type: ignore[no-untyped-def]
+    from conftest import mlp_data
+
+    data = mlp_data(tmp_path / "nolabels.npz", labels=False)
+    for metric in ("cosine", "agreement", "max_rel_error"):
+        result = chipfit.fit(
+            mlp, data, space=small_space, settings=fast_settings, min_fidelity=0.99, fidelity_metric=metric
+        )
+        assert result.feasible
+        assert all(r.metric("fidelity_metric") == metric for r in result.candidates if not r.candidate.reference)
+        assert result.winner.metric("fidelity") == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(SpecError, match=r"--max-accuracy-drop needs labels"):
+        chipfit.fit(mlp, data, space=small_space, settings=fast_settings, max_accuracy_drop=0.01)
+
+
+def test_a_crashing_candidate_is_recorded_and_the_run_goes_on(mlp: Path, mlp_npz: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
+    space = SpaceOptions(
+        backends=("onnxruntime", "fault_backends:crash", "fault_backends:broken"),
+        batch_sizes=(1,),
+        threads=(1,),
+        opt_levels=("all",),
+        execution_modes=("sequential",),
+    )
+    result = chipfit.fit(mlp, mlp_npz, space=space, settings=fast_settings)
+    status = {r.candidate.backend: r.measurement.status for r in result.candidates}
+    assert status["fault_backends:crash"] == "failed" and status["fault_backends:broken"] == "failed"
+    assert result.winner is not None and result.winner.candidate.backend == "onnxruntime"
+
+
+def test_batch_sizes_and_fixed_batch(mlp: Path, mlp_npz: Path, tmp_path: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
+    from conftest import make_mlp
+
+    space = SpaceOptions(batch_sizes=(1, 4), threads=(1,), opt_levels=("all",), execution_modes=("sequential",))
+    result = chipfit.fit(mlp, mlp_npz, space=space, settings=fast_settings, objective="throughput")
+    batches = sorted(r.candidate.batch for r in result.candidates if r.measurement.ok)
+    assert batches == [1, 1, 4, 4]  # reference and candidate, each at both batch sizes
+    assert result.winner.candidate.batch == 4
+    fixed = make_mlp(tmp_path / "fixed.onnx", batch=1)
+    result = chipfit.fit(fixed, mlp_npz, space=space, settings=fast_settings)
+    assert {r.candidate.batch for r in result.candidates} == {1}
+
+
+def test_time_budget_skips_the_rest(mlp: Path, mlp_npz: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
+    space = SpaceOptions(
+        batch_sizes=(1,), threads=(1,), opt_levels=("none", "basic", "all"), execution_modes=("sequential",)
+    )
+    result = chipfit.fit(mlp, mlp_npz, space=space, settings=fast_settings, time_budget=0.01)
+    skipped = [r for r in result.candidates if r.source == "skipped"]
+    assert skipped and all("time budget" in (r.measurement.error or "") for r in skipped)
+    assert result.reference is not None and result.reference.measurement.ok

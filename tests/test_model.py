@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from chipfit.errors import ModelError
+from chipfit.model import load_model
+from conftest import make_mlp
+
+
+def test_onnx_file_ingest_stats_and_hash(tmp_path: Path) -> None:
+    m = load_model(make_mlp(tmp_path / "m.onnx", n_in=4, n_hidden=16, n_out=3))
+    assert [t.name for t in m.inputs] == ["x"] and m.inputs[0].shape == ("batch", 4)
+    assert m.dynamic_batch
+    assert m.stats.params == 4 * 16 + 16 + 16 * 3 + 3
+    by_name = {n.name: n for n in m.stats.nodes}
+    assert by_name["fc1"].flops == 2 * 4 * 16 and by_name["fc2"].flops == 2 * 16 * 3
+    assert by_name["fc1"].bytes == (4 + 4 * 16 + 16) * 4  # x, w1 in; h0 out (batch counted as 1)
+    assert m.stats.unknown_nodes == 0
+    assert load_model(m.path).sha256 == m.sha256
+
+
+def test_fixed_batch_is_reported(tmp_path: Path) -> None:
+    m = load_model(make_mlp(tmp_path / "m.onnx", batch=1))
+    assert not m.dynamic_batch
+
+
+def test_external_data(tmp_path: Path) -> None:
+    src = onnx.load(str(make_mlp(tmp_path / "m.onnx", n_in=64, n_hidden=64)))
+    ext = tmp_path / "ext" / "model.onnx"
+    ext.parent.mkdir()
+    onnx.save_model(src, str(ext), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    m = load_model(ext)
+    assert (ext.parent / "weights.bin").exists() and m.stats.params == 64 * 64 + 64 + 64 * 3 + 3
+    (ext.parent / "weights.bin").unlink()
+    with pytest.raises(ModelError, match=r"references external data 'weights.bin', which is missing"):
+        load_model(ext)
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"Model file .*nope.onnx' does not exist"):
+        load_model(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage\xff\xff\xff")
+    with pytest.raises(ModelError, match=r"bad.onnx"):
+        load_model(bad)
+
+
+def test_unknown_op_names_the_node_and_op(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("FancyOp", ["x"], ["y"], name="n7")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])],
+    )
+    p = tmp_path / "fancy.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    with pytest.raises(ModelError, match=r"fancy.onnx' fails the ONNX checker.*FancyOp"):
+        load_model(p)
+
+
+def test_shape_mismatch_names_the_node(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(np.ones((3, 2), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="bad_matmul")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])],
+        [w],
+    )
+    p = tmp_path / "shape.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    with pytest.raises(ModelError, match=r"shape.onnx' fails the ONNX checker.*bad_matmul"):
+        load_model(p)
+
+
+torch = pytest.importorskip("torch", reason="torch ingest needs the [torch] extra")
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(image)).flatten(1))
+
+
+class _DataDependent(torch.nn.Module):
+    """Python control flow on a tensor's value: torch.export (dynamo) cannot capture it; TorchScript traces it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def _ort(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_torch_module_with_dynamic_batch() -> None:
+    net = _Net().eval()
+    m = load_model(net, (torch.randn(2, 1, 8, 8),))
+    assert m.inputs[0].name == "image" and m.dynamic_batch and not m.notes
+    x = torch.randn(5, 1, 8, 8)
+    np.testing.assert_allclose(_ort(m.path, {"image": x.numpy()}), net(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert m.stats.op_counts.get("Conv") == 1
+
+
+def test_torchscript_fallback_says_why() -> None:
+    m = load_model(_DataDependent(), (torch.ones(3, 4),))
+    assert m.notes and "dynamo=True) failed" in m.notes[0] and "TorchScript" in m.notes[0]
+    assert m.dynamic_batch
+
+
+def test_exported_program_file(tmp_path: Path) -> None:
+    net = _Net().eval()
+    ep = torch.export.export(net, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(ep, str(tmp_path / "net.pt2"))
+    m = load_model(tmp_path / "net.pt2")
+    assert m.dynamic_batch
+    x = torch.randn(3, 1, 8, 8)
+    np.testing.assert_allclose(
+        _ort(m.path, {m.inputs[0].name: x.numpy()}), net(x).detach().numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_torch_module_without_inputs_and_bad_pt2(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"needs example inputs"):
+        load_model(_Net())
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ModelError, match=r"bad.pt2' is not a loadable ExportedProgram"):
+        load_model(bad)
