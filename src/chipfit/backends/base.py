@@ -58,6 +58,9 @@ class Backend(Protocol):
 
     def version(self) -> str | None: ...
 
+    # Optional: ``initialize() -> None`` loads the runtime's process-wide state (thread pools, kernels) so
+    # that the worker's memory probe, started after it, sees only what the model adds.
+
     def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> Executable:
         """Prepare ``model_path`` (an ONNX file) to run on ``target`` ("cpu", "cuda", ...) with ``options``."""
         ...

@@ -96,6 +96,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         reason = backend.unavailable_reason()  # also imports the backend's library, before the probe starts
         if reason:
             raise RuntimeError(f"backend {job['backend']} is unavailable: {reason}")
+        if hasattr(backend, "initialize"):  # the runtime's process-wide state is not the model's memory
+            backend.initialize()
         probe = MemoryProbe()
         probe.start()
         t0 = time.perf_counter()

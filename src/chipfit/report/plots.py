@@ -53,7 +53,8 @@ def pareto_plot(result: FitResult) -> str:
         )
     if result.spec.max_p50_ms:
         ax.axvline(result.spec.max_p50_ms, color="#e76f51", lw=0.8, ls=":")
-    ax.set_xlabel("p50 latency (ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms, log scale)")
     ax.set_ylabel(qname)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
