@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     select,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -138,10 +139,10 @@ class Store:
 
     def count(self, model_hash: str | None = None) -> int:
         with Session(self.engine) as s:
-            q = select(MeasurementRow.id)
+            q = select(func.count(MeasurementRow.id))
             if model_hash:
                 q = q.where(MeasurementRow.model_hash == model_hash)
-            return len(s.scalars(q).all())
+            return int(s.scalar(q) or 0)
 
     def rows(self, model_hash: str | None = None) -> list[dict[str, Any]]:
         """Every stored measurement (optionally of one model), as plain dicts."""
