@@ -145,3 +145,38 @@ def test_time_budget_skips_the_rest(mlp: Path, mlp_npz: Path, fast_settings) -> 
     skipped = [r for r in result.candidates if r.source == "skipped"]
     assert skipped and all("time budget" in (r.measurement.error or "") for r in skipped)
     assert result.reference is not None and result.reference.measurement.ok
+
+
+def test_a_model_onnxruntime_cannot_run_names_the_node(tmp_path: Path, fast_settings, small_space) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+    from onnx import TensorProto, helper
+
+    from chipfit.errors import ModelError
+
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x"], ["y"], name="frob_1", domain="com.example")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    path = tmp_path / "custom.onnx"
+    onnx.save_model(model, str(path))
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 4), np.float32))
+    with pytest.raises(
+        ModelError, match=r"custom.onnx' fails to run as given on onnxruntime's default session:.*Frobnicate"
+    ):
+        chipfit.fit(path, tmp_path / "d.npz", space=small_space, settings=fast_settings)
+
+
+def test_separate_calibration_data_leaves_all_data_for_evaluation(
+    mlp: Path, mlp_npz: Path, tmp_path: Path, fast_settings, small_space
+) -> None:  # type: ignore[no-untyped-def]
+    from conftest import mlp_data
+
+    calib = mlp_data(tmp_path / "calib.npz", n=16, labels=False)
+    result = chipfit.fit(mlp, mlp_npz, calib_data=calib, space=small_space, settings=fast_settings)
+    assert result.reference.metric("eval_samples") == 64  # all of --data; without --calib-data 20% is held out
+    split = chipfit.fit(mlp, mlp_npz, space=small_space, settings=fast_settings)
+    assert split.reference.metric("eval_samples") == 64 - 12
