@@ -211,9 +211,10 @@ def load(path: str | Path) -> LoadedModel:
         f = folder / name
         if not f.is_file():
             raise ArtifactError(f"Artifact '{folder}' lacks '{name}', which its manifest lists.")
-        if _sha256(f) != digest:
+        actual = _sha256(f)
+        if actual != digest:
             raise ArtifactError(
-                f"'{f}' does not match the sha256 in {MANIFEST} (expected {digest[:12]}…, got {_sha256(f)[:12]}…): "
+                f"'{f}' does not match the sha256 in {MANIFEST} (expected {digest[:12]}…, got {actual[:12]}…): "
                 "the model was changed after it was measured. Re-run `chipfit fit` to produce a fresh artifact."
             )
     backend = get_backend(manifest["backend"])

@@ -20,7 +20,7 @@ from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_
 from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
 from chipfit.search.space import SpaceOptions, build_space
 from chipfit.spec import Spec, load_spec
-from chipfit.store import Store
+from chipfit.store import Store, default_url
 from chipfit.workspace import default_home, subdir
 
 __all__ = ["FitResult", "fit"]
@@ -117,7 +117,7 @@ def fit(
     notes = list(m.notes) + dataset.notes
     home = home or default_home()
     run_dir = subdir("runs", home) / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    store_obj = store if isinstance(store, Store) else Store(store)
+    store_obj = store if isinstance(store, Store) else Store(store or default_url(home))
     env = environment_fingerprint()
     settings = settings or MeasureSettings()
     if settings.memory_limit_mb is None:  # a runaway candidate must not take the machine down

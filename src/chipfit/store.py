@@ -58,8 +58,17 @@ class MeasurementRow(_Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
-def default_url() -> str:
-    return f"sqlite:///{default_home() / 'chipfit.db'}"
+def default_url(home: Path | None = None) -> str:
+    return f"sqlite:///{(home or default_home()) / 'chipfit.db'}"
+
+
+def _by_key(model_hash: str, candidate: Candidate, context_hash: str, env_hash: str) -> Any:
+    return select(MeasurementRow).where(
+        MeasurementRow.model_hash == model_hash,
+        MeasurementRow.candidate_id == candidate.id,
+        MeasurementRow.context_hash == context_hash,
+        MeasurementRow.env_hash == env_hash,
+    )
 
 
 class Store:
@@ -82,14 +91,7 @@ class Store:
 
     def get(self, model_hash: str, candidate: Candidate, context_hash: str, env_hash: str) -> Measurement | None:
         with Session(self.engine) as s:
-            row = s.scalars(
-                select(MeasurementRow).where(
-                    MeasurementRow.model_hash == model_hash,
-                    MeasurementRow.candidate_id == candidate.id,
-                    MeasurementRow.context_hash == context_hash,
-                    MeasurementRow.env_hash == env_hash,
-                )
-            ).first()
+            row = s.scalars(_by_key(model_hash, candidate, context_hash, env_hash)).first()
             if row is None:
                 return None
             return Measurement(row.status, row.metrics, row.error, row.notes, row.wall_s)
@@ -125,14 +127,7 @@ class Store:
                 return
             except IntegrityError:
                 s.rollback()
-            row = s.scalars(
-                select(MeasurementRow).where(
-                    MeasurementRow.model_hash == model_hash,
-                    MeasurementRow.candidate_id == candidate.id,
-                    MeasurementRow.context_hash == context_hash,
-                    MeasurementRow.env_hash == env_hash,
-                )
-            ).one()
+            row = s.scalars(_by_key(model_hash, candidate, context_hash, env_hash)).one()
             for k, v in values.items():
                 setattr(row, k, v)
             s.commit()
@@ -143,14 +138,6 @@ class Store:
             if model_hash:
                 q = q.where(MeasurementRow.model_hash == model_hash)
             return int(s.scalar(q) or 0)
-
-    def rows(self, model_hash: str | None = None) -> list[dict[str, Any]]:
-        """Every stored measurement (optionally of one model), as plain dicts."""
-        with Session(self.engine) as s:
-            q = select(MeasurementRow).order_by(MeasurementRow.id)
-            if model_hash:
-                q = q.where(MeasurementRow.model_hash == model_hash)
-            return [{c.name: getattr(r, c.name) for c in MeasurementRow.__table__.columns} for r in s.scalars(q).all()]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STATUSES", "Measurement"]
+__all__ = ["STATUSES", "Measurement", "looks_like_oom"]
 
 STATUSES = ("ok", "failed", "timeout", "oom", "skipped")
+_OOM_MARKERS = ("MemoryError", "bad_alloc", "Failed to allocate memory", "Cannot allocate memory", "out of memory")
+
+
+def looks_like_oom(text: str) -> bool:
+    """True when an error text or stderr tail shows an allocation failure."""
+    return any(m in text for m in _OOM_MARKERS)
 
 
 @dataclass
@@ -28,13 +34,3 @@ class Measurement:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
-
-    def get(self, key: str) -> Any:
-        return self.metrics.get(key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Measurement:
-        return cls(d["status"], d.get("metrics") or {}, d.get("error"), d.get("notes") or [], d.get("wall_s", 0.0))

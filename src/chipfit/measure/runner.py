@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chipfit.measure.measurement import Measurement
+from chipfit.measure.measurement import Measurement, looks_like_oom
 
 __all__ = ["run_isolated"]
-
-_OOM_MARKERS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
 
 
 def _limit_memory(limit_mb: int | None) -> Any:
@@ -93,7 +91,7 @@ def run_isolated(
             why += " (killed from outside, e.g. by the kernel's OOM killer)"
     else:
         why = f"worker exited with code {code} without a result"
-    status = "oom" if any(m in tail for m in _OOM_MARKERS) else "failed"
+    status = "oom" if looks_like_oom(tail) else "failed"
     return Measurement(status, error=f"{why}. stderr: {tail}" if tail else why, wall_s=wall)
 
 

@@ -20,8 +20,6 @@ import numpy as np
 
 __all__ = ["main", "measure"]
 
-_OOM_MARKERS = ("MemoryError", "bad_alloc", "Failed to allocate memory", "std::bad_alloc", "out of memory")
-
 
 def _feed(data: dict[str, np.ndarray], start: int, size: int) -> dict[str, np.ndarray]:
     """``size`` consecutive samples from ``start``, wrapping around when the data holds fewer."""
@@ -74,6 +72,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     from chipfit.backends import get_backend
     from chipfit.data import Dataset
     from chipfit.measure import quality
+    from chipfit.measure.measurement import looks_like_oom
     from chipfit.measure.memory import MemoryProbe
     from chipfit.measure.stats import TimingPolicy
     from chipfit.passes import PassContext, apply_passes
@@ -127,7 +126,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         return {"status": "ok", "metrics": metrics, "notes": notes, "error": None}
     except BaseException as exc:  # everything a candidate can raise is recorded, not propagated
         text = f"{phase}: {type(exc).__name__}: {exc}".strip()
-        status = "oom" if isinstance(exc, MemoryError) or any(m in text for m in _OOM_MARKERS) else "failed"
+        status = "oom" if isinstance(exc, MemoryError) or looks_like_oom(text) else "failed"
         return {
             "status": status,
             "metrics": metrics,

@@ -35,17 +35,6 @@ class Candidate:
             "reference": self.reference,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        return cls(
-            d["backend"],
-            tuple(d.get("passes", ())),
-            dict(d.get("options", {})),
-            d.get("target", "cpu"),
-            int(d.get("batch", 1)),
-            bool(d.get("reference", False)),
-        )
-
     def config_dict(self) -> dict[str, Any]:
         """Everything but the batch size: candidates with equal configs share a latency-per-batch profile."""
         d = self.to_dict()
