@@ -117,6 +117,7 @@ def test_a_crashing_candidate_is_recorded_and_the_run_goes_on(mlp: Path, mlp_npz
         threads=(1,),
         opt_levels=("all",),
         execution_modes=("sequential",),
+        passes=(),
     )
     result = chipfit.fit(mlp, mlp_npz, space=space, settings=fast_settings)
     status = {r.candidate.backend: r.measurement.status for r in result.candidates}
@@ -127,7 +128,9 @@ def test_a_crashing_candidate_is_recorded_and_the_run_goes_on(mlp: Path, mlp_npz
 def test_batch_sizes_and_fixed_batch(mlp: Path, mlp_npz: Path, tmp_path: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
     from conftest import make_mlp
 
-    space = SpaceOptions(batch_sizes=(1, 4), threads=(1,), opt_levels=("all",), execution_modes=("sequential",))
+    space = SpaceOptions(
+        batch_sizes=(1, 4), threads=(1,), opt_levels=("all",), execution_modes=("sequential",), passes=()
+    )
     result = chipfit.fit(mlp, mlp_npz, space=space, settings=fast_settings, objective="throughput")
     batches = sorted(r.candidate.batch for r in result.candidates if r.measurement.ok)
     assert batches == [1, 1, 4, 4]  # reference and candidate, each at both batch sizes
@@ -139,7 +142,7 @@ def test_batch_sizes_and_fixed_batch(mlp: Path, mlp_npz: Path, tmp_path: Path, f
 
 def test_time_budget_skips_the_rest(mlp: Path, mlp_npz: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
     space = SpaceOptions(
-        batch_sizes=(1,), threads=(1,), opt_levels=("none", "basic", "all"), execution_modes=("sequential",)
+        batch_sizes=(1,), threads=(1,), opt_levels=("none", "basic", "all"), execution_modes=("sequential",), passes=()
     )
     result = chipfit.fit(mlp, mlp_npz, space=space, settings=fast_settings, time_budget=0.01)
     skipped = [r for r in result.candidates if r.source == "skipped"]

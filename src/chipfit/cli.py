@@ -73,6 +73,14 @@ def _words(value: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str,
     return out
 
 
+def _passes(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value.strip() == "none":
+        return ()
+    return _words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "fp16"))
+
+
 @app.command()
 def version() -> None:
     """Print chipfit's version."""
@@ -201,6 +209,15 @@ def fit(
     execution_modes: Annotated[
         str | None, typer.Option(help="sequential, parallel.", rich_help_panel="Search space")
     ] = None,
+    passes: Annotated[
+        str | None,
+        typer.Option(
+            help="Precision and fusion passes to try: transformer_fusion, int8_dynamic, int8_static, fp16, or 'none' "
+            "for fp32 graph variants only. Default: all that suit the model and CPU (fp16 only with fast fp16; "
+            "naming it measures it anyway).",
+            rich_help_panel="Search space",
+        ),
+    ] = None,
     batch_sweep_top: Annotated[
         int,
         typer.Option(
@@ -264,6 +281,7 @@ def fit(
             threads=_ints(threads, "--threads"),
             opt_levels=_words(opt_levels, "--opt-levels", ("none", "basic", "extended", "all")),
             execution_modes=_words(execution_modes, "--execution-modes", ("sequential", "parallel")),
+            passes=_passes(passes),
         )
         settings = MeasureSettings(
             timing=TimingPolicy(max_time_s=measure_time),

@@ -102,7 +102,7 @@ def _manifest(result: FitResult, model_file: str | None, files: dict[str, str]) 
 
 def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
     """Write the artifact to a staging folder beside ``out`` and swap it in; nothing is half-written."""
-    from chipfit.passes import PassContext, apply_passes
+    from chipfit.passes import apply_passes
     from chipfit.report import render_report
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -115,7 +115,7 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
                 ctx.model_sha256,
                 list(result.winner.candidate.passes),
                 ctx.variants_dir,
-                PassContext(ctx.calib_dir, ctx.input_names),
+                ctx.pass_context(),
             )
             for p in onnx_files(variant):  # the model is always model.onnx; external data keeps its names
                 shutil.copy2(p, staging / ("model.onnx" if p == variant else p.name))

@@ -16,6 +16,7 @@ from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerpr
 from chipfit.measure.quality import default_metric
 from chipfit.model import Model, load_model
 from chipfit.package import check_writable, write_artifact
+from chipfit.search.mixed_precision import MixedPrecision
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
 from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
 from chipfit.search.space import SpaceOptions, build_space
@@ -43,6 +44,7 @@ class FitResult:
     elapsed_s: float
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    mixed_precision: dict[str, Any] | None = None  # the accuracy-aware search's report, when it ran
 
     @property
     def feasible(self) -> bool:
@@ -62,6 +64,7 @@ class FitResult:
             "elapsed_s": self.elapsed_s,
             "out_dir": str(self.out_dir) if self.out_dir else None,
             "notes": self.notes,
+            "mixed_precision": self.mixed_precision,
         }
 
 
@@ -131,6 +134,7 @@ def fit(
         dynamic_batch=m.dynamic_batch,
         data_dir=eval_set.save(run_dir / "eval"),
         calib_dir=calib_set.save(run_dir / "calib"),
+        calib_sha256=calib_set.sha256(),
         data_sha256=eval_set.sha256() + calib_set.sha256()[:16],
         metric=metric,
         fidelity_metric=spec_obj.fidelity_metric,
@@ -144,30 +148,35 @@ def fit(
         settings=settings,
     )
     candidates = build_space(m, space or SpaceOptions(), cpu_quota())
+    budget = spec_obj.time_budget
+    refine = MixedPrecision(ctx, spec_obj, started + budget if budget else None)
     try:
-        results = run_search(ctx, candidates, spec_obj.time_budget, callback)
+        results = run_search(ctx, candidates, budget, callback, spec=spec_obj, refine=refine)
+        reference = next((r for r in results if r.candidate.reference), None)
+        if reference is not None and not reference.measurement.ok:
+            raise ModelError(
+                f"Model '{m.path}' fails to run as given on {reference.candidate.backend}'s default session: "
+                f"{reference.measurement.error}"
+            )
+        evaluate(results, spec_obj)
+        feasible = [r for r in results if r.feasible]
+        if refine.report is not None:
+            notes.append(f"mixed precision on {refine.report.base}: {refine.report.outcome}")
+        result = FitResult(
+            winner=choose_winner(feasible, spec_obj.objective),
+            pareto=pareto_front(results),
+            candidates=results,
+            near_misses=near_misses(results),
+            reference=reference,
+            spec=spec_obj,
+            model=m,
+            environment=env,
+            elapsed_s=time.monotonic() - started,
+            notes=notes,
+            mixed_precision=refine.report.to_dict() if refine.report else None,
+        )
+        if out_dir is not None:  # while the run's calibration data still exists (the winner may need it)
+            result.out_dir = write_artifact(result, out_dir, ctx)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    reference = next((r for r in results if r.candidate.reference), None)
-    if reference is not None and not reference.measurement.ok:
-        raise ModelError(
-            f"Model '{m.path}' fails to run as given on {reference.candidate.backend}'s default session: "
-            f"{reference.measurement.error}"
-        )
-    evaluate(results, spec_obj)
-    feasible = [r for r in results if r.feasible]
-    result = FitResult(
-        winner=choose_winner(feasible, spec_obj.objective),
-        pareto=pareto_front(results),
-        candidates=results,
-        near_misses=near_misses(results),
-        reference=reference,
-        spec=spec_obj,
-        model=m,
-        environment=env,
-        elapsed_s=time.monotonic() - started,
-        notes=notes,
-    )
-    if out_dir is not None:
-        result.out_dir = write_artifact(result, out_dir, ctx)
     return result

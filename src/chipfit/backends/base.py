@@ -35,6 +35,7 @@ class OptionSet:
     variants: list[list[dict[str, Any]]] = field(default_factory=list)  # each a list of {"name", "params"}
     options: list[dict[str, Any]] = field(default_factory=list)
     reference_options: dict[str, Any] | None = None  # the backend's plain default session, if it has one
+    skip: dict[int, str] = field(default_factory=dict)  # variant index -> why it is not worth measuring here
 
 
 @runtime_checkable

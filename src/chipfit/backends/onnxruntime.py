@@ -14,7 +14,7 @@ from chipfit.backends.base import Capabilities, OptionSet
 if TYPE_CHECKING:
     from chipfit.model import Model
 
-__all__ = ["LEVELS", "OnnxRuntimeBackend", "backend", "thread_choices"]
+__all__ = ["LEVELS", "OnnxRuntimeBackend", "backend", "precision_variants", "thread_choices"]
 
 LEVELS = ("disable", "basic", "extended", "all")
 _PROVIDERS = {"cpu": "CPUExecutionProvider"}
@@ -107,21 +107,64 @@ class OnnxRuntimeBackend:
         return OrtExecutable(session)
 
     def option_space(self, model: Model, cpus: int) -> OptionSet:
-        """The model as given (no graph optimization), ORT's levels applied offline, × threads × mode."""
-        variants: list[list[dict[str, Any]]] = [[]]
-        variants += [[{"name": "ort_graph_opt", "params": {"level": lvl}}] for lvl in LEVELS[1:]]
+        """Graph variants × threads × execution mode; the first option (all cores, sequential) is the default."""
+        variants, skip = precision_variants(model.path)
         options = []
-        for threads in thread_choices(cpus):
+        for threads in sorted(thread_choices(cpus), key=lambda t: -t):
             for mode in ("sequential", "parallel"):
                 opt: dict[str, Any] = {
-                    "graph_optimization_level": "disable",
+                    "graph_optimization_level": "disable",  # variants are optimized offline
                     "intra_op_num_threads": threads,
                     "execution_mode": mode,
                 }
                 if mode == "parallel":
                     opt["inter_op_num_threads"] = max(1, cpus // threads)
                 options.append(opt)
-        return OptionSet(variants=variants, options=options, reference_options={})
+        return OptionSet(variants=variants, options=options, reference_options={}, skip=skip)
+
+
+def precision_variants(path: Path) -> tuple[list[list[dict[str, Any]]], dict[int, str]]:
+    """The pass chains worth trying on this model and CPU, fp32 first (so the latency probe has a bar to beat).
+
+    fp32: as given, and ONNX Runtime's levels applied offline; transformers also get the transformer fusion,
+    and their int8 variants are quantized after it. int8: dynamic (per-tensor / per-channel weights), static
+    QDQ (MinMax / Entropy / Percentile calibration); weights in reduced range when the CPU lacks an int8
+    dot-product instruction. fp16: listed, but skipped on CPUs without fast fp16 arithmetic.
+    """
+    from chipfit.hardware.detect import cpu_features
+    from chipfit.passes.fp16 import has_float
+    from chipfit.passes.int8_dynamic import pass_ as dynamic
+    from chipfit.passes.int8_static import pass_ as static
+    from chipfit.passes.transformer_fusion import is_transformer
+
+    def opt(level: str) -> dict[str, Any]:
+        return {"name": "ort_graph_opt", "params": {"level": level}}
+
+    features = cpu_features()
+    variants: list[list[dict[str, Any]]] = [[]] + [[opt(lvl)] for lvl in LEVELS[1:]]
+    transformer = is_transformer(path)
+    prefix = [{"name": "transformer_fusion", "params": {}}] if transformer else []
+    if transformer:
+        variants.append([*prefix, opt("all")])
+    if dynamic.quantizable(path):
+        for pc in (False, True):
+            step = {"name": "int8_dynamic", "params": {"per_channel": pc, "reduce_range": not features["int8_dot"]}}
+            variants.append([*prefix, step, opt("all")])
+    if static.quantizable(path):
+        methods = ("minmax", "percentile") if transformer else ("minmax", "entropy", "percentile")
+        for method in methods:
+            for pc in (True,) if transformer else (False, True):
+                step = {"name": "int8_static", "params": {"calibrate": method, "per_channel": pc}}
+                variants.append([*prefix, step, opt("all")])
+    skip: dict[int, str] = {}
+    if has_float(path):
+        variants.append([*prefix, {"name": "fp16", "params": {"keep_io_types": True}}, opt("all")])
+        if not features["fast_fp16"]:
+            skip[len(variants) - 1] = (
+                "fp16: this CPU has no fast fp16 arithmetic (no AVX512-FP16/AMX-FP16 or Arm FP16); ONNX Runtime "
+                "would cast back to fp32. Ask for it with --passes fp16 to measure it anyway."
+            )
+    return variants, skip
 
 
 backend = OnnxRuntimeBackend()

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_quota", "environment_fingerprint", "fingerprint_hash", "local_machine"]
+__all__ = ["cpu_features", "cpu_quota", "environment_fingerprint", "fingerprint_hash", "local_machine"]
 
 # ISA flags that change which kernels a runtime can use; the rest of /proc/cpuinfo is noise here.
 _RELEVANT_FLAGS = (
@@ -36,6 +36,7 @@ _RELEVANT_FLAGS = (
     "avx512_fp16",
     "avx_vnni",
     "amx_bf16",
+    "amx_fp16",
     "amx_int8",
     "amx_tile",
     "asimd",
@@ -114,6 +115,20 @@ def _cpu_info() -> dict[str, Any]:
         "isa": sorted(f for f in _RELEVANT_FLAGS if f in flags),
         "cores_in_quota": cpu_quota(),
         "logical_cores_host": os.cpu_count(),
+    }
+
+
+def cpu_features(isa: list[str] | None = None) -> dict[str, bool]:
+    """What the CPU's instruction set means for precision choices.
+
+    ``int8_dot``: an int8 dot-product instruction (VNNI, AMX, Arm dot-product / i8mm); without it x86 int8
+    kernels multiply u8·s8 with saturation, hence reduced-range weights. ``fast_fp16``: fp16 arithmetic
+    (AVX512-FP16, AMX-FP16, Arm FP16 vector units); without it fp16 models are cast back to fp32.
+    """
+    flags = set(_cpu_info()["isa"] if isa is None else isa)
+    return {
+        "int8_dot": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}),
+        "fast_fp16": bool(flags & {"avx512_fp16", "amx_fp16", "asimdhp"}),
     }
 
 

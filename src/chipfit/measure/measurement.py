@@ -7,7 +7,7 @@ from typing import Any
 
 __all__ = ["STATUSES", "Measurement", "looks_like_oom"]
 
-STATUSES = ("ok", "failed", "timeout", "oom", "skipped")
+STATUSES = ("ok", "failed", "timeout", "oom", "skipped", "pruned")  # pruned: a latency probe showed it cannot win
 _OOM_MARKERS = ("MemoryError", "bad_alloc", "Failed to allocate memory", "Cannot allocate memory", "out of memory")
 
 

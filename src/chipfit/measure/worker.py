@@ -56,6 +56,23 @@ def _time(exe: Any, feed: dict[str, np.ndarray], batch: int, policy: Any) -> dic
     return out
 
 
+def _probe(exe: Any, feed: dict[str, np.ndarray], beat_ms: float, margin: float) -> tuple[float, int] | None:
+    """A short latency probe: None when the candidate may beat ``beat_ms``, else (median ms, runs) showing it
+    cannot, even allowing ``margin`` for noise. Stops early once the answer is clear."""
+    for _ in range(3):
+        exe.run(feed)
+    samples: list[float] = []
+    deadline = time.perf_counter() + max(0.3, min(3.0, beat_ms * margin * 30 / 1000))
+    while len(samples) < 25 and time.perf_counter() < deadline:
+        t0 = time.perf_counter_ns()
+        exe.run(feed)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        if len(samples) >= 5 and float(np.median(samples)) <= beat_ms * margin:
+            return None
+    median = float(np.median(samples))
+    return (median, len(samples)) if median > beat_ms * margin else None
+
+
 def _evaluate(exe: Any, data: dict[str, np.ndarray], chunk: int, limit: int | None) -> list[np.ndarray]:
     n = len(next(iter(data.values())))
     n = min(n, limit) if limit else n
@@ -83,7 +100,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     try:
         data = Dataset.load_saved(Path(job["data_dir"]), job["input_names"])
         phase = "passes"
-        ctx = PassContext(Path(job["calib_dir"]) if job.get("calib_dir") else None, job["input_names"])
+        calib = Path(job["calib_dir"]) if job.get("calib_dir") else None
+        ctx = PassContext(calib, job.get("calib_sha256"), job["input_names"])
         variant, notes = apply_passes(
             Path(job["model_path"]), job["model_sha256"], job["passes"], Path(job["variants_dir"]), ctx
         )
@@ -102,8 +120,20 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         exe = backend.compile(variant, job.get("target", "cpu"), job["options"])
         metrics["compile_s"] = time.perf_counter() - t0
-        phase = "timing"
         batch = int(job["batch"])
+        bar = job.get("probe")
+        if bar:
+            phase = "probe"
+            pruned = _probe(exe, _feed(data.inputs, 0, batch), float(bar["beat_ms"]), float(bar["margin"]))
+            if pruned is not None:
+                metrics.update(probe_p50_ms=pruned[0], probe_runs=pruned[1], probe_beat_ms=bar["beat_ms"])
+                text = (
+                    f"latency probe: median {pruned[0]:.3g} ms over {pruned[1]} runs cannot beat the best feasible "
+                    f"{bar['beat_ms']:.3g} ms (+{bar['margin'] - 1:.0%} for noise); not evaluated further"
+                )
+                exe.close()
+                return {"status": "pruned", "metrics": metrics, "notes": notes, "error": text}
+        phase = "timing"
         metrics.update(_time(exe, _feed(data.inputs, 0, batch), batch, TimingPolicy(**job.get("timing", {}))))
         metrics["peak_memory_mb"] = probe.peak_mb()
         metrics["memory_method"] = probe.method
@@ -139,7 +169,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
-    result = measure(job)
+    if job.get("kind") == "sensitivity":
+        from chipfit.measure.sensitivity import rank
+
+        result = rank(job)
+    else:
+        result = measure(job)
     out = Path(job["result_path"])
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=float))

@@ -19,7 +19,7 @@ from chipfit.passes.base import Pass, PassContext, PassResult
 
 __all__ = ["BUILTIN", "Pass", "PassContext", "PassResult", "apply_passes", "get_pass"]
 
-BUILTIN: tuple[str, ...] = ("ort_graph_opt",)
+BUILTIN: tuple[str, ...] = ("ort_graph_opt", "transformer_fusion", "fp16", "int8_dynamic", "int8_static")
 
 
 def get_pass(name: str) -> Pass:
@@ -32,8 +32,12 @@ def get_pass(name: str) -> Pass:
     return obj() if isinstance(obj, type) else obj
 
 
-def _step_key(input_hash: str, step: dict[str, Any]) -> str:
-    payload = json.dumps({"in": input_hash, "pass": step["name"], "params": step.get("params", {})}, sort_keys=True)
+def _step_key(input_hash: str, step: dict[str, Any], calib_sha256: str | None) -> str:
+    """Content key of one step's output; passes that read calibration data also key on that data."""
+    payload_d = {"in": input_hash, "pass": step["name"], "params": step.get("params", {})}
+    if getattr(get_pass(step["name"]), "reads_calibration", False):
+        payload_d["calib"] = calib_sha256
+    payload = json.dumps(payload_d, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -45,7 +49,7 @@ def apply_passes(
 
     path, key, notes = model_path, model_hash, []
     for step in steps:
-        key = _step_key(key, step)
+        key = _step_key(key, step, ctx.calib_sha256)
         dest = variants_dir / key
         out = dest / "model.onnx"
         meta = dest / "pass.json"

@@ -18,6 +18,7 @@ class PassContext:
     """What a pass may read besides the model: calibration data, the machine, a scratch folder."""
 
     calib_dir: Path | None = None
+    calib_sha256: str | None = None  # part of the cache key of passes with ``reads_calibration = True``
     input_names: list[str] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
 

@@ -15,13 +15,15 @@ from typing import Any
 from chipfit.measure.measurement import Measurement
 from chipfit.measure.runner import run_isolated
 from chipfit.measure.stats import TimingPolicy
-from chipfit.search.select import CandidateResult
+from chipfit.passes.base import PassContext
+from chipfit.search.select import CandidateResult, evaluate
 from chipfit.search.space import Candidate
+from chipfit.spec import Spec
 from chipfit.store import Store
 
 __all__ = ["MeasureSettings", "SearchContext", "run_search"]
 
-WORKER_PROTOCOL = 1  # bump when the worker's way of measuring changes: stored results are then not reused
+WORKER_PROTOCOL = 2  # bump when the worker's way of measuring changes: stored results are then not reused
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class MeasureSettings:
     memory_limit_mb: int | None = None
     eval_limit: int | None = None
     batch_sweep_top: int = 3
+    option_sweep_top: int = 3
+    probe: bool = True  # a short latency probe before full measurement (objective latency / throughput)
+    probe_margin: float = 1.15  # pruned only when the probe's median exceeds the best by this factor
     retry_failed: bool = False
     fresh: bool = False
 
@@ -45,6 +50,7 @@ class SearchContext:
     dynamic_batch: bool
     data_dir: Path
     calib_dir: Path | None
+    calib_sha256: str | None
     data_sha256: str
     metric: str | None
     fidelity_metric: str
@@ -69,6 +75,9 @@ class SearchContext:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
+    def pass_context(self) -> PassContext:
+        return PassContext(self.calib_dir, self.calib_sha256, self.input_names)
+
     @property
     def reference_path(self) -> Path:
         return self.refs_dir / f"{self.model_sha256[:16]}-{self.context_hash}.npz"
@@ -86,6 +95,7 @@ class SearchContext:
             "input_names": self.input_names,
             "data_dir": str(self.data_dir),
             "calib_dir": str(self.calib_dir) if self.calib_dir else None,
+            "calib_sha256": self.calib_sha256,
             "variants_dir": str(self.variants_dir),
             "timing": self.settings.timing.__dict__,
             "quality": {
@@ -101,17 +111,81 @@ class SearchContext:
 
 # callback(event, candidate, result, index, total): event is "start" (result None) or "done"
 Callback = Callable[[str, Candidate, CandidateResult | None, int, int], None]
+# refine(batch-1 results, measure) -> extra results: a search step between the batch-1 sweep and larger batches
+Refine = Callable[[list[CandidateResult], Callable[[Candidate], CandidateResult]], list[CandidateResult]]
+_PROBED_OBJECTIVES = ("latency", "throughput")  # a probe compares p50 at one batch size: only these rank by it
 
 
-def _measure_one(ctx: SearchContext, c: Candidate) -> tuple[Measurement, str]:
+def _measure_one(ctx: SearchContext, c: Candidate, probe: dict[str, float] | None) -> tuple[Measurement, str]:
     stored = None if ctx.settings.fresh else ctx.store.get(ctx.model_sha256, c, ctx.context_hash, ctx.env_hash)
     if stored is not None and c.reference and stored.ok and not ctx.reference_path.exists():
         stored = None  # the reference outputs are gone: measure the reference again to recreate them
-    if stored is not None and not (ctx.settings.retry_failed and not stored.ok):
+    if stored is not None and stored.status == "pruned":  # pruned against an earlier best: still beaten?
+        p50 = stored.metrics.get("probe_p50_ms")
+        if probe is None or p50 is None or p50 <= probe["beat_ms"] * probe["margin"]:
+            stored = None
+    if stored is not None and not (ctx.settings.retry_failed and stored.status in ("failed", "timeout", "oom")):
         return stored, "stored"
-    m = run_isolated(ctx.job(c), ctx.workdir / c.id, ctx.settings.timeout_s, ctx.settings.memory_limit_mb, ctx.threads)
+    job = ctx.job(c)
+    if probe is not None:
+        job["probe"] = probe
+    m = run_isolated(job, ctx.workdir / c.id, ctx.settings.timeout_s, ctx.settings.memory_limit_mb, ctx.threads)
     ctx.store.put(ctx.model_sha256, c, ctx.context_hash, ctx.env, ctx.env_hash, m)
     return m, "measured"
+
+
+class _Search:
+    """The loop's state: results so far, which variants and configs earned the wider sweeps."""
+
+    def __init__(self, ctx: SearchContext, spec: Spec | None, budget: float | None, callback: Callback | None):
+        self.ctx, self.spec, self.budget, self.callback = ctx, spec, budget, callback
+        self.start = time.monotonic()
+        self.results: list[CandidateResult] = []
+        self.total = 0
+
+    def feasible(self) -> list[CandidateResult]:
+        if self.spec is None:
+            return [r for r in self.results if r.measurement.ok]
+        evaluate(self.results, self.spec)
+        return [r for r in self.results if r.feasible]
+
+    def probe(self, c: Candidate) -> dict[str, float] | None:
+        if c.reference or not self.ctx.settings.probe or self.spec is None:
+            return None
+        if self.spec.objective not in _PROBED_OBJECTIVES:
+            return None
+        best = [r.metric("p50_ms") for r in self.feasible() if r.candidate.batch == c.batch]
+        best = [v for v in best if v is not None]
+        return {"beat_ms": min(best), "margin": self.ctx.settings.probe_margin} if best else None
+
+    def fastest(self, top: int, key: Callable[[Candidate], str], batch: int) -> set[str]:
+        ok = [r for r in self.feasible() if r.candidate.batch == batch and r.metric("p50_ms") is not None]
+        ok.sort(key=lambda r: r.metric("p50_ms"))
+        out: list[str] = []
+        for r in ok:
+            k = key(r.candidate)
+            if k not in out:
+                out.append(k)
+        return set(out[:top])
+
+    def measure(self, c: Candidate, skip: str | None = None) -> CandidateResult:
+        i = len(self.results)
+        self.total = max(self.total, i + 1)
+        if skip is None and c.skip:
+            skip = c.skip
+        if skip is None and self.budget is not None and time.monotonic() - self.start > self.budget:
+            skip = None if c.reference else f"time budget of {self.budget:g}s spent before this candidate"
+        if skip:
+            r = CandidateResult(c, Measurement("skipped", error=skip), "skipped")
+        else:
+            if self.callback:
+                self.callback("start", c, None, i, self.total)
+            m, source = _measure_one(self.ctx, c, self.probe(c))
+            r = CandidateResult(c, m, source)
+        self.results.append(r)
+        if self.callback:
+            self.callback("done", c, r, i, self.total)
+        return r
 
 
 def run_search(
@@ -119,39 +193,40 @@ def run_search(
     candidates: list[Candidate],
     time_budget_s: float | None = None,
     callback: Callback | None = None,
+    spec: Spec | None = None,
+    refine: Refine | None = None,
 ) -> list[CandidateResult]:
-    """Measure ``candidates`` (reference first) within the time budget; returns one result per candidate."""
-    start = time.monotonic()
-    results: list[CandidateResult] = []
-    first_batch = min((c.batch for c in candidates), default=1)
-    sweep: set[str] | None = None
-    total = len(candidates)
-    for i, c in enumerate(candidates):
-        if c.batch != first_batch and sweep is None:
-            sweep = _fastest_configs(results, ctx.settings.batch_sweep_top)
-        skip = _skip_reason(c, sweep, start, time_budget_s, ctx.settings.batch_sweep_top)
-        if skip:
-            r = CandidateResult(c, Measurement("skipped", error=skip), "skipped")
-        else:
-            if callback:
-                callback("start", c, None, i, total)
-            m, source = _measure_one(ctx, c)
-            r = CandidateResult(c, m, source)
-        results.append(r)
-        if callback:
-            callback("done", c, r, i, total)
-    return results
+    """Measure ``candidates`` (reference first) within the time budget; returns one result per candidate.
 
-
-def _skip_reason(c: Candidate, sweep: set[str] | None, start: float, budget: float | None, top: int) -> str | None:
-    if budget is not None and time.monotonic() - start > budget and not c.reference:
-        return f"time budget of {budget:g}s spent before this candidate"
-    if sweep is not None and c.config_id not in sweep:
-        return f"batch sweep only for the {top} fastest configurations at batch 1"
-    return None
-
-
-def _fastest_configs(results: list[CandidateResult], top: int) -> set[str]:
-    ok = [r for r in results if r.measurement.ok and r.metric("p50_ms") is not None]
-    ok.sort(key=lambda r: r.metric("p50_ms"))
-    return {r.candidate.config_id for r in ok[:top]}
+    At the first batch size every variant runs with its backend's default options; the other runtime options
+    are measured only for the ``option_sweep_top`` fastest feasible variants, and larger batch sizes only for
+    the ``batch_sweep_top`` fastest feasible configurations. With a ``spec`` whose objective is latency or
+    throughput, each candidate first gets a short latency probe against the best feasible one so far.
+    ``refine`` (e.g. the accuracy-aware mixed-precision search) runs after the first batch size.
+    """
+    s = _Search(ctx, spec, time_budget_s, callback)
+    s.total = len(candidates)
+    first = min((c.batch for c in candidates), default=1)
+    top_o, top_b = ctx.settings.option_sweep_top, ctx.settings.batch_sweep_top
+    variants: set[str] | None = None
+    configs: set[str] | None = None
+    refined = refine is None
+    for c in candidates:
+        if c.batch != first and not refined:
+            refined = True
+            s.total += len(refine(list(s.results), s.measure)) if refine else 0
+        skip = None
+        if c.option_sweep and c.batch == first:
+            if variants is None:
+                variants = s.fastest(top_o, Candidate.variant_key, first)
+            if c.variant_key() not in variants:
+                skip = f"runtime options swept only for the {top_o} fastest feasible variants"
+        elif c.batch != first and not c.reference:
+            if configs is None:
+                configs = s.fastest(top_b, lambda x: x.config_id, first)
+            if c.config_id not in configs:
+                skip = f"batch sweep only for the {top_b} fastest feasible configurations at batch {first}"
+        s.measure(c, skip)
+    if not refined and refine is not None:
+        refine(list(s.results), s.measure)
+    return s.results

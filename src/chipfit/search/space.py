@@ -24,6 +24,9 @@ class Candidate:
     target: str = "cpu"
     batch: int = 1
     reference: bool = False
+    # not part of the identity: how the search treats the candidate
+    skip: str | None = field(default=None, compare=False)  # measured never: the reason (e.g. no fast fp16)
+    option_sweep: bool = field(default=False, compare=False)  # a non-default runtime option of its variant
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,13 +53,13 @@ class Candidate:
     def config_id(self) -> str:
         return hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
+    def variant_key(self) -> str:
+        return json.dumps([self.backend, list(self.passes)], sort_keys=True)
+
     def pass_label(self) -> str:
         if not self.passes:
             return "default" if not self.options else "as given"
-        return "+".join(
-            p["name"] + ("(" + ",".join(str(v) for v in p.get("params", {}).values()) + ")" if p.get("params") else "")
-            for p in self.passes
-        )
+        return "+".join(_step_label(p) for p in self.passes)
 
     def option_label(self) -> str:
         if not self.options:
@@ -78,6 +81,20 @@ class Candidate:
         return f"{self.pass_label()} · {self.backend} {self.option_label()} · b{self.batch}"
 
 
+def _step_label(step: dict[str, Any]) -> str:
+    params = step.get("params", {})
+    parts = []
+    for k, v in params.items():
+        if k == "exclude":
+            parts.append(f"{len(v)} fp32")
+        elif isinstance(v, bool):
+            parts.append({"per_channel": "pc", "reduce_range": "rr", "keep_io_types": "io32"}.get(k, k) if v else "")
+        else:
+            parts.append(str(v))
+    text = ",".join(p for p in parts if p)
+    return step["name"] + (f"({text})" if text else "")
+
+
 @dataclass(frozen=True)
 class SpaceOptions:
     """Which dimensions to explore; None means the backend's full set for this machine."""
@@ -87,14 +104,20 @@ class SpaceOptions:
     threads: tuple[int, ...] | None = None
     opt_levels: tuple[str, ...] | None = None  # "none" = the model as given, or basic / extended / all
     execution_modes: tuple[str, ...] | None = None
+    passes: tuple[str, ...] | None = None  # pass families beyond graph levels; None: all that suit the model
     target: str = "cpu"
 
 
-def _keep_variant(variant: list[dict[str, Any]], levels: tuple[str, ...] | None) -> bool:
-    if levels is None:
+def _keep_variant(variant: list[dict[str, Any]], space: SpaceOptions, has_levels: bool) -> bool:
+    """Precision/fusion variants are filtered by ``space.passes``; plain graph levels by ``space.opt_levels``
+    (for backends that have them)."""
+    families = {p["name"] for p in variant} - {"ort_graph_opt"}
+    if families:
+        return space.passes is None or families <= set(space.passes)
+    if space.opt_levels is None or not has_levels:
         return True
     level = next((p["params"]["level"] for p in variant if p["name"] == "ort_graph_opt"), "none")
-    return level in levels
+    return level in space.opt_levels
 
 
 def _keep_options(opt: dict[str, Any], space: SpaceOptions) -> bool:
@@ -106,7 +129,9 @@ def _keep_options(opt: dict[str, Any], space: SpaceOptions) -> bool:
 
 
 def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]:
-    """Every candidate for ``model``: first the reference, then batch 1 for each config, then larger batches.
+    """Every candidate for ``model``: first the reference, then batch 1 for each variant with its backend's
+    default options, then the other options (the driver measures them for the fastest variants), then larger
+    batches. Variants a backend deems not worth measuring here carry a ``skip`` reason.
 
     Batch sizes above 1 need a dynamic batch dimension; with a fixed one, only the model's own batch runs.
     """
@@ -121,14 +146,21 @@ def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]
                 Candidate(name, (), dict(opts.reference_options), space.target, b, reference=i == 0)
                 for i, b in enumerate(batches)
             )
+        kept = [o for o in opts.options if _keep_options(o, space)]
         has_levels = any(p["name"] == "ort_graph_opt" for v in opts.variants for p in v)
-        for variant in opts.variants:
-            if has_levels and not _keep_variant(variant, space.opt_levels):
+        for i, variant in enumerate(opts.variants):
+            if not _keep_variant(variant, space, has_levels):
                 continue
-            for opt in opts.options:
-                if _keep_options(opt, space):
-                    out.extend(Candidate(name, tuple(variant), dict(opt), space.target, b) for b in batches)
-    return sorted(out, key=lambda c: (not c.reference, c.batch))  # stable: backend order kept per batch
+            skip = opts.skip.get(i)
+            if skip and space.passes is not None and ({p["name"] for p in variant} & set(space.passes)):
+                skip = None  # asked for by name: measure it anyway
+            for j, opt in enumerate(kept):
+                out.extend(
+                    Candidate(name, tuple(variant), dict(opt), space.target, b, skip=skip, option_sweep=j > 0)
+                    for b in batches
+                )
+    # reference first; per batch size the default options of every variant, then the other options (stable)
+    return sorted(out, key=lambda c: (not c.reference, c.batch, c.option_sweep))
 
 
 def _fixed_batch(model: Model) -> int:

@@ -1,0 +1,92 @@
+"""Per-node quantization sensitivity, run in a worker process (``job["kind"] == "sensitivity"``).
+
+For one quantized candidate, each node its quantization pass would quantize is quantized *alone* (the rest
+stays fp32), the result runs on a few calibration samples, and its error against the fp32 model's outputs
+(1 − cosine similarity) is that node's sensitivity. Nodes whose quantization alone hurts most are the ones
+the accuracy-aware search keeps in fp32 first. Stops at the job's deadline; nodes not reached are returned
+unranked.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["rank"]
+
+
+def _run(exe: Any, data: dict[str, np.ndarray], chunk: int) -> np.ndarray:
+    n = len(next(iter(data.values())))
+    outs = [exe.run({k: np.ascontiguousarray(v[s : s + chunk]) for k, v in data.items()}) for s in range(0, n, chunk)]
+    return np.concatenate([np.asarray(o[0], dtype=np.float64).reshape(len(o[0]), -1) for o in outs]).ravel()
+
+
+def _error(out: np.ndarray, ref: np.ndarray) -> float:
+    denom = float(np.linalg.norm(out) * np.linalg.norm(ref))
+    cos = float(out @ ref) / denom if denom > 0 else (1.0 if np.allclose(out, ref) else 0.0)
+    return max(0.0, 1.0 - cos) if np.isfinite(cos) else 1.0
+
+
+def rank(job: dict[str, Any]) -> dict[str, Any]:
+    from chipfit.backends import get_backend
+    from chipfit.data import Dataset
+    from chipfit.passes import PassContext, apply_passes, get_pass
+    from chipfit.passes._quant import prepare
+
+    deadline = time.monotonic() + float(job.get("time_s", 300.0))
+    try:
+        calib = Path(job["calib_dir"]) if job.get("calib_dir") else None
+        ctx = PassContext(calib, job.get("calib_sha256"), job["input_names"])
+        chain, qi = job["passes"], int(job["quant_index"])
+        base, _ = apply_passes(
+            Path(job["model_path"]), job["model_sha256"], chain[:qi], Path(job["variants_dir"]), ctx
+        )
+        source = calib if calib is not None else Path(job["data_dir"])
+        full = Dataset.load_saved(source, job["input_names"]).inputs
+        n = min(len(next(iter(full.values()))), int(job.get("samples", 32)))
+        data = {k: np.ascontiguousarray(v[:n]) for k, v in full.items()}
+        chunk = int(job.get("chunk", n))
+        backend = get_backend(job["backend"])
+        qpass = get_pass(chain[qi]["name"])
+        params = {k: v for k, v in chain[qi].get("params", {}).items() if k not in ("exclude", "nodes")}
+        if "samples" in qpass.params:  # calibrate on few samples: the ranking needs order, not precision
+            params["samples"] = min(int(params.get("samples", 128)), 32)
+        with tempfile.TemporaryDirectory(dir=job["variants_dir"]) as tmp_s:
+            tmp = Path(tmp_s)
+            prepared, _ = prepare(base, tmp)
+            ref = _run(backend.compile(prepared, job["target"], job["options"]), data, chunk)
+            nodes = qpass.quantizable(prepared)
+            ranked: list[list[Any]] = []
+            for i, node in enumerate(nodes):
+                if time.monotonic() > deadline:
+                    break
+                path = tmp / f"node{i}.onnx"
+                qpass.quantize(prepared, path, {**params, "nodes": [node]}, ctx)
+                for j, step in enumerate(chain[qi + 1 :]):  # the steps after quantization, e.g. graph optimization
+                    nxt = tmp / f"node{i}-{j}.onnx"
+                    if get_pass(step["name"]).apply(path, nxt, dict(step.get("params", {})), ctx).applied:
+                        path = nxt
+                exe = backend.compile(path, job["target"], job["options"])
+                ranked.append([node, _error(_run(exe, data, chunk), ref)])
+                exe.close()
+        ranked.sort(key=lambda r: -r[1])
+        done = {r[0] for r in ranked}
+        return {
+            "status": "ok",
+            "metrics": {"ranking": ranked, "unranked": [x for x in nodes if x not in done], "samples": n},
+            "notes": [],
+            "error": None,
+        }
+    except BaseException as exc:  # recorded, never propagated
+        return {
+            "status": "failed",
+            "metrics": {},
+            "notes": [],
+            "error": f"sensitivity: {type(exc).__name__}: {exc}"[:2000],
+            "traceback": traceback.format_exc(limit=8)[-4000:],
+        }

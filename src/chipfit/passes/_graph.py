@@ -1,0 +1,97 @@
+"""Graph facts the passes decide on, read from the ONNX file alone (no runtime import)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+__all__ = [
+    "LARGE_MODEL_BYTES",
+    "attention_softmaxes",
+    "float_tensor_count",
+    "is_large",
+    "load_graph",
+    "name_nodes",
+    "op_counts",
+    "quantizable_nodes",
+]
+
+LARGE_MODEL_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with a margin: write weights as external data
+_PASS_THROUGH = {"Add", "Div", "Mul", "Where", "Sub", "Cast", "Reshape", "Transpose"}
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    """The graph without its weights (fast even for multi-GB models)."""
+    return onnx.load(str(path), load_external_data=False)
+
+
+def is_large(path: Path) -> bool:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) > LARGE_MODEL_BYTES or any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in load_graph(path).graph.initializer
+    )
+
+
+def op_counts(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def attention_softmaxes(model: onnx.ModelProto) -> int:
+    """Softmaxes that sit between two MatMuls (scores = Q·Kᵀ → scale/mask → Softmax → ·V): attention.
+
+    Fused attention ops (Attention, MultiHeadAttention) count too, so an already fused graph is recognised.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    count = sum(1 for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention"))
+    for n in model.graph.node:
+        if n.op_type != "Softmax":
+            continue
+        up, node, hops = False, n, 0
+        while node is not None and hops < 6:
+            node = next((producer[i] for i in node.input if i in producer), None)
+            hops += 1
+            if node is not None and node.op_type == "MatMul":
+                up = True
+                break
+            if node is None or node.op_type not in _PASS_THROUGH:
+                break
+        down = any(c.op_type == "MatMul" for c in consumers.get(n.output[0], []))
+        count += int(up and down)
+    return count
+
+
+def quantizable_nodes(model: onnx.ModelProto, op_types: tuple[str, ...], need_weight: bool = False) -> list[str]:
+    """Names of nodes of ``op_types`` (with a constant weight input when ``need_weight``), in graph order."""
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in op_types and (not need_weight or any(i in inits for i in n.input[1:2])):
+            out.append(n.name)
+    return out
+
+
+def float_tensor_count(model: onnx.ModelProto) -> int:
+    """fp32 initializers plus fp32 graph inputs: what an fp16 conversion would change."""
+    inits = sum(1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    ins = sum(1 for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)
+    return inits + ins
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give every unnamed node a stable name (``<op>_<index>``) so it can be excluded by name; returns how many."""
+    used = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
+            named += 1
+    return named
