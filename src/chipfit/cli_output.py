@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,22 @@ def _f(v: Any, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _print_mixed_precision(console: Console, report: dict[str, Any] | None) -> None:
+    if not report:
+        return
+    console.print(f"\n[bold]mixed precision[/] on {report['base']} (it missed: {report['bound']})")
+    for step in report["steps"]:
+        added = ", ".join(f"{n} ({e:.2g})" if e is not None else n for n, e in step["added"])
+        cost = step["p50_cost_ms"]
+        cost_s = f"{cost:+.3g} ms" if cost is not None else "–"
+        console.print(
+            f"  keep {step['kept_fp32']} in fp32 (+ {added}): {step['status']}, p50 {_f(step['p50_ms'])} ms "
+            f"({cost_s}), quality {_f(step['quality'], 4)}{' [green]feasible[/]' if step['feasible'] else ''}",
+            soft_wrap=True,
+        )
+    console.print(f"  → {report['outcome']}", soft_wrap=True)
+
+
 def print_fit_result(console: Console, result: FitResult) -> None:
     qname = "accuracy" if result.reference and result.reference.metric("accuracy") is not None else "fidelity"
     table = Table(title=f"{len(result.candidates)} candidates", title_justify="left", header_style="bold")
@@ -84,13 +101,15 @@ def print_fit_result(console: Console, result: FitResult) -> None:
         style = "bold yellow" if result.winner and r.candidate.id == result.winner.candidate.id else None
         name = r.candidate.pass_label() + (" ◆" if r.candidate.id in pareto else "")
         opts = f"{r.candidate.backend} {r.candidate.option_label()}"
-        status = r.measurement.status if r.measurement.ok else f"[red]{r.measurement.status}[/]"
+        st = r.measurement.status
+        status = st if st in ("ok", "pruned") else f"[red]{st}[/]"
+        p50 = _f(r.metric("p50_ms")) if st != "pruned" else f"[dim]~{_f(r.metric('probe_p50_ms'))}[/]"
         table.add_row(
             name,
             opts,
             str(r.candidate.batch),
             status,
-            _f(r.metric("p50_ms")),
+            p50,
             _f(r.metric("p99_ms")),
             _f(r.metric("samples")),
             _f(r.metric("throughput"), 4),
@@ -100,9 +119,16 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             style=style,
         )
     console.print(table)
-    skipped = [r for r in result.candidates if r.source == "skipped"]
-    if skipped:
-        console.print(f"[dim]{len(skipped)} skipped: {skipped[0].measurement.error}[/]")
+    reasons = Counter(r.measurement.error for r in result.candidates if r.source == "skipped")
+    for reason, n in reasons.most_common():
+        console.print(f"[dim]{n} skipped: {reason}[/]", soft_wrap=True)
+    pruned = [r for r in result.candidates if r.measurement.status == "pruned"]
+    if pruned:
+        console.print(
+            f"[dim]{len(pruned)} pruned by a short latency probe (~ = probe median): slower than the best feasible "
+            "candidate, so not measured further[/]"
+        )
+    _print_mixed_precision(console, result.mixed_precision)
     failed = [r for r in result.candidates if r.measurement.status in ("failed", "timeout", "oom")]
     for r in failed:
         console.print(f"[red]{r.measurement.status}[/] {r.candidate.label()}: {r.measurement.error}", soft_wrap=True)

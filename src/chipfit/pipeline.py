@@ -16,8 +16,8 @@ from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerpr
 from chipfit.measure.quality import default_metric
 from chipfit.model import Model, load_model
 from chipfit.package import check_writable, write_artifact
-from chipfit.search.mixed_precision import MixedPrecision
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
+from chipfit.search.mixed_precision import MixedPrecision
 from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
 from chipfit.search.space import SpaceOptions, build_space
 from chipfit.spec import Spec, load_spec

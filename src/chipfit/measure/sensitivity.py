@@ -37,15 +37,14 @@ def rank(job: dict[str, Any]) -> dict[str, Any]:
     from chipfit.data import Dataset
     from chipfit.passes import PassContext, apply_passes, get_pass
     from chipfit.passes._quant import prepare
+    from chipfit.passes.base import QuantizingPass
 
     deadline = time.monotonic() + float(job.get("time_s", 300.0))
     try:
         calib = Path(job["calib_dir"]) if job.get("calib_dir") else None
         ctx = PassContext(calib, job.get("calib_sha256"), job["input_names"])
         chain, qi = job["passes"], int(job["quant_index"])
-        base, _ = apply_passes(
-            Path(job["model_path"]), job["model_sha256"], chain[:qi], Path(job["variants_dir"]), ctx
-        )
+        base, _ = apply_passes(Path(job["model_path"]), job["model_sha256"], chain[:qi], Path(job["variants_dir"]), ctx)
         source = calib if calib is not None else Path(job["data_dir"])
         full = Dataset.load_saved(source, job["input_names"]).inputs
         n = min(len(next(iter(full.values()))), int(job.get("samples", 32)))
@@ -53,6 +52,8 @@ def rank(job: dict[str, Any]) -> dict[str, Any]:
         chunk = int(job.get("chunk", n))
         backend = get_backend(job["backend"])
         qpass = get_pass(chain[qi]["name"])
+        if not isinstance(qpass, QuantizingPass):
+            raise TypeError(f"pass {chain[qi]['name']} cannot quantize nodes one by one")
         params = {k: v for k, v in chain[qi].get("params", {}).items() if k not in ("exclude", "nodes")}
         if "samples" in qpass.params:  # calibrate on few samples: the ranking needs order, not precision
             params["samples"] = min(int(params.get("samples", 128)), 32)

@@ -66,11 +66,11 @@ def attention_softmaxes(model: onnx.ModelProto) -> int:
 
 
 def quantizable_nodes(model: onnx.ModelProto, op_types: tuple[str, ...], need_weight: bool = False) -> list[str]:
-    """Names of nodes of ``op_types`` (with a constant weight input when ``need_weight``), in graph order."""
+    """Names of nodes of ``op_types`` (with a constant input, a weight, when ``need_weight``), in graph order."""
     inits = {i.name for i in model.graph.initializer}
     out = []
     for n in model.graph.node:
-        if n.op_type in op_types and (not need_weight or any(i in inits for i in n.input[1:2])):
+        if n.op_type in op_types and (not need_weight or any(i in inits for i in n.input)):
             out.append(n.name)
     return out
 

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
-
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from chipfit.passes._graph import is_large, name_nodes
@@ -62,11 +61,11 @@ def prepare(src: Path, workdir: Path) -> tuple[Path, list[str]]:
             external_data_location="prepared.onnx.data",
         )
         return out, notes
-    except Exception as exc:  # noqa: BLE001 — symbolic shape inference fails on some graphs; plain inference next
+    except Exception as exc:
         notes.append(f"symbolic shape inference failed ({type(exc).__name__}: {str(exc)[:160]}); used ONNX's")
     try:
         onnx.shape_inference.infer_shapes_path(str(plain), str(out))
-    except Exception as exc:  # noqa: BLE001 — the quantizer may still cope with untyped tensors
+    except Exception as exc:
         notes.append(f"ONNX shape inference failed too ({type(exc).__name__}); quantizing without shapes")
         return plain, notes
     return out, notes
@@ -92,7 +91,10 @@ class CalibrationReader(CalibrationDataReader):  # type: ignore[misc]
     def __init__(self, data: dict[str, np.ndarray], batch: int, limit: int) -> None:
         n = min(len(next(iter(data.values()))), limit)
         self._batches: Iterator[dict[str, np.ndarray]] = iter(
-            [{k: np.ascontiguousarray(v[s : s + batch]) for k, v in data.items()} for s in range(0, n - batch + 1, batch)]
+            [
+                {k: np.ascontiguousarray(v[s : s + batch]) for k, v in data.items()}
+                for s in range(0, n - batch + 1, batch)
+            ]
         )
         self.samples = (n // batch) * batch
         self.batch = batch

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Pass", "PassContext", "PassResult"]
+__all__ = ["Pass", "PassContext", "PassResult", "QuantizingPass"]
 
 
 @dataclass
@@ -38,4 +38,18 @@ class Pass(Protocol):
 
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
         """Write the transformed model of ``src`` to ``dst``; never modify ``src``."""
+        ...
+
+
+@runtime_checkable
+class QuantizingPass(Pass, Protocol):
+    """A pass whose nodes can be quantized one by one: what the accuracy-aware mixed-precision search needs.
+    Its params accept ``exclude`` (nodes kept fp32) and ``nodes`` (only these quantized)."""
+
+    def quantizable(self, src: Path) -> list[str]:
+        """Names of the nodes this pass would quantize in ``src``."""
+        ...
+
+    def quantize(self, prepared: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> Any:
+        """Quantize a model already prepared for quantization (shapes inferred, nodes named)."""
         ...

@@ -32,7 +32,7 @@ class Int8Dynamic:
 
     def quantizable(self, src: Path) -> list[str]:
         """The nodes this pass would quantize in ``src`` (names as ``prepare`` leaves them)."""
-        return quantizable_nodes(load_graph(src), ("MatMul", "Attention", "LSTM"), need_weight=True)
+        return quantizable_nodes(load_graph(src), OP_TYPES, need_weight=True)
 
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
         from chipfit.passes._quant import check_params, prepare
@@ -41,7 +41,7 @@ class Int8Dynamic:
         targets = self.quantizable(src)
         if not targets:
             ops = sorted({n.op_type for n in load_graph(src).graph.node})
-            return PassResult(False, [f"int8_dynamic: no MatMul, Attention or LSTM to quantize (ops: {', '.join(ops)})"])
+            return PassResult(False, [f"int8_dynamic: no {', '.join(OP_TYPES)} with weights (ops: {', '.join(ops)})"])
         with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
             prepared, notes = prepare(src, Path(tmp))
             self.quantize(prepared, dst, params, ctx)
@@ -67,12 +67,14 @@ class Int8Dynamic:
                 per_channel=bool(params.get("per_channel", False)),
                 reduce_range=bool(params.get("reduce_range", False)),
                 op_types_to_quantize=list(OP_TYPES),
-                nodes_to_quantize=list(params["nodes"]) if params.get("nodes") else None,
+                # always by name: the quantizer otherwise also rewrites nodes outside OP_TYPES (e.g. a Gemm as
+                # MatMul) that the accuracy-aware search could then neither rank nor keep in fp32
+                nodes_to_quantize=list(params["nodes"]) if params.get("nodes") else self.quantizable(prepared),
                 nodes_to_exclude=list(params.get("exclude", [])),
                 use_external_data_format=is_large(prepared),
                 extra_options={"DefaultTensorType": 1, "MatMulConstBOnly": True},  # 1 = FLOAT
             )
-        except Exception as exc:  # noqa: BLE001 — reported as this pass's failure, with the reason
+        except Exception as exc:
             raise quantize_error(self.name, exc) from exc
 
 

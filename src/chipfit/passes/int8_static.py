@@ -103,7 +103,7 @@ class Int8Static:
                     "ActivationSymmetric": True,
                 },
             )
-        except Exception as exc:  # noqa: BLE001 — reported as this pass's failure, with the reason
+        except Exception as exc:
             raise quantize_error(self.name, exc) from exc
         return reader.samples
 

@@ -15,6 +15,7 @@ from typing import Any
 from chipfit.measure.measurement import Measurement
 from chipfit.measure.runner import run_isolated
 from chipfit.measure.stats import TimingPolicy
+from chipfit.measure.worker import probe_bar
 from chipfit.passes.base import PassContext
 from chipfit.search.select import CandidateResult, evaluate
 from chipfit.search.space import Candidate
@@ -122,7 +123,7 @@ def _measure_one(ctx: SearchContext, c: Candidate, probe: dict[str, float] | Non
         stored = None  # the reference outputs are gone: measure the reference again to recreate them
     if stored is not None and stored.status == "pruned":  # pruned against an earlier best: still beaten?
         p50 = stored.metrics.get("probe_p50_ms")
-        if probe is None or p50 is None or p50 <= probe["beat_ms"] * probe["margin"]:
+        if probe is None or p50 is None or p50 <= probe_bar(probe["beat_ms"], probe["margin"]):
             stored = None
     if stored is not None and not (ctx.settings.retry_failed and stored.status in ("failed", "timeout", "oom")):
         return stored, "stored"

@@ -154,10 +154,10 @@ def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]
             skip = opts.skip.get(i)
             if skip and space.passes is not None and ({p["name"] for p in variant} & set(space.passes)):
                 skip = None  # asked for by name: measure it anyway
-            for j, opt in enumerate(kept):
+            for j, opt in enumerate(kept[:1] if skip else kept):  # a skipped variant is listed once
                 out.extend(
                     Candidate(name, tuple(variant), dict(opt), space.target, b, skip=skip, option_sweep=j > 0)
-                    for b in batches
+                    for b in (batches[:1] if skip else batches)
                 )
     # reference first; per batch size the default options of every variant, then the other options (stable)
     return sorted(out, key=lambda c: (not c.reference, c.batch, c.option_sweep))
