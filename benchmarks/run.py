@@ -90,8 +90,13 @@ def main() -> None:
         "drift on a shared machine hits both; absolute times vary from run to run.",
         "",
     ]
+    from precision import bench_digits_cnn, bench_transformer
+
     with tempfile.TemporaryDirectory() as tmp:
         body = bench_digits(Path(tmp))
+        body += bench_transformer(Path(tmp), 0.0)
+        body += bench_transformer(Path(tmp), 100.0)
+        body += bench_digits_cnn(Path(tmp))
     Path(args.out).write_text("\n".join(head + body) + "\n")
     print(Path(args.out).read_text())
 
