@@ -136,5 +136,13 @@ def bench_transformer(work: Path, outliers: float) -> list[str]:
         "",
     ]
     if result.winner:
-        lines += _table(result, bert_inputs(1, seed=9), model, module, work / name)
+        table = _table(result, bert_inputs(1, seed=9), model, module, work / name)
+        speedup = float(table[3].split("**")[1].rstrip("×"))
+        fid = result.winner.metric("fidelity")
+        met = speedup >= 1.6 and fid >= 0.99
+        lines += table + [
+            f"Goal (≥1.6× over ONNX Runtime's default fp32 session at cosine ≥ 0.99): **{'reached' if met else 'not reached'}**"
+            f" — {speedup:.2f}× at cosine {fid:.4f}.",
+            "",
+        ]
     return lines + _candidates(result) + _mixed(result)

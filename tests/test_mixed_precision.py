@@ -59,7 +59,13 @@ def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path: Path, fast_setti
         batch_sizes=(1,), threads=(1,), opt_levels=("none",), execution_modes=("sequential",), passes=("int8_dynamic",)
     )
     result = chipfit.fit(
-        model, tmp_path / "data.npz", space=space, settings=fast_settings, min_fidelity=0.999, objective="size"
+        model,
+        tmp_path / "data.npz",
+        space=space,
+        settings=fast_settings,
+        min_fidelity=0.999,
+        objective="size",
+        out=tmp_path / "art",
     )
     plain = [
         r
@@ -76,6 +82,14 @@ def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path: Path, fast_setti
     assert w.metric("fidelity") >= 0.999
     assert w.metric("size_mb") < result.reference.metric("size_mb")  # still smaller than fp32
     assert any("mixed precision" in n for n in result.notes)
+    html = (tmp_path / "art" / "report.html").read_text()
+    assert "Accuracy-aware mixed precision" in html and "fc2" in html
+    loaded = chipfit.runtime.load(tmp_path / "art")  # the delivered model is the mixed one: fc2 still fp32
+    assert loaded.run({"x": x[:2]})[0].shape == (2, 8)
+    import onnx as _onnx
+
+    nodes = {n.name: n.op_type for n in _onnx.load(str(tmp_path / "art" / "model.onnx")).graph.node}
+    assert nodes.get("fc2") == "MatMul"
 
 
 def test_no_mixed_precision_without_a_quality_bound(tmp_path: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]

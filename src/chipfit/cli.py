@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-out_console = Console(width=None if sys.stdout.isatty() else 150)
+out_console = Console(width=None if sys.stdout.isatty() else 190)
 err_console = Console(stderr=True)
 
 
