@@ -74,10 +74,10 @@ def _candidates(result: Any) -> list[str]:
             continue
         q = c.quality()
         p50 = c.metric("p50_ms") if c.measurement.ok else c.metric("probe_p50_ms")
+        p50_s = "" if p50 is None else f"{p50:.3f}" + ("" if c.measurement.ok else " (probe)")
         lines.append(
             f"| {c.candidate.pass_label()} | {c.candidate.backend} {c.candidate.option_label()} | "
-            f"{c.measurement.status} | {'' if p50 is None else f'{p50:.3f}'}{' (probe)' if not c.measurement.ok and p50 else ''} | "
-            f"{'' if q is None else f'{q:.5f}'} |"
+            f"{c.measurement.status} | {p50_s} | {'' if q is None else f'{q:.5f}'} |"
         )
     return [*lines, ""]
 
@@ -111,7 +111,9 @@ def bench_digits_cnn(work: Path) -> list[str]:
         "",
     ]
     if result.winner:
-        lines += _table(result, {"image": np.ascontiguousarray(x[:1])}, ex / "model.onnx", _digits_torch(), work / "cnn")
+        lines += _table(
+            result, {"image": np.ascontiguousarray(x[:1])}, ex / "model.onnx", _digits_torch(), work / "cnn"
+        )
     return lines + _candidates(result)
 
 
@@ -132,7 +134,8 @@ def bench_transformer(work: Path, outliers: float) -> list[str]:
         "`--min-fidelity 0.99` (cosine vs fp32), batch 1",
         "",
         f"Winner: `{result.winner.candidate.label() if result.winner else 'none'}`, fidelity "
-        f"{result.winner.metric('fidelity') if result.winner else float('nan'):.5f}; fit took {result.elapsed_s:.0f} s.",
+        f"{result.winner.metric('fidelity') if result.winner else float('nan'):.5f}; "
+        f"fit took {result.elapsed_s:.0f} s.",
         "",
     ]
     if result.winner:
@@ -140,8 +143,10 @@ def bench_transformer(work: Path, outliers: float) -> list[str]:
         speedup = float(table[3].split("**")[1].rstrip("×"))
         fid = result.winner.metric("fidelity")
         met = speedup >= 1.6 and fid >= 0.99
-        lines += table + [
-            f"Goal (≥1.6× over ONNX Runtime's default fp32 session at cosine ≥ 0.99): **{'reached' if met else 'not reached'}**"
+        verdict = "reached" if met else "not reached"
+        lines += [
+            *table,
+            f"Goal (≥1.6× over ONNX Runtime's default fp32 session at cosine ≥ 0.99): **{verdict}**"
             f" — {speedup:.2f}× at cosine {fid:.4f}.",
             "",
         ]

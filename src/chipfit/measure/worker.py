@@ -31,11 +31,7 @@ def _feed(data: dict[str, np.ndarray], start: int, size: int) -> dict[str, np.nd
 def _time(exe: Any, feed: dict[str, np.ndarray], batch: int, policy: Any) -> dict[str, Any]:
     from chipfit.measure.stats import is_stable, latency_summary
 
-    t_end = time.perf_counter() + policy.warmup_s
-    runs = 0
-    while runs < policy.warmup_runs or time.perf_counter() < t_end:
-        exe.run(feed)
-        runs += 1
+    _warm_up(exe, feed, policy)
     samples: list[float] = []
     clock = time.perf_counter_ns
     start = time.perf_counter()
@@ -56,16 +52,20 @@ def _time(exe: Any, feed: dict[str, np.ndarray], batch: int, policy: Any) -> dic
     return out
 
 
-def _probe(
-    exe: Any, feed: dict[str, np.ndarray], beat_ms: float, margin: float, policy: Any
-) -> tuple[float, int] | None:
-    """A short latency probe after a full warm-up: None when the candidate may beat ``beat_ms``, else
-    (median ms, runs) showing it cannot, even allowing ``margin`` for noise. Stops early once the answer is clear."""
+def _warm_up(exe: Any, feed: dict[str, np.ndarray], policy: Any) -> None:
     t_end = time.perf_counter() + policy.warmup_s
     runs = 0
     while runs < policy.warmup_runs or time.perf_counter() < t_end:
         exe.run(feed)
         runs += 1
+
+
+def _probe(
+    exe: Any, feed: dict[str, np.ndarray], beat_ms: float, margin: float, policy: Any
+) -> tuple[float, int] | None:
+    """A short latency probe after a full warm-up: None when the candidate may beat ``beat_ms``, else
+    (median ms, runs) showing it cannot, even allowing ``margin`` for noise. Stops early once the answer is clear."""
+    _warm_up(exe, feed, policy)
     samples: list[float] = []
     deadline = time.perf_counter() + max(0.2, min(2.0, beat_ms * margin * 40 / 1000))
     while len(samples) < 40 and (len(samples) < 15 or time.perf_counter() < deadline):
