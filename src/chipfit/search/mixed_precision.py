@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chipfit.measure.runner import run_isolated
+from chipfit.search.driver import WORKER_PROTOCOL
 from chipfit.search.select import CandidateResult, evaluate
 from chipfit.search.space import Candidate
 from chipfit.spec import Spec
@@ -85,7 +86,13 @@ class MixedPrecision:
         ctx = self.ctx
         qi = max(i for i, p in enumerate(base.passes) if p["name"] in QUANT_PASSES)
         chain = [dict(p) for p in base.passes]
-        key_src = {"model": ctx.model_sha256, "chain": chain, "calib": ctx.calib_sha256, "opt": base.options}
+        key_src = {
+            "model": ctx.model_sha256,
+            "chain": chain,
+            "calib": ctx.calib_sha256,
+            "opt": base.options,
+            "protocol": WORKER_PROTOCOL,
+        }
         key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
         cache = ctx.variants_dir / "sensitivity" / f"{key}.json"
         if cache.exists():
