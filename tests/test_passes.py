@@ -208,3 +208,7 @@ def test_bad_parameters_are_rejected(wide_mlp: Path, tmp_path: Path) -> None:
         get_pass("int8_dynamic").apply(wide_mlp, tmp_path / "q.onnx", {"bits": 4}, PassContext())
     with pytest.raises(ValueError, match="'calibrate' must be one of"):
         get_pass("int8_static").apply(wide_mlp, tmp_path / "q.onnx", {"calibrate": "mean"}, PassContext())
+    with pytest.raises(ValueError, match="'samples' must be a positive integer; got 0"):
+        get_pass("int8_static").apply(wide_mlp, tmp_path / "q.onnx", {"samples": 0}, PassContext())
+    with pytest.raises(ValueError, match="'exclude' must be a list of node names"):
+        get_pass("int8_dynamic").apply(wide_mlp, tmp_path / "q.onnx", {"exclude": "fc1"}, PassContext())

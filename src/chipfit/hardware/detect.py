@@ -125,7 +125,7 @@ def cpu_features(isa: list[str] | None = None) -> dict[str, bool]:
     kernels multiply u8·s8 with saturation, hence reduced-range weights. ``fast_fp16``: fp16 arithmetic
     (AVX512-FP16, AMX-FP16, Arm FP16 vector units); without it fp16 models are cast back to fp32.
     """
-    flags = set(_cpu_info()["isa"] if isa is None else isa)
+    flags = set(local_machine()["cpu"]["isa"] if isa is None else isa)
     return {
         "int8_dot": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}),
         "fast_fp16": bool(flags & {"avx512_fp16", "amx_fp16", "asimdhp"}),

@@ -21,9 +21,10 @@ __all__ = ["rank"]
 
 
 def _run(exe: Any, data: dict[str, np.ndarray], chunk: int) -> np.ndarray:
-    n = len(next(iter(data.values())))
-    outs = [exe.run({k: np.ascontiguousarray(v[s : s + chunk]) for k, v in data.items()}) for s in range(0, n, chunk)]
-    return np.concatenate([np.asarray(o[0], dtype=np.float64).reshape(len(o[0]), -1) for o in outs]).ravel()
+    """The first output on ``data``, in chunks, flattened."""
+    from chipfit.measure.worker import _evaluate
+
+    return np.asarray(_evaluate(exe, data, chunk, None)[0], dtype=np.float64).ravel()
 
 
 def _error(out: np.ndarray, ref: np.ndarray) -> float:

@@ -132,12 +132,11 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         exe = backend.compile(variant, job.get("target", "cpu"), job["options"])
         metrics["compile_s"] = time.perf_counter() - t0
         batch = int(job["batch"])
+        policy = TimingPolicy(**job.get("timing", {}))
         bar = job.get("probe")
         if bar:
             phase = "probe"
-            feed = _feed(data.inputs, 0, batch)
-            policy = TimingPolicy(**job.get("timing", {}))
-            pruned = _probe(exe, feed, float(bar["beat_ms"]), float(bar["margin"]), policy)
+            pruned = _probe(exe, _feed(data.inputs, 0, batch), float(bar["beat_ms"]), float(bar["margin"]), policy)
             if pruned is not None:
                 metrics.update(probe_p50_ms=pruned[0], probe_runs=pruned[1], probe_beat_ms=bar["beat_ms"])
                 text = (
@@ -147,7 +146,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
                 exe.close()
                 return {"status": "pruned", "metrics": metrics, "notes": notes, "error": text}
         phase = "timing"
-        metrics.update(_time(exe, _feed(data.inputs, 0, batch), batch, TimingPolicy(**job.get("timing", {}))))
+        metrics.update(_time(exe, _feed(data.inputs, 0, batch), batch, policy))
         metrics["peak_memory_mb"] = probe.peak_mb()
         metrics["memory_method"] = probe.method
         phase = "quality"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -14,7 +13,6 @@ __all__ = [
     "is_large",
     "load_graph",
     "name_nodes",
-    "op_counts",
     "quantizable_nodes",
 ]
 
@@ -28,13 +26,11 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def is_large(path: Path) -> bool:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) > LARGE_MODEL_BYTES or any(
-        init.data_location == onnx.TensorProto.EXTERNAL for init in load_graph(path).graph.initializer
-    )
+    """True when the model's weights are (or must be) external data: it has some, or it nears 2 GB."""
+    from chipfit.model import onnx_files
 
-
-def op_counts(model: onnx.ModelProto) -> Counter[str]:
-    return Counter(n.op_type for n in model.graph.node)
+    files = onnx_files(path)
+    return len(files) > 1 or sum(p.stat().st_size for p in files) > LARGE_MODEL_BYTES
 
 
 def attention_softmaxes(model: onnx.ModelProto) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from chipfit.passes._graph import is_large
 from chipfit.passes.base import PassContext, PassResult
 
 __all__ = ["OrtGraphOpt", "pass_"]
@@ -28,7 +29,7 @@ class OrtGraphOpt:
             raise ValueError(f"ort_graph_opt: level must be one of {self.params['level']}; got {level!r}")
         so = session_options({"graph_optimization_level": level, "intra_op_num_threads": 1})
         so.optimized_model_filepath = str(dst)
-        if src.stat().st_size > 1_800_000_000:
+        if is_large(src):
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
         return PassResult(applied=True, notes=[f"ONNX Runtime graph optimization level '{level}' applied offline"])

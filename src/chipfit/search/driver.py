@@ -211,11 +211,11 @@ def run_search(
     top_o, top_b = ctx.settings.option_sweep_top, ctx.settings.batch_sweep_top
     variants: set[str] | None = None
     configs: set[str] | None = None
-    refined = refine is None
+    pending = refine  # runs once, between the first batch size and the larger ones
     for c in candidates:
-        if c.batch != first and not refined:
-            refined = True
-            s.total += len(refine(list(s.results), s.measure)) if refine else 0
+        if c.batch != first and pending is not None:
+            s.total += len(pending(list(s.results), s.measure))
+            pending = None
         skip = None
         if c.option_sweep and c.batch == first:
             if variants is None:
@@ -228,6 +228,6 @@ def run_search(
             if c.config_id not in configs:
                 skip = f"batch sweep only for the {top_b} fastest feasible configurations at batch {first}"
         s.measure(c, skip)
-    if not refined and refine is not None:
-        refine(list(s.results), s.measure)
+    if pending is not None:
+        pending(list(s.results), s.measure)
     return s.results
