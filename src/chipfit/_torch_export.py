@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -76,6 +77,7 @@ def export_module(module: Any, example_inputs: Any, input_names: list[str] | Non
             torch.onnx.export(
                 module, args, str(out), dynamo=True, input_names=names, dynamic_shapes=dyn_shapes, verbose=False
             )
+        _save_program(module, args, dyn_shapes, out, notes)
         return out, notes
     except Exception as exc:  # the dynamo exporter raises many types; the reason is kept
         dynamo_error = _short(exc)
@@ -98,7 +100,21 @@ def export_module(module: Any, example_inputs: Any, input_names: list[str] | Non
             f"TorchScript exporter: {_short(exc)}. Simplify the unsupported operation or export it yourself "
             "and pass the .onnx file."
         ) from None
+    _save_program(module, args, dyn_shapes, out, notes)
     return out, notes
+
+
+def _save_program(module: Any, args: tuple[Any, ...], dyn_shapes: Any, onnx_path: Path, notes: list[str]) -> None:
+    """Keep the module as a ``torch.export`` program beside the ONNX file, for the torch backend (eager and
+    torch.compile run it in the measurement worker, which cannot receive the Python object)."""
+    torch = _torch()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(module, args, dynamic_shapes=dyn_shapes)
+            torch.export.save(ep, str(onnx_path.with_suffix(".pt2")))
+    except Exception as exc:
+        notes.append(f"torch.export failed ({_short(exc)}); the torch backend cannot run this model.")
 
 
 def export_saved_program(path: Path) -> tuple[Path, list[str]]:
@@ -118,6 +134,7 @@ def export_saved_program(path: Path) -> tuple[Path, list[str]]:
             torch.onnx.export(ep, (), str(out), dynamo=True, verbose=False)
     except Exception as exc:
         raise ModelError(f"Could not export the ExportedProgram '{path}' to ONNX: {_short(exc)}.") from None
+    shutil.copy2(path, out.with_suffix(".pt2"))
     return out, []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -186,6 +187,11 @@ def _store_exported(tmp_onnx: Path, home: Path | None) -> Path:
                 staging.rename(dest)
             except OSError:  # another process stored the same model first
                 shutil.rmtree(staging, ignore_errors=True)
+    program = tmp_onnx.with_suffix(".pt2")  # the torch program, kept for the torch backend
+    if program.exists() and not (dest / "model.pt2").exists():
+        tmp_copy = dest / f".model.pt2.{os.getpid()}"
+        shutil.copy2(program, tmp_copy)
+        os.replace(tmp_copy, dest / "model.pt2")
     return dest / "model.onnx"
 
 

@@ -1,20 +1,53 @@
 """Backends, one module per runtime, found by module name and imported lazily.
 
 ``get_backend("onnxruntime")`` imports ``chipfit.backends.onnxruntime`` and returns its ``backend``
-object. A third-party backend is named ``"package.module:attribute"`` (a Backend instance or class).
+object. A backend module never imports its runtime library at import time, so every backend can be listed
+(and say what to install) on any machine. A third-party backend is named ``"package.module:attribute"``
+(a Backend instance or class).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from chipfit.backends.base import Backend, Capabilities, Executable, OptionSet
 from chipfit.errors import BackendUnavailableError
 
-__all__ = ["BUILTIN", "Backend", "Capabilities", "Executable", "OptionSet", "get_backend"]
+__all__ = [
+    "BUILTIN",
+    "Backend",
+    "BackendInfo",
+    "Capabilities",
+    "Executable",
+    "OptionSet",
+    "available_backends",
+    "backend_info",
+    "get_backend",
+    "parse_backends",
+]
 
-BUILTIN: tuple[str, ...] = ("onnxruntime",)
+# measured by default, in this order (the reference session comes from the first available one);
+# "null" (ONNX's reference interpreter) is listed but only used when asked for
+BUILTIN: tuple[str, ...] = ("onnxruntime", "openvino", "tvm", "torch", "null")
+DEFAULT_EXCLUDED = ("null",)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One row of ``chipfit backends``."""
+
+    name: str
+    available: bool
+    reason: str | None
+    version: str | None
+    devices: list[str]
+    dtypes: list[str]
+    dynamic_shapes: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def get_backend(name: str) -> Backend:
@@ -35,3 +68,45 @@ def get_backend(name: str) -> Backend:
     if obj is None:
         raise BackendUnavailableError(f"Backend module '{module_name}' has no attribute '{attr}'.")
     return obj() if isinstance(obj, type) else obj
+
+
+def backend_info(name: str) -> BackendInfo:
+    """Whether ``name`` can run here, why not, its version and the devices it sees."""
+    b = get_backend(name)
+    try:
+        reason = b.unavailable_reason()
+    except Exception as exc:  # a broken install is a reason, not a crash
+        reason = f"{type(exc).__name__}: {exc}"
+    version = devices = None
+    if reason is None:
+        try:
+            version, devices = b.version(), list(b.devices())
+        except Exception as exc:
+            reason = f"installed but failed to start: {type(exc).__name__}: {exc}"
+    caps = b.capabilities
+    return BackendInfo(
+        name, reason is None, reason, version, devices or [], list(caps.dtypes), bool(caps.dynamic_shapes)
+    )
+
+
+def available_backends() -> list[str]:
+    """The built-in backends usable here, in measuring order, without the ``null`` reference interpreter."""
+    return [n for n in BUILTIN if n not in DEFAULT_EXCLUDED and backend_info(n).available]
+
+
+def parse_backends(text: str | None) -> tuple[str, ...] | None:
+    """``--backends onnxruntime,tvm`` → names, checked: unknown names and unavailable ones get the fix.
+    None or "all" → None (every available backend)."""
+    if text is None or text.strip() in ("", "all"):
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for n in names:
+        if ":" not in n and n not in BUILTIN:
+            raise BackendUnavailableError(
+                f"--backends: unknown backend '{n}'. Built-in backends: {', '.join(BUILTIN)} "
+                "(or 'all'); a plug-in backend is named 'package.module:attribute'."
+            )
+        info = backend_info(n)
+        if not info.available:
+            raise BackendUnavailableError(f"--backends: backend '{n}' is not available here: {info.reason}")
+    return names

@@ -23,9 +23,12 @@ __all__ = ["Backend", "Capabilities", "Executable", "OptionSet"]
 class Capabilities:
     """What a backend can do, stated truthfully (the conformance kit checks it)."""
 
-    devices: tuple[str, ...] = ("cpu",)
-    dtypes: tuple[str, ...] = ("float32",)
-    dynamic_shapes: bool = True
+    devices: tuple[str, ...] = ("cpu",)  # targets ``compile`` accepts: "cpu", "cuda", "tensorrt", ...
+    dtypes: tuple[str, ...] = ("float32",)  # tensor types its kernels run (int8: quantized graphs execute)
+    dynamic_shapes: bool = True  # one compiled executable runs any batch size
+    # compiles for the batch size given as ``options["batch"]`` (the worker passes the candidate's batch);
+    # without it, for the model's own (possibly symbolic) shapes
+    specializes_batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class OptionSet:
     options: list[dict[str, Any]] = field(default_factory=list)
     reference_options: dict[str, Any] | None = None  # the backend's plain default session, if it has one
     skip: dict[int, str] = field(default_factory=dict)  # variant index -> why it is not worth measuring here
+    option_skip: dict[int, str] = field(default_factory=dict)  # option index -> why it is not measured here
+    unsuitable: str | None = None  # why this backend cannot run this model at all (listed, never measured)
 
 
 @runtime_checkable
@@ -59,8 +64,16 @@ class Backend(Protocol):
 
     def version(self) -> str | None: ...
 
-    # Optional: ``initialize() -> None`` loads the runtime's process-wide state (thread pools, kernels) so
-    # that the worker's memory probe, started after it, sees only what the model adds.
+    def devices(self) -> list[str]:
+        """The devices this backend sees here ("cpu", "cuda:0 NVIDIA H100", ...); empty when unavailable."""
+        ...
+
+    # Optional methods (looked up with getattr):
+    # ``initialize() -> None`` loads the runtime's process-wide state (thread pools, kernels) so that the
+    #   worker's memory probe, started after it, sees only what the model adds.
+    # ``package(model_path, target, options, dest) -> dict`` writes what a deployment needs beyond the ONNX
+    #   file (a compiled library, an exported program) into the artifact folder ``dest`` and returns the
+    #   runtime options to record, naming those files relative to ``dest``; ``compile`` accepts them back.
 
     def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> Executable:
         """Prepare ``model_path`` (an ONNX file) to run on ``target`` ("cpu", "cuda", ...) with ``options``."""

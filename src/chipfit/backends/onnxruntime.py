@@ -82,6 +82,9 @@ class OnnxRuntimeBackend:
 
         return str(onnxruntime.__version__)
 
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
     def initialize(self) -> None:
         """Create ONNX Runtime's process-wide environment with a one-node session, so that memory measured
         afterwards belongs to the model, not to the runtime's first start."""

@@ -123,12 +123,14 @@ def cpu_features(isa: list[str] | None = None) -> dict[str, bool]:
 
     ``int8_dot``: an int8 dot-product instruction (VNNI, AMX, Arm dot-product / i8mm); without it x86 int8
     kernels multiply u8·s8 with saturation, hence reduced-range weights. ``fast_fp16``: fp16 arithmetic
-    (AVX512-FP16, AMX-FP16, Arm FP16 vector units); without it fp16 models are cast back to fp32.
+    (AVX512-FP16, AMX-FP16, Arm FP16 vector units); without it fp16 models are cast back to fp32. ``bf16``:
+    native bf16 dot products (AVX512-BF16, AMX-BF16, Arm BF16).
     """
     flags = set(local_machine()["cpu"]["isa"] if isa is None else isa)
     return {
         "int8_dot": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}),
         "fast_fp16": bool(flags & {"avx512_fp16", "amx_fp16", "asimdhp"}),
+        "bf16": bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
     }
 
 

@@ -1,0 +1,133 @@
+"""PyTorch (``pip install 'chipfit[torch]'``): the model as the user gave it to chipfit — a torch module or
+an ExportedProgram, kept by ingest as ``model.pt2`` beside its ONNX export — run eagerly or compiled with
+``torch.compile`` (Inductor). Measured with the same worker and metrics as every other backend, so the
+table shows whether leaving PyTorch pays at all. torch is imported in this module (and in ingest) only."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chipfit.backends.base import Capabilities, OptionSet
+
+if TYPE_CHECKING:
+    from chipfit.model import Model
+
+__all__ = ["TorchBackend", "backend", "program_path"]
+
+INSTALL = "pip install 'chipfit[torch]'"
+MODES = ("eager", "compile")
+
+
+def program_path(model_path: Path, options: Mapping[str, Any] | None = None) -> Path:
+    """The saved torch program for ``model_path``: ``options["program"]`` (relative to the model's folder)
+    or ``model.pt2`` beside the ONNX file."""
+    name = (options or {}).get("program")
+    return (model_path.parent / name) if name else model_path.with_suffix(".pt2")
+
+
+def _onnx_io(model_path: Path) -> tuple[list[str], list[str], list[Any]]:
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim] for i in inputs]
+    dtypes = [onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in inputs]
+    return [i.name for i in inputs], [o.name for o in proto.graph.output], list(zip(shapes, dtypes, strict=True))
+
+
+class TorchExecutable:
+    def __init__(self, fn: Any, input_names: list[str], output_names: list[str]) -> None:
+        import torch
+
+        self._torch = torch
+        self._fn = fn
+        self.input_names = input_names
+        self.output_names = output_names
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        with self._torch.inference_mode():
+            out = self._fn(*args)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().numpy() for o in outs]
+
+    def close(self) -> None:
+        self._fn = None
+
+
+class TorchBackend:
+    name = "torch"
+    source = "torch"  # runs a saved torch program, not the ONNX graph
+    capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), dynamic_shapes=True, specializes_batch=True)
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return f"torch is not installed: {INSTALL}"
+        return None
+
+    def version(self) -> str | None:
+        import torch
+
+        return str(torch.__version__)
+
+    def devices(self) -> list[str]:
+        import torch
+
+        gpus = [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+        return ["cpu", *gpus]
+
+    def initialize(self) -> None:
+        import torch  # noqa: F401
+
+    def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> TorchExecutable:
+        import torch
+
+        if target != "cpu":
+            raise ValueError(f"torch backend: target '{target}' is not supported here (supported: cpu)")
+        program = program_path(model_path, options)
+        if not program.exists():
+            raise FileNotFoundError(
+                f"torch backend: no saved torch program ({program.name}) beside '{model_path}'. It runs models "
+                "given to chipfit as a torch.nn.Module or a .pt2 ExportedProgram, not ONNX files."
+            )
+        if "threads" in options:
+            torch.set_num_threads(int(options["threads"]))
+        fn = torch.export.load(str(program)).module()
+        mode = options.get("mode", "eager")
+        if mode == "compile":
+            fn = torch.compile(fn, mode=options.get("compile_mode") or None, dynamic=False)
+        elif mode != "eager":
+            raise ValueError(f"torch backend: mode '{mode}' is not one of {', '.join(MODES)}")
+        inputs, outputs, specs = _onnx_io(model_path)
+        exe = TorchExecutable(fn, inputs, outputs)
+        if mode == "compile" and "batch" in options:  # Inductor compiles on the first call: do it here
+            feeds = {
+                n: np.zeros([int(options["batch"]) if d is None else d for d in shape], dtype)
+                for n, (shape, dtype) in zip(inputs, specs, strict=True)
+            }
+            exe.run(feeds)
+        return exe
+
+    def option_space(self, model: Model, cpus: int) -> OptionSet:
+        if not program_path(model.path).exists():
+            return OptionSet(
+                unsuitable="torch: the model was given as ONNX; the torch backend runs models given as a "
+                "torch.nn.Module or a .pt2 ExportedProgram"
+            )
+        options = [{"mode": m, "threads": cpus} for m in MODES]
+        return OptionSet(variants=[[]], options=options, reference_options=None)
+
+    def package(self, model_path: Path, target: str, options: Mapping[str, Any], dest: Path) -> dict[str, Any]:
+        shutil.copy2(program_path(model_path, options), dest / "model.pt2")
+        return {**options, "program": "model.pt2"}
+
+
+backend = TorchBackend()
