@@ -99,11 +99,18 @@ def fast_settings() -> MeasureSettings:
 def small_space() -> SpaceOptions:
     """The reference plus two candidates: the model as given and ORT level 'all', 1 thread, batch 1."""
     return SpaceOptions(
-        batch_sizes=(1,), threads=(1,), opt_levels=("none", "all"), execution_modes=("sequential",), passes=()
+        backends=("onnxruntime",),
+        batch_sizes=(1,),
+        threads=(1,),
+        opt_levels=("none", "all"),
+        execution_modes=("sequential",),
+        passes=(),
     )
 
 
 FAST_FLAGS = [
+    "--backends",
+    "onnxruntime",
     "--measure-time",
     "0.15",
     "--batch-sizes",

@@ -181,11 +181,30 @@ def fit(
         bool, typer.Option("--json", help="Print the result as JSON on stdout (progress stays on stderr).")
     ] = False,
     backends: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Comma-separated backends to try (a plug-in is 'module:attribute').", rich_help_panel="Search space"
+            help="Comma-separated backends to try: onnxruntime, openvino, tvm, torch, null, or a plug-in "
+            "'module:attribute'. Default: every available one (see `chipfit backends`). ONNX Runtime's default "
+            "session is always measured as the baseline.",
+            rich_help_panel="Search space",
         ),
-    ] = "onnxruntime",
+    ] = None,
+    tune_trials: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Auto-tuning budget for compilers that tune (TVM MetaSchedule): trials per operator task. 0: no "
+            "tuning (untuned TVM is listed and left to the latency probe). The tuning database is kept and reused.",
+            rich_help_panel="Search space",
+        ),
+    ] = 0,
+    tune_time: Annotated[
+        str | None,
+        typer.Option(
+            help="Wall-time cap for one candidate's tuning, e.g. '10m' (checked between tuning rounds).",
+            rich_help_panel="Search space",
+        ),
+    ] = None,
     batch_sizes: Annotated[
         str,
         typer.Option(
@@ -275,8 +294,17 @@ def fit(
         from chipfit.search.driver import MeasureSettings
         from chipfit.search.space import SpaceOptions
 
+        from chipfit.backends import parse_backends
+        from chipfit.spec import parse_duration
+
+        try:
+            tune_time_s = parse_duration(tune_time) if tune_time is not None else None
+        except ValueError as exc:
+            raise ChipfitError(f"--tune-time {exc}.") from None
         space = SpaceOptions(
-            backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+            backends=parse_backends(backends),
+            tune_trials=tune_trials,
+            tune_time_s=tune_time_s,
             batch_sizes=_ints(batch_sizes, "--batch-sizes") or (1,),
             threads=_ints(threads, "--threads"),
             opt_levels=_words(opt_levels, "--opt-levels", ("none", "basic", "extended", "all")),
@@ -324,6 +352,39 @@ def fit(
             print_fit_result(out_console, result)
         if not result.feasible:
             raise typer.Exit(1)
+
+
+@app.command()
+def backends(
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of backends on stdout.")] = False,
+) -> None:
+    """List every backend: available here or not and why (what to install, which device is missing), its
+    version and the devices it sees."""
+    with _user_errors():
+        from chipfit.backends import BUILTIN, backend_info
+
+        infos = [backend_info(n) for n in BUILTIN]
+        if json_out:
+            keys = ("name", "available", "reason", "version", "devices")
+            sys.stdout.write(json.dumps([{k: i.to_dict()[k] for k in keys} for i in infos], indent=2) + "\n")
+            return
+        from rich.table import Table
+
+        table = Table(title="chipfit backends")
+        for col in ("backend", "available", "version", "devices", "dtypes", "dynamic batch", "why not / note"):
+            table.add_column(col, overflow="fold")
+        for i in infos:
+            note = i.reason or ("reference interpreter; measured only with --backends null" if i.name == "null" else "")
+            table.add_row(
+                i.name,
+                "[green]yes[/]" if i.available else "[red]no[/]",
+                i.version or "-",
+                ", ".join(i.devices) or "-",
+                ", ".join(i.dtypes),
+                "yes" if i.dynamic_shapes else "no",
+                note,
+            )
+        out_console.print(table)
 
 
 def main() -> None:

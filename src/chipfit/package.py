@@ -75,7 +75,9 @@ def _batch_profile(result: FitResult) -> list[dict[str, Any]]:
     ]
 
 
-def _manifest(result: FitResult, model_file: str | None, files: dict[str, str]) -> dict[str, Any]:
+def _manifest(
+    result: FitResult, model_file: str | None, files: dict[str, str], runtime_options: dict[str, Any] | None
+) -> dict[str, Any]:
     from chipfit import __version__
 
     w = result.winner
@@ -88,7 +90,7 @@ def _manifest(result: FitResult, model_file: str | None, files: dict[str, str]) 
         "backend": w.candidate.backend if w else None,
         "target": w.candidate.target if w else None,
         "candidate": w.candidate.to_dict() if w else None,
-        "runtime_options": dict(w.candidate.options) if w else None,
+        "runtime_options": runtime_options,
         "measurements": w.measurement.metrics if w else None,
         "batch_profile": _batch_profile(result),
         "objective": result.spec.objective,
@@ -109,6 +111,7 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
     try:
         files: dict[str, str] = {}
         model_file = None
+        runtime_options = None
         if result.winner is not None:
             variant, _ = apply_passes(
                 ctx.model_path,
@@ -120,12 +123,13 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
             for p in onnx_files(variant):  # the model is always model.onnx; external data keeps its names
                 shutil.copy2(p, staging / ("model.onnx" if p == variant else p.name))
             model_file = "model.onnx"
-            files = {p.name: _sha256(p) for p in onnx_files(staging / model_file)}
+            runtime_options = _package_backend(result.winner.candidate, staging / model_file, variant)
+            files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         with open(staging / "results.jsonl", "w") as f:
             for r in result.candidates:
                 f.write(json.dumps(r.to_dict(), default=_json_default) + "\n")
         (staging / MANIFEST).write_text(
-            json.dumps(_manifest(result, model_file, files), indent=2, default=_json_default)
+            json.dumps(_manifest(result, model_file, files, runtime_options), indent=2, default=_json_default)
         )
         (staging / "report.html").write_text(render_report(result))
         _swap_into_place(staging, out)
@@ -133,6 +137,21 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _package_backend(c: Any, model_file: Path, variant: Path) -> dict[str, Any]:
+    """The runtime options to record; a backend with a ``package`` hook also writes its deployable files
+    (a compiled library, a torch program) beside the model, compiled for the batch size it was measured at."""
+    from chipfit.backends import get_backend
+
+    backend = get_backend(c.backend)
+    options = dict(c.options)
+    if backend.capabilities.specializes_batch:
+        options["batch"] = c.batch
+    hook = getattr(backend, "package", None)
+    if hook is None:
+        return options
+    return dict(hook(variant, c.target, options, model_file.parent))
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

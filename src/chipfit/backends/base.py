@@ -33,7 +33,10 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class OptionSet:
-    """A backend's candidate options for one model: variants (pass chains) × runtime options."""
+    """A backend's candidate options for one model: variants (pass chains) × runtime options.
+
+    An option may carry ``"device"`` (e.g. ``"cuda"``): the candidate's target, not a runtime option. An
+    option with ``"tune_trials": None`` stands for the run's tuning budget (dropped when there is none)."""
 
     variants: list[list[dict[str, Any]]] = field(default_factory=list)  # each a list of {"name", "params"}
     options: list[dict[str, Any]] = field(default_factory=list)
@@ -41,6 +44,7 @@ class OptionSet:
     skip: dict[int, str] = field(default_factory=dict)  # variant index -> why it is not worth measuring here
     option_skip: dict[int, str] = field(default_factory=dict)  # option index -> why it is not measured here
     unsuitable: str | None = None  # why this backend cannot run this model at all (listed, never measured)
+    primary: int = 1  # how many leading options every variant is measured with (the rest: for the fastest)
 
 
 @runtime_checkable

@@ -1,5 +1,6 @@
-"""ONNX Runtime (CPU here; GPU execution providers come with the GPU issue). onnxruntime is imported here,
-in passes that use ONNX Runtime's own tools, and nowhere else."""
+"""ONNX Runtime: the CPU provider, and the CUDA and TensorRT providers (fp16, int8 from QDQ graphs) when
+onnxruntime-gpu and an NVIDIA GPU are present (listed with the reason otherwise). onnxruntime is imported
+here, in passes that use ONNX Runtime's own tools, and nowhere else."""
 
 from __future__ import annotations
 
@@ -17,7 +18,57 @@ if TYPE_CHECKING:
 __all__ = ["LEVELS", "OnnxRuntimeBackend", "backend", "precision_variants", "thread_choices"]
 
 LEVELS = ("disable", "basic", "extended", "all")
-_PROVIDERS = {"cpu": "CPUExecutionProvider"}
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+GPU_INSTALL = "pip install onnxruntime-gpu (on a machine with an NVIDIA GPU and its driver)"
+
+
+def gpu_targets() -> list[str]:
+    """The GPU execution providers this onnxruntime build offers and a GPU to run them ("cuda", "tensorrt")."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    if not _nvidia_gpus():
+        return []
+    return [t for t in ("cuda", "tensorrt") if _PROVIDERS[t] in have]
+
+
+def _nvidia_gpus() -> list[str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _providers(target: str, options: Mapping[str, Any], model_path: Path) -> list[Any]:
+    if target == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": int(options.get("device_id", 0))}), "CPUExecutionProvider"]
+    if target == "tensorrt":
+        from chipfit.workspace import subdir
+
+        trt = {
+            "device_id": int(options.get("device_id", 0)),
+            "trt_fp16_enable": bool(options.get("trt_fp16", False)),
+            "trt_int8_enable": _has_qdq(model_path),  # explicit quantization: TensorRT reads the QDQ scales
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(subdir("trt-engines")),
+        }
+        return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _has_qdq(model_path: Path) -> bool:
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    return any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
 
 
 def thread_choices(cpus: int) -> list[int]:
@@ -68,7 +119,10 @@ class OrtExecutable:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    capabilities = Capabilities(devices=("cpu",), dtypes=("float32", "float16", "int8"), dynamic_shapes=True)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(devices=("cpu", *gpu_targets()), dtypes=("float32", "float16", "int8"), dynamic_shapes=True)
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -83,7 +137,8 @@ class OnnxRuntimeBackend:
         return str(onnxruntime.__version__)
 
     def devices(self) -> list[str]:
-        return ["cpu"]
+        gpus = _nvidia_gpus() if gpu_targets() else []
+        return ["cpu", *[f"cuda:{g.replace(', ', ' ', 1)}" for g in gpus]]
 
     def initialize(self) -> None:
         """Create ONNX Runtime's process-wide environment with a one-node session, so that memory measured
@@ -104,9 +159,18 @@ class OnnxRuntimeBackend:
     def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> OrtExecutable:
         import onnxruntime as ort
 
-        if target not in _PROVIDERS:
-            raise ValueError(f"onnxruntime backend: target '{target}' is not supported here (supported: cpu)")
-        session = ort.InferenceSession(str(model_path), session_options(options), providers=[_PROVIDERS[target]])
+        supported = ["cpu", *gpu_targets()]
+        if target not in supported:
+            raise ValueError(
+                f"onnxruntime backend: target '{target}' is not supported here (supported: {', '.join(supported)})"
+            )
+        providers = _providers(target, options, model_path)
+        session = ort.InferenceSession(str(model_path), session_options(options), providers=providers)
+        if _PROVIDERS[target] not in session.get_providers():  # ORT falls back to the CPU silently
+            raise RuntimeError(
+                f"onnxruntime could not start {_PROVIDERS[target]} (it fell back to {session.get_providers()}); "
+                "check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs"
+            )
         return OrtExecutable(session)
 
     def option_space(self, model: Model, cpus: int) -> OptionSet:
@@ -123,7 +187,22 @@ class OnnxRuntimeBackend:
                 if mode == "parallel":
                     opt["inter_op_num_threads"] = max(1, cpus // threads)
                 options.append(opt)
-        return OptionSet(variants=variants, options=options, reference_options={}, skip=skip)
+        gpu = [{"device": "cuda"}, {"device": "tensorrt", "trt_fp16": False}, {"device": "tensorrt", "trt_fp16": True}]
+        have = gpu_targets()
+        usable = [o for o in gpu if o["device"] in have]
+        missing = [o for o in gpu if o["device"] not in have]
+        # GPU providers, when present, are measured for every variant; otherwise listed once with the reason
+        options = options[:1] + usable + options[1:] + missing
+        why = f"no NVIDIA GPU with this execution provider here: {GPU_INSTALL}"
+        option_skip = {len(options) - len(missing) + i: f"{o['device']}: {why}" for i, o in enumerate(missing)}
+        return OptionSet(
+            variants=variants,
+            options=options,
+            reference_options={},
+            skip=skip,
+            option_skip=option_skip,
+            primary=1 + len(usable),
+        )
 
 
 def precision_variants(path: Path) -> tuple[list[list[dict[str, Any]]], dict[int, str]]:

@@ -108,6 +108,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     phase = "setup"
     metrics: dict[str, Any] = {}
     notes: list[str] = []
+    if job.get("home"):  # backends keep caches (e.g. TVM's tuning database) in chipfit's home
+        os.environ["CHIPFIT_HOME"] = job["home"]
     try:
         data = Dataset.load_saved(Path(job["data_dir"]), job["input_names"])
         phase = "passes"
@@ -128,10 +130,14 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             backend.initialize()
         probe = MemoryProbe()
         probe.start()
-        t0 = time.perf_counter()
-        exe = backend.compile(variant, job.get("target", "cpu"), job["options"])
-        metrics["compile_s"] = time.perf_counter() - t0
         batch = int(job["batch"])
+        options = dict(job["options"])
+        if backend.capabilities.specializes_batch:
+            options["batch"] = batch
+        t0 = time.perf_counter()
+        exe = backend.compile(variant, job.get("target", "cpu"), options)
+        metrics["compile_s"] = time.perf_counter() - t0
+        notes = notes + list(getattr(exe, "notes", []))
         policy = TimingPolicy(**job.get("timing", {}))
         bar = job.get("probe")
         if bar:

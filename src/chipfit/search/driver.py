@@ -86,6 +86,7 @@ class SearchContext:
     def job(self, c: Candidate) -> dict[str, Any]:
         chunk = max(c.batch, 32) if self.dynamic_batch else c.batch
         return {
+            "home": str(self.variants_dir.parent),
             "model_path": str(self.model_path),
             "model_sha256": self.model_sha256,
             "passes": [dict(p) for p in c.passes],
@@ -130,9 +131,18 @@ def _measure_one(ctx: SearchContext, c: Candidate, probe: dict[str, float] | Non
     job = ctx.job(c)
     if probe is not None:
         job["probe"] = probe
-    m = run_isolated(job, ctx.workdir / c.id, ctx.settings.timeout_s, ctx.settings.memory_limit_mb, ctx.threads)
+    timeout = ctx.settings.timeout_s + _build_time(c)
+    m = run_isolated(job, ctx.workdir / c.id, timeout, ctx.settings.memory_limit_mb, ctx.threads)
     ctx.store.put(ctx.model_sha256, c, ctx.context_hash, ctx.env, ctx.env_hash, m)
     return m, "measured"
+
+
+def _build_time(c: Candidate) -> float:
+    """Extra seconds a candidate's build may take: its tuning budget (a tuning run without a time budget
+    gets half an hour)."""
+    if not c.options.get("tune_trials"):
+        return 0.0
+    return float(c.options.get("tune_time_s") or 1800.0) * 1.5 + 120.0
 
 
 class _Search:
@@ -172,7 +182,7 @@ class _Search:
     def measure(self, c: Candidate, skip: str | None = None) -> CandidateResult:
         i = len(self.results)
         self.total = max(self.total, i + 1)
-        if skip is None and c.skip:
+        if c.skip:  # the candidate's own reason (no GPU, unsuitable model) comes before the search's
             skip = c.skip
         if skip is None and self.budget is not None and time.monotonic() - self.start > self.budget:
             skip = None if c.reference else f"time budget of {self.budget:g}s spent before this candidate"

@@ -66,19 +66,22 @@ class Candidate:
             return "backend defaults"
         o = self.options
         parts = []
-        if "intra_op_num_threads" in o:
-            parts.append(f"{o['intra_op_num_threads']}t")
+        threads = o.get("intra_op_num_threads", o.get("threads"))
+        if threads is not None:
+            parts.append(f"{threads}t")
         if "execution_mode" in o:
             parts.append(str(o["execution_mode"])[:3])
-        parts += [
-            f"{k}={v}"
-            for k, v in o.items()
-            if k not in ("intra_op_num_threads", "execution_mode", "inter_op_num_threads", "graph_optimization_level")
-        ]
+        if "tune_trials" in o:
+            parts.append(f"tuned {o['tune_trials']}" if o["tune_trials"] else "untuned")
+        hidden = {"intra_op_num_threads", "threads", "execution_mode", "inter_op_num_threads"}
+        hidden |= {"graph_optimization_level", "tune_trials", "tune_time_s"}
+        parts += [str(v) if k in ("mode", "hint") else f"{k}={v}" for k, v in o.items() if k not in hidden]
         return " ".join(parts)
 
     def label(self) -> str:
-        return f"{self.pass_label()} · {self.backend} {self.option_label()} · b{self.batch}"
+        target = "" if self.target == "cpu" else f" @{self.target}"
+        return f"{self.pass_label()} · {self.backend}{target} {self.option_label()} · b{self.batch}"
+
 
 
 def _step_label(step: dict[str, Any]) -> str:
@@ -99,13 +102,29 @@ def _step_label(step: dict[str, Any]) -> str:
 class SpaceOptions:
     """Which dimensions to explore; None means the backend's full set for this machine."""
 
-    backends: tuple[str, ...] = ("onnxruntime",)
+    backends: tuple[str, ...] | None = None  # None: every backend available here
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     threads: tuple[int, ...] | None = None
     opt_levels: tuple[str, ...] | None = None  # "none" = the model as given, or basic / extended / all
     execution_modes: tuple[str, ...] | None = None
     passes: tuple[str, ...] | None = None  # pass families beyond graph levels; None: all that suit the model
     target: str = "cpu"
+    tune_trials: int = 0  # compiler auto-tuning budget per candidate (TVM MetaSchedule trials per task)
+    tune_time_s: float | None = None
+
+
+def _resolve_options(opts: list[dict[str, Any]], space: SpaceOptions) -> list[tuple[int, dict[str, Any]]]:
+    """(index, option) with the run's tuning budget filled in where a backend asks for it; such options are
+    dropped without a budget, and so are options the space's filters exclude."""
+    out = []
+    for j, o in enumerate(opts):
+        if "tune_trials" in o and o["tune_trials"] is None:
+            if not space.tune_trials:
+                continue
+            o = {**o, "tune_trials": space.tune_trials, "tune_time_s": space.tune_time_s}
+        if _keep_options(o, space):
+            out.append((j, o))
+    return out
 
 
 def _keep_variant(variant: list[dict[str, Any]], space: SpaceOptions, has_levels: bool) -> bool:
@@ -135,28 +154,43 @@ def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]
 
     Batch sizes above 1 need a dynamic batch dimension; with a fixed one, only the model's own batch runs.
     """
-    from chipfit.backends import get_backend
+    from chipfit.backends import available_backends, get_backend
 
     batches = sorted(set(space.batch_sizes)) if model.dynamic_batch else [_fixed_batch(model)]
     out: list[Candidate] = []
-    for name in space.backends:
+    names = space.backends if space.backends is not None else tuple(available_backends())
+    if "onnxruntime" not in names:  # ONNX Runtime's default session is always the baseline and reference
+        names = ("onnxruntime", *names)
+    for name in names:
         opts = get_backend(name).option_space(model, cpus)
+        if opts.unsuitable:
+            out.append(Candidate(name, (), {}, space.target, batches[0], skip=opts.unsuitable))
+            continue
         if opts.reference_options is not None and not out:  # the default session, the reference at batch 1
             out.extend(
                 Candidate(name, (), dict(opts.reference_options), space.target, b, reference=i == 0)
                 for i, b in enumerate(batches)
             )
-        kept = [o for o in opts.options if _keep_options(o, space)]
+        if space.backends is not None and name not in space.backends:
+            continue  # measured only as the reference
+        kept = _resolve_options(opts.options, space)
         has_levels = any(p["name"] == "ort_graph_opt" for v in opts.variants for p in v)
+        listed_skips = False
         for i, variant in enumerate(opts.variants):
             if not _keep_variant(variant, space, has_levels):
                 continue
-            skip = opts.skip.get(i)
-            if skip and space.passes is not None and ({p["name"] for p in variant} & set(space.passes)):
-                skip = None  # asked for by name: measure it anyway
-            for j, opt in enumerate(kept[:1] if skip else kept):  # a skipped variant is listed once
+            option_skips, listed_skips = not listed_skips, True  # options skipped here: listed once
+            vskip = opts.skip.get(i)
+            if vskip and space.passes is not None and ({p["name"] for p in variant} & set(space.passes)):
+                vskip = None  # asked for by name: measure it anyway
+            for k, (j, opt) in enumerate(kept[:1] if vskip else kept):  # a skipped variant is listed once
+                if opts.option_skip.get(j) and not option_skips:
+                    continue
+                skip = vskip or opts.option_skip.get(j)
+                target = str(opt.get("device", space.target))
+                rest = {key: v for key, v in opt.items() if key != "device"}
                 out.extend(
-                    Candidate(name, tuple(variant), dict(opt), space.target, b, skip=skip, option_sweep=j > 0)
+                    Candidate(name, tuple(variant), rest, target, b, skip=skip, option_sweep=k >= opts.primary)
                     for b in (batches[:1] if skip else batches)
                 )
     # reference first; per batch size the default options of every variant, then the other options (stable)

@@ -1,0 +1,176 @@
+"""Apache TVM (``pip install 'chipfit[tvm]'``, apache-tvm 0.27): the ONNX model imported by the Relax ONNX
+frontend, compiled with LLVM for the detected CPU (``-mcpu`` and the core count of the CPU quota), run in
+the Relax VM. MetaSchedule tuning is an option of the candidate (``tune_trials``, ``tune_time_s``); its
+database lives in chipfit's home and is shared across runs and models (``_tvm_tune``).
+
+Untuned TVM on CPU runs naive loops (≈80× slower than ONNX Runtime on a small conv net here): it is listed
+and left to the latency probe, which prunes it in a second. Tuned candidates compile for a fixed batch
+(``options["batch"]``); untuned ones keep the model's symbolic batch. A winner ships its compiled library
+(``package``) and is reopened from it without recompiling. tvm is imported in this module and ``_tvm_tune``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chipfit.backends.base import Capabilities, OptionSet
+
+if TYPE_CHECKING:
+    from chipfit.model import Model
+
+__all__ = ["TvmBackend", "backend", "local_target"]
+
+INSTALL = "pip install 'chipfit[tvm]'"
+
+
+def local_target(cores: int) -> dict[str, Any]:
+    """The LLVM target of this CPU, in TVM 0.27's dict form (the CLI string form is rejected)."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": int(cores)}
+
+
+def _home() -> Path:
+    from chipfit.workspace import default_home
+
+    return default_home()
+
+
+class TvmExecutable:
+    def __init__(self, vm: Any, input_names: list[str], output_names: list[str], notes: list[str]) -> None:
+        import tvm
+
+        self._tvm = tvm
+        self._vm = vm
+        self.input_names = input_names
+        self.output_names = output_names
+        self.notes = notes
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self.input_names]
+        out = self._vm["main"](*args)
+        outs = out if isinstance(out, (tuple, list)) or type(out).__name__ == "Array" else [out]
+        return [o.numpy() for o in outs]
+
+    def close(self) -> None:
+        self._vm = None
+
+
+def _io(proto: Any) -> tuple[list[str], list[str], dict[str, list[Any]]]:
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    shapes = {
+        i.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in i.type.tensor_type.shape.dim]
+        for i in inputs
+    }
+    return [i.name for i in inputs], [o.name for o in proto.graph.output], shapes
+
+
+class TvmBackend:
+    name = "tvm"
+    capabilities = Capabilities(
+        devices=("cpu",), dtypes=("float32", "int8"), dynamic_shapes=True, specializes_batch=True
+    )
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import tvm
+            from tvm import relax  # noqa: F401
+        except ImportError:
+            return f"apache-tvm is not installed: {INSTALL}"
+        except Exception as exc:  # a wheel that does not load (wrong tvm-ffi ABI, missing libraries)
+            return f"apache-tvm does not load ({type(exc).__name__}: {exc}); reinstall with {INSTALL}"
+        if not tvm.runtime.enabled("llvm"):
+            return "this apache-tvm build has no LLVM code generator; install the PyPI wheel: " + INSTALL
+        return None
+
+    def version(self) -> str | None:
+        import tvm
+
+        return str(tvm.__version__)
+
+    def devices(self) -> list[str]:
+        from tvm.target import codegen
+
+        return [f"cpu llvm -mcpu={codegen.llvm_get_system_cpu()}"]
+
+    def initialize(self) -> None:
+        from tvm import relax  # noqa: F401
+
+    def _target(self, target: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        if target != "cpu":
+            raise ValueError(f"tvm backend: target '{target}' is not supported here (supported: cpu)")
+        from chipfit.hardware.detect import cpu_quota
+
+        return local_target(int(options.get("threads") or cpu_quota()))
+
+    def build(self, model_path: Path, target_json: dict[str, Any], options: Mapping[str, Any]) -> tuple[Any, list[str]]:
+        """Import, optionally tune, and compile; returns the TVM executable and notes on what was done."""
+        import onnx
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        proto = onnx.load(str(model_path))
+        _, _, shapes = _io(proto)
+        batch = options.get("batch")
+        shape_dict = None
+        if batch is not None:
+            shape_dict = {n: [int(batch) if i == 0 and not isinstance(d, int) else d for i, d in enumerate(s)]
+                          for n, s in shapes.items()}
+        mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=False)
+        target = tvm.target.Target(target_json)
+        with target:
+            mod = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(mod))
+        notes: list[str] = []
+        trials = int(options.get("tune_trials") or 0)
+        if trials > 0:
+            from chipfit.backends import _tvm_tune
+
+            if batch is None:
+                raise ValueError("tvm backend: tuning needs a fixed batch size (options['batch'])")
+            folder = _tvm_tune.database_dir(_home(), target_json)
+            report = _tvm_tune.tune(mod, target, folder, trials, options.get("tune_time_s"), target_json.get("num-cores", 1))
+            notes.append(
+                f"tvm: MetaSchedule {report['trials']} new trials in {report['seconds']}s over {report['tasks']} tasks "
+                f"({report['reused']} already in the tuning database); stopped by {report['stopped_by']}"
+            )
+            with target, _tvm_tune.open_database(folder):
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        return tvm.compile(mod, target=target), notes
+
+    def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> TvmExecutable:
+        import onnx
+        import tvm
+        from tvm import relax
+
+        target_json = self._target(target, options)
+        inputs, outputs, _ = _io(onnx.load(str(model_path), load_external_data=False))
+        os.environ.setdefault("TVM_NUM_THREADS", str(target_json["num-cores"]))
+        if options.get("library"):
+            lib = model_path.parent / str(options["library"])
+            ex, notes = tvm.runtime.load_module(str(lib)), [f"tvm: loaded {lib.name}"]
+        else:
+            ex, notes = self.build(model_path, target_json, options)
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        return TvmExecutable(vm, inputs, outputs, notes)
+
+    def option_space(self, model: Model, cpus: int) -> OptionSet:
+        """Tuned with the run's tuning budget (``tune_trials: None`` is filled in by the space from
+        ``--tune-trials`` / ``--tune-time``, and dropped without one), and untuned (the probe decides)."""
+        options = [{"threads": cpus, "tune_trials": None}, {"threads": cpus, "tune_trials": 0}]
+        return OptionSet(variants=[[]], options=options, reference_options=None)
+
+    def package(self, model_path: Path, target: str, options: Mapping[str, Any], dest: Path) -> dict[str, Any]:
+        """Compile once more (the tuning database makes it quick) and ship the shared library."""
+        ex, _ = self.build(model_path, self._target(target, options), {**options, "tune_time_s": 0})
+        ex.export_library(str(dest / "model.so"))
+        return {k: v for k, v in options.items() if not k.startswith("tune_")} | {"library": "model.so"}
+
+
+backend = TvmBackend()
