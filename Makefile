@@ -15,9 +15,10 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# every CPU extra, so the backend conformance kit runs on each CPU backend
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,tvm,openvino]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core

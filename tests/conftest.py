@@ -125,3 +125,29 @@ FAST_FLAGS = [
     "none",
     "-q",
 ]
+
+
+@pytest.fixture
+def cli_run() -> Any:
+    """Run the CLI in this process (so monkeypatching applies); returns stdout, or stderr for a failure.
+    ``code`` is the exit code expected."""
+    from typer.testing import CliRunner
+
+    from chipfit.cli import app
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+        return result.stdout if code == 0 else result.stderr
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def mlp_module() -> Any:
+    """A small torch MLP (16 → 32 → 4) and 64 samples of input for it."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    return module, x

@@ -39,9 +39,9 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
         raise ModelError(
             "A torch.nn.Module needs example inputs to be exported: load_model(module, example_inputs=(x,))."
         )
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
+    if isinstance(example_inputs, torch.Tensor) or hasattr(example_inputs, "__array__"):
+        example_inputs = (example_inputs,)
+    return tuple(a if isinstance(a, torch.Tensor) else torch.as_tensor(a) for a in example_inputs)  # numpy too
 
 
 def _names(module: Any, n: int, input_names: list[str] | None) -> list[str]:

@@ -35,7 +35,9 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except ChipfitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: measurements taken so far are stored; rerun to resume.")
@@ -288,13 +290,12 @@ def fit(
     """
     _setup_logging(quiet)
     with _user_errors():
+        from chipfit.backends import parse_backends
         from chipfit.cli_output import fit_progress, print_fit_result
         from chipfit.measure.stats import TimingPolicy
         from chipfit.pipeline import fit as run_fit
         from chipfit.search.driver import MeasureSettings
         from chipfit.search.space import SpaceOptions
-
-        from chipfit.backends import parse_backends
         from chipfit.spec import parse_duration
 
         try:

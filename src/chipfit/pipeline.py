@@ -147,7 +147,8 @@ def fit(
         threads=cpu_quota(),
         settings=settings,
     )
-    candidates = build_space(m, space or SpaceOptions(), cpu_quota())
+    space = space or SpaceOptions()
+    candidates = build_space(m, space, cpu_quota())
     budget = spec_obj.time_budget
     refine = MixedPrecision(ctx, spec_obj, started + budget if budget else None)
     try:
@@ -159,7 +160,10 @@ def fit(
                 f"{reference.measurement.error}"
             )
         evaluate(results, spec_obj)
-        feasible = [r for r in results if r.feasible]
+        # with --backends, ONNX Runtime's default session is measured as the baseline but wins only if asked for
+        feasible = [
+            r for r in results if r.feasible and (space.backends is None or r.candidate.backend in space.backends)
+        ]
         if refine.report is not None:
             notes.append(f"mixed precision on {refine.report.base}: {refine.report.outcome}")
         result = FitResult(

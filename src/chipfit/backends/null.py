@@ -33,7 +33,8 @@ class NullExecutable:
 
 class NullBackend:
     name = "null"
-    capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), dynamic_shapes=True)  # no int8: QDQ ops need opset 19
+    # no int8: the reference interpreter runs QuantizeLinear only from opset 19
+    capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), dynamic_shapes=True)
 
     def unavailable_reason(self) -> str | None:
         return None

@@ -40,7 +40,10 @@ def _nvidia_gpus() -> list[str]:
         return []
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            ["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -187,7 +190,11 @@ class OnnxRuntimeBackend:
                 if mode == "parallel":
                     opt["inter_op_num_threads"] = max(1, cpus // threads)
                 options.append(opt)
-        gpu = [{"device": "cuda"}, {"device": "tensorrt", "trt_fp16": False}, {"device": "tensorrt", "trt_fp16": True}]
+        gpu: list[dict[str, Any]] = [
+            {"device": "cuda"},
+            {"device": "tensorrt", "trt_fp16": False},
+            {"device": "tensorrt", "trt_fp16": True},
+        ]
         have = gpu_targets()
         usable = [o for o in gpu if o["device"] in have]
         missing = [o for o in gpu if o["device"] not in have]

@@ -100,7 +100,7 @@ class TorchBackend:
             )
         if "threads" in options:
             torch.set_num_threads(int(options["threads"]))
-        fn = torch.export.load(str(program)).module()
+        fn: Any = torch.export.load(str(program)).module()
         mode = options.get("mode", "eager")
         if mode == "compile":
             fn = torch.compile(fn, mode=options.get("compile_mode") or None, dynamic=False)

@@ -121,8 +121,10 @@ class TvmBackend:
         batch = options.get("batch")
         shape_dict = None
         if batch is not None:
-            shape_dict = {n: [int(batch) if i == 0 and not isinstance(d, int) else d for i, d in enumerate(s)]
-                          for n, s in shapes.items()}
+            shape_dict = {
+                n: [int(batch) if i == 0 and not isinstance(d, int) else d for i, d in enumerate(s)]
+                for n, s in shapes.items()
+            }
         mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=False)
         target = tvm.target.Target(target_json)
         with target:
@@ -135,7 +137,9 @@ class TvmBackend:
             if batch is None:
                 raise ValueError("tvm backend: tuning needs a fixed batch size (options['batch'])")
             folder = _tvm_tune.database_dir(_home(), target_json)
-            report = _tvm_tune.tune(mod, target, folder, trials, options.get("tune_time_s"), target_json.get("num-cores", 1))
+            report = _tvm_tune.tune(
+                mod, target, folder, trials, options.get("tune_time_s"), target_json.get("num-cores", 1)
+            )
             notes.append(
                 f"tvm: MetaSchedule {report['trials']} new trials in {report['seconds']}s over {report['tasks']} tasks "
                 f"({report['reused']} already in the tuning database); stopped by {report['stopped_by']}"
@@ -163,7 +167,7 @@ class TvmBackend:
     def option_space(self, model: Model, cpus: int) -> OptionSet:
         """Tuned with the run's tuning budget (``tune_trials: None`` is filled in by the space from
         ``--tune-trials`` / ``--tune-time``, and dropped without one), and untuned (the probe decides)."""
-        options = [{"threads": cpus, "tune_trials": None}, {"threads": cpus, "tune_trials": 0}]
+        options: list[dict[str, Any]] = [{"threads": cpus, "tune_trials": None}, {"threads": cpus, "tune_trials": 0}]
         return OptionSet(variants=[[]], options=options, reference_options=None)
 
     def package(self, model_path: Path, target: str, options: Mapping[str, Any], dest: Path) -> dict[str, Any]:

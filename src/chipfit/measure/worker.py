@@ -84,14 +84,18 @@ def probe_bar(beat_ms: float, margin: float) -> float:
     return beat_ms * margin + 0.02
 
 
-def _evaluate(exe: Any, data: dict[str, np.ndarray], chunk: int, limit: int | None) -> list[np.ndarray]:
+def _evaluate(
+    exe: Any, data: dict[str, np.ndarray], chunk: int, limit: int | None, fixed: bool = False
+) -> list[np.ndarray]:
+    """Outputs on the first ``limit`` samples in chunks; with ``fixed`` (an executable compiled for one batch
+    size) the last chunk is filled up with samples from the start and its extra outputs dropped."""
     n = len(next(iter(data.values())))
     n = min(n, limit) if limit else n
     collected: list[list[np.ndarray]] = []
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
-        outs = exe.run(_feed(data, start, size))
-        collected.append([np.asarray(o) for o in outs])
+        outs = exe.run(_feed(data, start, chunk if fixed else size))
+        collected.append([np.asarray(o)[:size] for o in outs])
     return [np.concatenate([c[i] for c in collected], axis=0) for i in range(len(collected[0]))]
 
 
@@ -157,7 +161,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         metrics["memory_method"] = probe.method
         phase = "quality"
         q = job["quality"]
-        outputs = _evaluate(exe, data.inputs, int(q["chunk"]), q.get("limit"))
+        fixed = backend.capabilities.specializes_batch
+        outputs = _evaluate(exe, data.inputs, batch if fixed else int(q["chunk"]), q.get("limit"), fixed)
         if q.get("save_reference"):
             np.savez(q["save_reference"], *outputs)
         if q.get("reference"):

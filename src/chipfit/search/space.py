@@ -83,7 +83,6 @@ class Candidate:
         return f"{self.pass_label()} · {self.backend}{target} {self.option_label()} · b{self.batch}"
 
 
-
 def _step_label(step: dict[str, Any]) -> str:
     params = step.get("params", {})
     parts = []

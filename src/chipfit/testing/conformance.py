@@ -17,6 +17,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ class ConformanceReport:
 
     def text(self) -> str:
         lines = [f"conformance of backend '{self.backend}' on {self.target}:"]
-        lines += [f"  {'ok  ' if c.passed else 'FAIL'} {c.name}{': ' + c.detail if c.detail else ''}" for c in self.checks]
+        lines += [
+            f"  {'ok  ' if c.passed else 'FAIL'} {c.name}{': ' + c.detail if c.detail else ''}" for c in self.checks
+        ]
         return "\n".join(lines)
 
 
@@ -193,7 +196,10 @@ def check_backend(
         kit.check("identity: available, version, devices, capabilities", kit.identity)
         if kit.report.checks[0].passed:
             for ref in reference_models():
-                kit.check(f"{ref.name}: outputs match numpy at batch {'/'.join(map(str, BATCHES))}", lambda r=ref: kit.model(r))
+                kit.check(
+                    f"{ref.name}: outputs match numpy at batch {'/'.join(map(str, BATCHES))}",
+                    partial(kit.model, ref),
+                )
             kit.check("int8: a quantized graph runs when capabilities claim int8", kit.int8)
             saved, kit.target = kit.target, "no-such-device"
             kit.check("an unsupported target is refused", kit.unsupported_target)

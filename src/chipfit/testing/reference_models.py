@@ -89,7 +89,7 @@ def mlp(seed: int = 0) -> ReferenceModel:
 
 def _conv3x3(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
     """3×3 convolution, stride 1, padding 1 (NCHW), by shifted sums."""
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     out = np.zeros((n, k.shape[0], h, wd), dtype=np.float64)
     for i in range(3):
@@ -260,7 +260,7 @@ def int8_mlp(seed: int = 0) -> ReferenceModel:
     rng = np.random.default_rng(seed)
     wf = _w(rng, 32, 10)
     sw = np.float32(np.abs(wf).max() / 127)
-    w = {
+    w: dict[str, np.ndarray] = {
         "Wq": np.clip(np.round(wf / sw), -127, 127).astype(np.int8),
         "sw": np.array(sw, np.float32),
         "sx": np.array(4.0 / 127, np.float32),

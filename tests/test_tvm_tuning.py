@@ -1,0 +1,70 @@
+"""TVM MetaSchedule tuning, smoke-sized: a tuning run killed midway keeps what it tuned, and the next run
+(another model sharing the workloads counts the same) reuses the database instead of tuning again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chipfit.backends import backend_info
+
+pytestmark = pytest.mark.skipif(not backend_info("tvm").available, reason="apache-tvm is not installed")
+
+TUNE = """
+import sys
+from pathlib import Path
+from chipfit.backends.tvm import backend
+from chipfit.testing.reference_models import mlp
+path = mlp().save(Path(sys.argv[1]))
+backend.compile(path, "cpu", {"batch": 2, "threads": 1, "tune_trials": int(sys.argv[2])})
+"""
+
+
+def _records(home: Path) -> int:
+    files = list(home.glob("tvm-tuning/*/database_tuning_record.json"))
+    return sum(len(f.read_text().splitlines()) for f in files)
+
+
+def test_killed_tuning_keeps_its_records_and_the_next_run_reuses_them(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = dict(os.environ, CHIPFIT_HOME=str(home))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TUNE, str(tmp_path), "64"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _records(home) == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert _records(home) > 0, "no tuning record was written"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 in the middle of tuning
+        proc.wait()
+    kept = _records(home)
+
+    os.environ["CHIPFIT_HOME"] = str(home)
+    from chipfit.backends.tvm import backend
+    from chipfit.testing.reference_models import mlp
+
+    ref = mlp()
+    exe = backend.compile(ref.save(tmp_path), "cpu", {"batch": 2, "threads": 1, "tune_trials": 1})
+    note = " ".join(exe.notes)
+    assert "already in the tuning database" in note
+    reused = int(note.split("(")[1].split()[0])
+    assert reused >= 1, note  # the killed run's records count
+    assert _records(home) >= kept
+    x = ref.inputs(2)
+    np.testing.assert_allclose(exe.run({"x": x})[0], ref.expected(x), rtol=1e-3, atol=1e-4)
+
+    again = backend.compile(ref.save(tmp_path), "cpu", {"batch": 2, "threads": 1, "tune_trials": 1})
+    assert "0 new trials" in " ".join(again.notes)  # everything is in the database now
