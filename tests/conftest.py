@@ -4,6 +4,7 @@ and a private chipfit home per test so nothing touches ~/.cache."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
