@@ -1,0 +1,117 @@
+"""Per backend, on the benchmark CNN (digits) and a BERT-like transformer: p50 at batch 1 and throughput
+at the best of batch 1/8/32, measured interleaved in one process, and achieved GFLOP/s against the
+machine's measured SGEMM peak. TVM is tuned with a small budget (its database is kept between runs)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interleave import interleaved
+
+import chipfit
+from chipfit.backends import backend_info, get_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gemm_peak_gflops(cores: int, n: int = 2048) -> float:
+    """Measured SGEMM rate (numpy's BLAS, all cores of the quota): the roof the table compares against."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ a
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def _configs(tune_trials: int, tune_time_s: float, cores: int) -> list[tuple[str, str, dict[str, Any]]]:
+    out = [("onnxruntime", "default session", {})]
+    if backend_info("openvino").available:
+        out += [("openvino", "LATENCY", {"hint": "LATENCY"}), ("openvino", "THROUGHPUT", {"hint": "THROUGHPUT"})]
+    if backend_info("torch").available:
+        out += [("torch", "eager", {"mode": "eager"}), ("torch", "torch.compile", {"mode": "compile"})]
+    if backend_info("tvm").available:
+        out += [
+            ("tvm", f"MetaSchedule {tune_trials} trials/task", {"tune_trials": tune_trials, "tune_time_s": tune_time_s})
+        ]
+    return out
+
+
+def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple[int, float]) -> list[str]:
+    cores = os.cpu_count() or 1
+    flops = model.stats.flops
+    lines = [f"### {title}", "", f"{flops / 1e6:.1f} MFLOP per sample (from the ONNX graph).", ""]
+    lines += [
+        "| backend | options | p50 ms (b1) | best batch | throughput /s | GFLOP/s at best batch | % of SGEMM peak |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|"]
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    runners: dict[int, dict[str, Any]] = {1: {}, 8: {}, 32: {}}
+    for name, label, opts in _configs(*tune, cores):
+        b = get_backend(name)
+        if name == "torch" and not (model.path.with_suffix(".pt2")).exists():
+            lines.append(f"| torch | {label} | – | – | – | – | – (the model was given as ONNX) |")
+            continue
+        for batch in runners:
+            o = {**opts, "threads": cores} if name != "onnxruntime" else {}
+            if b.capabilities.specializes_batch:
+                o["batch"] = batch
+            try:
+                runners[batch][f"{name} · {label}"] = b.compile(model.path, "cpu", o).run
+            except Exception as exc:
+                lines.append(f"| {name} | {label} | failed: {str(exc)[:120]} | | | | |")
+                break
+    for batch, fns in runners.items():
+        r = interleaved(fns, feeds_for(batch))
+        for key, v in r.items():
+            results.setdefault(key, {})[batch] = v
+    for key, per in results.items():
+        name, label = key.split(" · ", 1)
+        best = max(per, key=lambda bb: bb / per[bb]["p50_ms"])
+        thr = best / per[best]["p50_ms"] * 1000
+        gflops = flops * thr / 1e9
+        lines.append(
+            f"| {name} | {label} | {per[1]['p50_ms']:.4f} | {best} | {thr:.0f} | {gflops:.1f} | {100 * gflops / peak:.1f}% |"
+        )
+    return [*lines, ""]
+
+
+def section(work: Path, tune_trials: int = 16, tune_time_s: float = 300.0) -> list[str]:
+    os.environ.setdefault("CHIPFIT_HOME", str(work / "home"))
+    cores = len(os.sched_getaffinity(0))
+    peak = gemm_peak_gflops(cores)
+    lines = [
+        "## Backends side by side (issue 4)",
+        "",
+        f"SGEMM peak measured here (numpy BLAS, 2048², {cores} cores): **{peak:.0f} GFLOP/s**. Each row's "
+        "latency is the median of interleaved rounds against every other backend in one process; throughput "
+        "is batch / p50 at the batch size (1, 8, 32) where it is highest.",
+        "",
+    ]
+    ex = ROOT / "examples" / "digits"
+    digits = chipfit.load_model(ex / "model.onnx")
+    x = np.load(ex / "eval.npz")["image"]
+    lines += bench_model(
+        "digits CNN (ONNX)", digits, lambda b: {"image": np.ascontiguousarray(x[:b])}, peak, (tune_trials, tune_time_s)
+    )
+    from chipfit.testing.models import bert_inputs, bert_like
+
+    module = bert_like(layers=2, hidden=256, heads=4, seq=64)
+    data = bert_inputs(64, seq=64)
+    example = tuple(__import__("torch").from_numpy(v[:2]) for v in data.values())
+    model = chipfit.load_model(module, example_inputs=example, input_names=list(data))
+
+    def feeds(b: int) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(v[:b]) for k, v in data.items()}
+
+    lines += bench_model(
+        "BERT-like encoder, 2 × 256, seq 64 (torch module)", model, feeds, peak, (tune_trials, tune_time_s)
+    )
+    return lines
