@@ -4,6 +4,7 @@ here, in passes that use ONNX Runtime's own tools, and nowhere else."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,9 @@ def gpu_targets() -> list[str]:
     return [t for t in ("cuda", "tensorrt") if _PROVIDERS[t] in have]
 
 
+@functools.cache
 def _nvidia_gpus() -> list[str]:
+    """GPUs nvidia-smi lists (asked once per process: capabilities and devices() both need it)."""
     import shutil
     import subprocess
 

@@ -156,8 +156,9 @@ class _Kit:
         return _compare(exe.run({"x": x})[0], ref.expected(x), "int8")
 
     def unsupported_target(self) -> str | None:
+        ref = reference_models()[0]
         try:
-            self.compile(self.path(reference_models()[0]), 1).run({"x": reference_models()[0].inputs(1)})
+            self.compile(self.path(ref), 1).run({"x": ref.inputs(1)})
         except Exception:
             return None
         return "compile(target='no-such-device') did not raise; capabilities.devices must be honest"
