@@ -5,33 +5,20 @@ machine's measured SGEMM peak. TVM is tuned with a small budget (its database is
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from interleave import interleaved
 
 import chipfit
 from chipfit.backends import backend_info, get_backend
+from chipfit.hardware.microbench import peak_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gemm_peak_gflops(cores: int, n: int = 2048) -> float:
-    """Measured SGEMM rate (numpy's BLAS, all cores of the quota): the roof the table compares against."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    a @ a
-    best = 0.0
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ a
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
-
-
-def _configs(tune_trials: int, tune_time_s: float, cores: int) -> list[tuple[str, str, dict[str, Any]]]:
+def _configs(tune_trials: int, tune_time_s: float) -> list[tuple[str, str, dict[str, Any]]]:
     out = [("onnxruntime", "default session", {})]
     if backend_info("openvino").available:
         out += [("openvino", "LATENCY", {"hint": "LATENCY"}), ("openvino", "THROUGHPUT", {"hint": "THROUGHPUT"})]
@@ -54,7 +41,7 @@ def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple
     lines += ["|---|---|---|---|---|---|---|"]
     results: dict[str, dict[int, dict[str, float]]] = {}
     runners: dict[int, dict[str, Any]] = {1: {}, 8: {}, 32: {}}
-    for name, label, opts in _configs(*tune, cores):
+    for name, label, opts in _configs(*tune):
         b = get_backend(name)
         if name == "torch" and not (model.path.with_suffix(".pt2")).exists():
             lines.append(f"| torch | {label} | – | – | – | – | – (the model was given as ONNX) |")
@@ -77,20 +64,21 @@ def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple
         best = max(per, key=lambda bb: bb / per[bb]["p50_ms"])
         thr = best / per[best]["p50_ms"] * 1000
         gflops = flops * thr / 1e9
-        lines.append(
-            f"| {name} | {label} | {per[1]['p50_ms']:.4f} | {best} | {thr:.0f} | {gflops:.1f} | {100 * gflops / peak:.1f}% |"
-        )
+        row = [name, label, f"{per[1]['p50_ms']:.4f}", str(best), f"{thr:.0f}", f"{gflops:.1f}"]
+        lines.append("| " + " | ".join([*row, f"{100 * gflops / peak:.1f}%"]) + " |")
     return [*lines, ""]
 
 
 def section(work: Path, tune_trials: int = 16, tune_time_s: float = 300.0) -> list[str]:
     os.environ.setdefault("CHIPFIT_HOME", str(work / "home"))
     cores = len(os.sched_getaffinity(0))
-    peak = gemm_peak_gflops(cores)
+    rates = peak_rates()
+    peak = rates["fp32_gflops"]
     lines = [
         "## Backends side by side (issue 4)",
         "",
-        f"SGEMM peak measured here (numpy BLAS, 2048², {cores} cores): **{peak:.0f} GFLOP/s**. Each row's "
+        f"Roof measured here by `chipfit.hardware.microbench` (numpy BLAS SGEMM 1024³, {cores} cores): "
+        f"**{peak:.0f} GFLOP/s** fp32, memory copy {rates['mem_gbs']:.0f} GB/s. Each row's "
         "latency is the median of interleaved rounds against every other backend in one process; throughput "
         "is batch / p50 at the batch size (1, 8, 32) where it is highest.",
         "",

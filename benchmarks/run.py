@@ -96,6 +96,8 @@ READING = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--tune-trials", type=int, default=16, help="TVM MetaSchedule trials per task")
+    ap.add_argument("--tune-time", type=float, default=300.0, help="TVM tuning time budget per model, seconds")
     args = ap.parse_args()
     env = environment_fingerprint()
     machine = local_machine()
@@ -112,6 +114,7 @@ def main() -> None:
         "drift on a shared machine hits both; absolute times vary from run to run.",
         "",
     ]
+    from backends import section as backends_section
     from precision import bench_digits_cnn, bench_transformer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +122,8 @@ def main() -> None:
         body += bench_transformer(Path(tmp), 0.0)
         body += bench_transformer(Path(tmp), 100.0)
         body += bench_digits_cnn(Path(tmp))
-    body += READING
+        body += READING
+        body += backends_section(Path(tmp), tune_trials=args.tune_trials, tune_time_s=args.tune_time)
     Path(args.out).write_text("\n".join(head + body) + "\n")
     print(Path(args.out).read_text())
 
