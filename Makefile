@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # A local CPU build; an unpinned torch pulls GBs of CUDA packages. pyproject.toml keeps a range for users.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench lint typecheck example clean
+.PHONY: demo test bench lint typecheck example clean sysroot-aarch64
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ typecheck: $(VENV)/.dev
 # Re-train the bundled example (needs the dev extras: torch, scikit-learn).
 example: $(VENV)/.dev
 	$(BIN)/python examples/digits/make_example.py
+
+# Optional: an aarch64 sysroot (Debian arm64 Python + TVM runtime) so that `chipfit compile --target` checks
+# Arm modules under qemu-user; needs root for apt-get/debootstrap. Tests that need it skip without it.
+sysroot-aarch64: $(VENV)/.dev
+	PYTHON=$(BIN)/python tools/make-sysroot.sh aarch64
 
 clean:
 	rm -rf out .pytest_cache

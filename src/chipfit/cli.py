@@ -392,5 +392,7 @@ def main() -> None:
     app()
 
 
+import chipfit.cli_hw  # noqa: E402, F401  (registers `targets` and `compile` on app)
+
 if __name__ == "__main__":
     main()

@@ -242,7 +242,10 @@ def load(path: str | Path) -> LoadedModel:
         from chipfit.errors import BackendUnavailableError
 
         raise BackendUnavailableError(f"Artifact '{folder}' needs backend '{manifest['backend']}': {reason}")
-    exe = backend.compile(
-        folder / model["file"], manifest.get("target") or "cpu", manifest.get("runtime_options") or {}
-    )
+    try:
+        exe = backend.compile(
+            folder / model["file"], manifest.get("target") or "cpu", manifest.get("runtime_options") or {}
+        )
+    except ValueError as exc:  # e.g. a module compiled for another architecture
+        raise ArtifactError(f"Artifact '{folder}' cannot run here: {exc}.") from None
     return LoadedModel(exe, manifest, folder)

@@ -21,6 +21,7 @@ import numpy as np
 from chipfit.backends.base import Capabilities, OptionSet
 
 if TYPE_CHECKING:
+    from chipfit.hardware.catalog import Target
     from chipfit.model import Model
 
 __all__ = ["TvmBackend", "backend", "local_target"]
@@ -103,11 +104,40 @@ class TvmBackend:
         from tvm import relax  # noqa: F401
 
     def _target(self, target: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        if target != "cpu":
-            raise ValueError(f"tvm backend: target '{target}' is not supported here (supported: cpu)")
-        from chipfit.hardware.detect import cpu_quota
+        """``cpu``: this machine; otherwise a catalogue target with a ``tvm`` entry (LLVM triple and CPU)."""
+        if options.get("tvm_target"):  # recorded by cross_compile
+            return dict(options["tvm_target"])
+        if target == "cpu":
+            from chipfit.hardware.detect import cpu_quota
 
-        return local_target(int(options.get("threads") or cpu_quota()))
+            return local_target(int(options.get("threads") or cpu_quota()))
+        from chipfit.hardware.catalog import get_target
+
+        entry = get_target(target)
+        if not entry.tvm:
+            raise ValueError(
+                f"tvm backend: catalogue target '{target}' names no TVM compile target (its 'tvm:' entry); "
+                "pick a CPU target, or add `tvm: {kind: llvm, mtriple: ..., mcpu: ...}` to its row"
+            )
+        return {**dict(entry.tvm), "num-cores": int(options.get("threads") or entry.cores)}
+
+    def cross_compile(self, model_path: Path, target: Target, options: Mapping[str, Any], dest: Path) -> dict[str, Any]:
+        """Compile for a catalogue target (any architecture LLVM targets) and link ``model.so`` with that
+        architecture's compiler; returns the runtime options to record."""
+        from tvm.support import cc
+
+        from chipfit.hardware.cross import toolchain
+
+        if not target.tvm:
+            raise ValueError(f"tvm backend: catalogue target '{target.name}' has no 'tvm:' entry")
+        target_json = {**dict(target.tvm), "num-cores": int(options.get("threads") or target.cores)}
+        chain = toolchain(target.arch, str(target.tvm.get("mtriple", "")))
+        if not chain.compiler:
+            raise ValueError(f"tvm backend: no C++ compiler that links for {chain.arch}: {chain.install_hint}")
+        ex, _ = self.build(model_path, target_json, {**options, "tune_time_s": 0})
+        ex.export_library(str(dest / "model.so"), fcompile=cc.cross_compiler(chain.compiler))
+        kept = {k: v for k, v in options.items() if not k.startswith("tune_")}
+        return kept | {"library": "model.so", "tvm_target": target_json}
 
     def build(self, model_path: Path, target_json: dict[str, Any], options: Mapping[str, Any]) -> tuple[Any, list[str]]:
         """Import, optionally tune, and compile; returns the TVM executable and notes on what was done."""
@@ -158,6 +188,7 @@ class TvmBackend:
         os.environ.setdefault("TVM_NUM_THREADS", str(target_json["num-cores"]))
         if options.get("library"):
             lib = model_path.parent / str(options["library"])
+            _check_arch(lib)
             ex, notes = tvm.runtime.load_module(str(lib)), [f"tvm: loaded {lib.name}"]
         else:
             ex, notes = self.build(model_path, target_json, options)
@@ -175,6 +206,62 @@ class TvmBackend:
         ex, _ = self.build(model_path, self._target(target, options), {**options, "tune_time_s": 0})
         ex.export_library(str(dest / "model.so"))
         return {k: v for k, v in options.items() if not k.startswith("tune_")} | {"library": "model.so"}
+
+
+def elf_arch(lib: Path) -> str | None:
+    """The CPU architecture an ELF shared library was built for (None: not ELF or unknown)."""
+    machine = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm", 0xF3: "riscv64"}
+    with open(lib, "rb") as f:
+        head = f.read(20)
+    return machine.get(int.from_bytes(head[18:20], "little")) if head[:4] == b"\x7fELF" else None
+
+
+def _check_arch(lib: Path) -> None:
+    """A library for another architecture cannot be loaded here: say so instead of a dlopen error."""
+    from chipfit.hardware.cross import host_arch
+
+    arch = elf_arch(lib)
+    if arch and arch != host_arch():
+        raise ValueError(
+            f"tvm backend: '{lib.name}' was compiled for {arch} and this machine is {host_arch()}; "
+            f"run it on the {arch} target (copy the artifact folder there)"
+        )
+
+
+def run_module(
+    lib: Path, feeds: Mapping[str, np.ndarray], order: list[str], timeout_s: float = 600
+) -> list[np.ndarray]:
+    """Run a compiled module in a separate Python — under qemu-user with the target's sysroot when the library
+    is for another architecture — and return its outputs."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from chipfit.hardware.cross import host_arch, toolchain
+
+    chain = toolchain(elf_arch(lib) or host_arch())
+    script = Path(__file__).with_name("_tvm_check.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in feeds.items()}
+        np.savez(inputs, __order__=np.array(order), **arrays)
+        if chain.native:
+            cmd = [sys.executable, "-P", str(script), str(lib), str(inputs), str(outputs)]  # -P: not beside tvm.py
+            env = dict(os.environ)
+        else:
+            why = chain.check_unavailable()
+            if why:
+                raise RuntimeError(why)
+            assert chain.qemu and chain.sysroot
+            root = str(chain.sysroot)
+            cmd = [chain.qemu, "-L", root, f"{root}/usr/bin/python3.11", "-P", str(script), str(lib), str(inputs)]
+            cmd.append(str(outputs))
+            env = {"PYTHONPATH": "/opt/chipfit-py", "PATH": os.environ.get("PATH", ""), "TVM_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the module failed to run ({' '.join(cmd[:1])}): {proc.stderr.strip()[-600:]}")
+        data = np.load(outputs)
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 backend = TvmBackend()
