@@ -27,7 +27,7 @@ def test_defaults_and_bounds() -> None:
         (
             "objective",
             "fastest",
-            r"--objective must be one of latency, throughput, memory, size, accuracy; got 'fastest'",
+            r"--objective must be one of latency, throughput, memory, size, accuracy, cost, energy; got 'fastest'",
         ),
         ("time_budget", "soon", r"--time-budget must be a positive duration such as '90s'"),
         ("metric", "top0", r"--metric must be one of top1, top5"),

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from chipfit.cli_args import MaxCost, MaxEnergy, _ints, _passes, _words
 from chipfit.errors import ChipfitError
 
 __all__ = ["app", "main"]
@@ -49,38 +50,6 @@ def _setup_logging(quiet: bool) -> None:
     if not log.handlers:
         log.addHandler(RichHandler(console=err_console, show_time=False, show_path=False))
     log.setLevel(logging.ERROR if quiet else logging.INFO)
-
-
-def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        out = ()
-    if not out or any(v < 1 for v in out):
-        raise ChipfitError(
-            f"{flag} must be a comma-separated list of positive integers such as '1,8,32'; got {value!r}."
-        )
-    return out
-
-
-def _words(value: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    out = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [v for v in out if v not in allowed]
-    if not out or bad:
-        raise ChipfitError(f"{flag} must be a comma-separated list of {', '.join(allowed)}; got {value!r}.")
-    return out
-
-
-def _passes(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if value.strip() == "none":
-        return ()
-    return _words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "fp16"))
 
 
 @app.command()
@@ -143,10 +112,13 @@ def fit(
             help="Smallest fidelity to the original model's outputs (1 = identical).", rich_help_panel="Constraints"
         ),
     ] = None,
+    max_cost_per_1m: MaxCost = None,
+    max_energy_mj: MaxEnergy = None,
     objective: Annotated[
         str | None,
         typer.Option(
-            help="What the winner is best at among feasible candidates: latency, throughput, memory, size, accuracy.",
+            help="What the winner is best at among feasible candidates: latency, throughput, memory, size, "
+            "accuracy, cost ($ per 1M inferences on this machine), energy (mJ per inference).",
             rich_help_panel="Constraints",
         ),
     ] = None,
@@ -329,6 +301,8 @@ def fit(
             "max_size_mb": max_size_mb,
             "max_accuracy_drop": max_accuracy_drop,
             "min_fidelity": min_fidelity,
+            "max_cost_per_1m": max_cost_per_1m,
+            "max_energy_mj": max_energy_mj,
             "objective": objective,
             "time_budget": time_budget,
             "metric": metric,

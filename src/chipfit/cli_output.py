@@ -84,6 +84,7 @@ def print_fit_result(console: Console, result: FitResult) -> None:
         "p99 ms",
         "n",
         "thr/s",
+        "$/1M",
         "peak MB",
         qname,
         "feasible",
@@ -113,6 +114,7 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             _f(r.metric("p99_ms")),
             _f(r.metric("samples")),
             _f(r.metric("throughput"), 4),
+            _f(r.metric("usd_per_1m")),
             _f(r.metric("peak_memory_mb")),
             _f(r.quality(), 4),
             feas,
@@ -145,8 +147,13 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             f"\n[bold green]winner[/] ({result.spec.objective}): {w.candidate.label()}\n"
             f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_f(w.metric('p99_ms'))} ms · "
             f"{_f(w.metric('throughput'), 4)}/s · "
-            f"peak {_f(w.metric('peak_memory_mb'))} MB · {qname} {_f(w.quality(), 4)}{speed}"
+            f"peak {_f(w.metric('peak_memory_mb'))} MB · {qname} {_f(w.quality(), 4)}{speed}\n"
+            f"  ${_f(w.metric('usd_per_1m'))} per 1M inferences on {w.metric('cost_target') or 'this machine'} · "
+            f"{_f(w.metric('energy_mj'))} mJ per inference ({w.metric('energy_method') or 'not known'})"
         )
+        local = _local_note()
+        if local:
+            console.print(f"[dim]  {local}[/]", soft_wrap=True)
     else:
         console.print("\n[bold red]no candidate meets every constraint.[/] Nearest misses:")
         for r in result.near_misses:
@@ -156,3 +163,11 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             f"artifact: {result.out_dir}/ (manifest.json, results.jsonl, report.html"
             + (", model)" if result.winner else ")")
         )
+
+
+def _local_note() -> str:
+    """How this machine's price and power were found (a catalogue match or an estimate)."""
+    from chipfit.hardware.local import local_target
+
+    target, info = local_target(measure=False)
+    return f"cost on this machine: ${target.usd_per_hour:.4g}/h ({target.price.get('basis', '')}); {info['how']}"

@@ -21,8 +21,8 @@ from chipfit.errors import SpecError
 
 __all__ = ["CONSTRAINTS", "OBJECTIVES", "Constraint", "Spec", "load_spec", "parse_duration"]
 
-Objective = Literal["latency", "throughput", "memory", "size", "accuracy"]
-OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "memory", "size", "accuracy")
+Objective = Literal["latency", "throughput", "memory", "size", "accuracy", "cost", "energy"]
+OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "memory", "size", "accuracy", "cost", "energy")
 FIDELITY_METRICS = ("cosine", "agreement", "max_rel_error")
 ACCURACY_METRIC_RE = re.compile(r"^(top[1-9][0-9]*|mse|f1)$")
 
@@ -50,6 +50,8 @@ CONSTRAINTS: dict[str, Constraint] = {
             "max_accuracy_drop", "accuracy_drop", "max", "", "a number from 0 to 1 (absolute drop vs the original)"
         ),
         Constraint("min_fidelity", "fidelity", "min", "", "a number from 0 to 1 (1 = identical outputs)"),
+        Constraint("max_cost_per_1m", "usd_per_1m", "max", "$", "a positive number of dollars per 1M inferences"),
+        Constraint("max_energy_mj", "energy_mj", "max", "mJ", "a positive number of millijoules per inference"),
     )
 }
 
@@ -89,12 +91,16 @@ class Spec(BaseModel):
     max_size_mb: float | None = None
     max_accuracy_drop: float | None = None
     min_fidelity: float | None = None
+    max_cost_per_1m: float | None = None
+    max_energy_mj: float | None = None
     objective: Objective = "latency"
     time_budget: float | None = None  # seconds for the whole run; parsed from '10m' etc.
     metric: str | None = None  # accuracy metric against labels: top1, top5, mse, f1 (default: inferred)
     fidelity_metric: Literal["cosine", "agreement", "max_rel_error"] = "cosine"
 
-    @field_validator("max_p50_ms", "max_p99_ms", "min_throughput", "max_memory_mb", "max_size_mb")
+    @field_validator(
+        "max_p50_ms", "max_p99_ms", "min_throughput", "max_memory_mb", "max_size_mb", "max_cost_per_1m", "max_energy_mj"
+    )
     @classmethod
     def _positive(cls, v: float | None) -> float | None:
         if v is not None and (not math.isfinite(v) or v <= 0):

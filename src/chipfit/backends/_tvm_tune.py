@@ -109,6 +109,10 @@ def tune(mod: Any, target: Any, folder: Path, trials: int, time_s: float | None,
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
     _check_ffi()
+    # MetaSchedule's console handler takes this logger's level: its per-trial tables and cost-model lines go
+    # to the log files in the database folder, the console gets chipfit's round-by-round progress
+    if logging.getLogger("tvm.s_tir.meta_schedule").level in (logging.NOTSET, logging.DEBUG, logging.INFO):
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     start = time.monotonic()
     db = open_database(folder)
     tasks = extract_tasks(mod, target)

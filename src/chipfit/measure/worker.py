@@ -29,9 +29,12 @@ def _feed(data: dict[str, np.ndarray], start: int, size: int) -> dict[str, np.nd
 
 
 def _time(exe: Any, feed: dict[str, np.ndarray], batch: int, policy: Any) -> dict[str, Any]:
+    from chipfit.hardware.energy import EnergyMeter
     from chipfit.measure.stats import is_stable, latency_summary
 
     _warm_up(exe, feed, policy)
+    meter = EnergyMeter()
+    joules0 = meter.read() if meter.available else 0.0
     samples: list[float] = []
     clock = time.perf_counter_ns
     start = time.perf_counter()
@@ -49,6 +52,9 @@ def _time(exe: Any, feed: dict[str, np.ndarray], batch: int, policy: Any) -> dic
             break
     out = latency_summary(samples, batch, time.perf_counter() - start)
     out["stopped_by"] = "stable" if is_stable(samples, policy) else "time cap"
+    if meter.available:
+        out["energy_j_per_inf"] = (meter.read() - joules0) / (len(samples) * batch)
+        out["energy_counter"] = meter.method
     return out
 
 

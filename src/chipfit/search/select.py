@@ -61,7 +61,12 @@ class CandidateResult:
             "source": self.source,
             "feasible": self.feasible,
             "error": self.measurement.error,
-            **{k: m.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb", "size_mb")},
+            **{
+                k: m.get(k)
+                for k in ("p50_ms", "p90_ms", "p99_ms", "throughput", "peak_memory_mb", "size_mb", "usd_per_1m")
+            },
+            "energy_mj": m.get("energy_mj"),
+            "energy_method": m.get("energy_method"),
             "quality": {
                 k: m.get(k)
                 for k in ("accuracy", "accuracy_metric", "accuracy_drop", "fidelity", "fidelity_metric")
@@ -74,11 +79,18 @@ class CandidateResult:
 
 
 def evaluate(results: list[CandidateResult], spec: Spec) -> None:
-    """Derive accuracy_drop from the reference and fill each result's violations (in place)."""
+    """Derive accuracy_drop from the reference, cost and energy on this machine's target, and fill each
+    result's violations (in place)."""
+    from chipfit.hardware.cost import cost_energy
+    from chipfit.hardware.local import local_target
+
+    target, _ = local_target(measure=False)
     ref = next((r for r in results if r.candidate.reference and r.measurement.ok), None)
     base = ref.metric("accuracy") if ref else None
     for r in results:
         m = r.measurement.metrics
+        if r.measurement.ok:
+            m.update(cost_energy(m, target, r.candidate.options))
         acc, metric = m.get("accuracy"), m.get("accuracy_metric")
         if acc is not None and base is not None and metric:
             m["accuracy_drop"] = (base - acc) if higher_is_better(metric) else (acc - base)
@@ -122,6 +134,8 @@ _OBJECTIVES: dict[str, tuple[str, bool]] = {  # objective -> (metric, higher is 
     "throughput": ("throughput", True),
     "memory": ("peak_memory_mb", False),
     "size": ("size_mb", False),
+    "cost": ("usd_per_1m", False),
+    "energy": ("energy_mj", False),
 }
 
 

@@ -1,0 +1,56 @@
+"""Argument parsing shared by the CLI's commands: comma lists and the constraint options."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from chipfit.errors import ChipfitError
+
+MaxCost = Annotated[
+    float | None,
+    typer.Option(
+        help="Bound on dollars per million inferences at the measured throughput ($/hour of the target ÷ rate).",
+        rich_help_panel="Constraints",
+    ),
+]
+MaxEnergy = Annotated[
+    float | None,
+    typer.Option(
+        help="Bound on energy per inference (mJ): measured by RAPL/NVML counters where readable, else modelled.",
+        rich_help_panel="Constraints",
+    ),
+]
+
+
+def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        out = ()
+    if not out or any(v < 1 for v in out):
+        raise ChipfitError(
+            f"{flag} must be a comma-separated list of positive integers such as '1,8,32'; got {value!r}."
+        )
+    return out
+
+
+def _words(value: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in out if v not in allowed]
+    if not out or bad:
+        raise ChipfitError(f"{flag} must be a comma-separated list of {', '.join(allowed)}; got {value!r}.")
+    return out
+
+
+def _passes(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value.strip() == "none":
+        return ()
+    return _words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "fp16"))
