@@ -11,12 +11,17 @@ Runner = Callable[[Mapping[str, np.ndarray]], object]
 
 
 def interleaved(
-    runners: dict[str, Runner], feeds: Mapping[str, np.ndarray], rounds: int = 20, per_round: int = 200
+    runners: dict[str, Runner],
+    feeds: Mapping[str, np.ndarray],
+    rounds: int = 20,
+    per_round: int = 200,
+    max_round_s: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per runner: p50/p99 over all samples (ms); per pair vs the first runner: median and IQR of per-round
-    ratios of medians (first / other, so > 1 means the other is faster)."""
+    ratios of medians (first / other, so > 1 means the other is faster). ``max_round_s`` caps one runner's
+    turn in a round (at least 3 runs), so that a slow runner does not stretch the benchmark for hours."""
     for run in runners.values():  # warm-up
-        for _ in range(20):
+        for _ in range(20 if max_round_s is None else 3):
             run(feeds)
     samples: dict[str, list[float]] = {k: [] for k in runners}
     round_medians: dict[str, list[float]] = {k: [] for k in runners}
@@ -25,10 +30,13 @@ def interleaved(
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             run, buf = runners[name], []
-            for _ in range(per_round):
+            stop = time.perf_counter() + max_round_s if max_round_s else None
+            for i in range(per_round):
                 t0 = time.perf_counter_ns()
                 run(feeds)
                 buf.append((time.perf_counter_ns() - t0) / 1e6)
+                if stop is not None and i >= 2 and time.perf_counter() > stop:
+                    break
             samples[name] += buf
             round_medians[name].append(float(np.median(buf)))
     base = names[0]

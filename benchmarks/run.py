@@ -97,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--tune-trials", type=int, default=16, help="TVM MetaSchedule trials per task")
-    ap.add_argument("--tune-time", type=float, default=300.0, help="TVM tuning time budget per model, seconds")
+    ap.add_argument("--tune-time", type=float, default=600.0, help="TVM tuning time budget per model, seconds")
     args = ap.parse_args()
     env = environment_fingerprint()
     machine = local_machine()

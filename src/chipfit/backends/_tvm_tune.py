@@ -27,6 +27,7 @@ __all__ = ["TRIALS_PER_ROUND", "TuneReport", "database_dir", "tune"]
 
 log = logging.getLogger("chipfit")
 TRIALS_PER_ROUND = 16
+SECONDS_PER_TRIAL = 2.0  # build + run of one schedule on 2 cores (measured: 68 trials in 136 s), until measured
 _BAD_FFI = ("0.1.15",)
 
 
@@ -121,15 +122,18 @@ def tune(mod: Any, target: Any, folder: Path, trials: int, time_s: float | None,
     done = lambda t: _coverage(db, t) >= trials or _key(t) in exhausted.keys  # noqa: E731
     report["reused"] = sum(done(t) for t in tasks)
     per_task = max(1, min(TRIALS_PER_ROUND, trials))
-    max_rounds, rnd, last_round = -(-trials // per_task) + 1, 0, 0.0
+    max_rounds, rnd, sec_per_trial = -(-trials // per_task) + 1, 0, SECONDS_PER_TRIAL
     while True:
         todo = [t for t in tasks if not done(t)]
         if not todo:
             break
         elapsed = time.monotonic() - start
-        if time_s is not None and elapsed + last_round > time_s:  # the next round would overrun the budget
-            report["stopped_by"] = "time budget"
-            break
+        if time_s is not None:  # size the round to what the budget left can pay for, at the rate seen so far
+            affordable = int((time_s - elapsed) / (sec_per_trial * len(todo)))
+            if affordable < 1:
+                report["stopped_by"] = "time budget"
+                break
+            per_task = max(1, min(per_task, affordable))
         if rnd >= max_rounds:
             report["stopped_by"] = "round limit"
             break
@@ -156,7 +160,7 @@ def tune(mod: Any, target: Any, folder: Path, trials: int, time_s: float | None,
         for t, n in zip(todo, counts, strict=True):
             if _coverage(db, t) - n < max(1, per_task // 4):  # its space yields (almost) nothing new
                 exhausted.add(_key(t))
-        last_round = time.monotonic() - start - elapsed
+        sec_per_trial = max(0.05, (time.monotonic() - start - elapsed) / max(1, per_task * len(todo)))
         _progress(f"tvm tuning: {report['trials']} trials measured, {time.monotonic() - start:.0f}s")
     report["rounds"] = rnd
     report["tuned"] = len(tasks) - report["reused"]
