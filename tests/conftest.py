@@ -130,8 +130,8 @@ FAST_FLAGS = [
 
 @pytest.fixture
 def cli_run() -> Any:
-    """Run the CLI in this process (so monkeypatching applies); returns stdout, or stderr for a failure.
-    ``code`` is the exit code expected."""
+    """Run the CLI in this process (so monkeypatching applies); returns stdout (exit 0 or 1: a result was
+    printed), or stderr for bad input (exit 2). ``code`` is the exit code expected."""
     from typer.testing import CliRunner
 
     from chipfit.cli import app
@@ -139,7 +139,7 @@ def cli_run() -> Any:
     def run(*args: str, code: int = 0) -> str:
         result = CliRunner().invoke(app, list(args))
         assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-        return result.stdout if code == 0 else result.stderr
+        return result.stdout if code in (0, 1) else result.stderr
 
     return run
 

@@ -366,7 +366,7 @@ def main() -> None:
     app()
 
 
-import chipfit.cli_hw  # noqa: E402, F401  (registers `targets` and `compile` on app)
+from chipfit import cli_hw, cli_predict  # noqa: E402, F401  (register targets, compile, predict-eval, recommend)
 
 if __name__ == "__main__":
     main()

@@ -100,6 +100,7 @@ class NodeStats:
     op_type: str
     flops: int | None  # multiply-adds count as 2
     bytes: int | None  # bytes read (inputs, weights included) + written (outputs)
+    weight_bytes: int = 0  # of ``bytes``, those of initializers (read once per run whatever the batch)
 
 
 @dataclass
@@ -207,8 +208,15 @@ def compute_stats(inferred: onnx.ModelProto) -> GraphStats:
     """Statistics of a model on which shape inference has already run."""
     shapes, sizes = _shape_map(inferred)
     g = inferred.graph
+    inits = {t.name: _numel(tuple(t.dims)) * _itemsize(t.data_type) for t in g.initializer}
     nodes = [
-        NodeStats(n.name or f"{n.op_type}_{i}", n.op_type, _node_flops(n, shapes), _node_bytes(n, shapes, sizes))
+        NodeStats(
+            n.name or f"{n.op_type}_{i}",
+            n.op_type,
+            _node_flops(n, shapes),
+            _node_bytes(n, shapes, sizes),
+            sum(inits.get(x, 0) for x in n.input),
+        )
         for i, n in enumerate(g.node)
     ]
     params = sum(_numel(tuple(t.dims)) for t in g.initializer)

@@ -16,6 +16,7 @@ from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerpr
 from chipfit.measure.quality import default_metric
 from chipfit.model import Model, load_model
 from chipfit.package import check_writable, write_artifact
+from chipfit.predict.roofline import model_info
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
 from chipfit.search.mixed_precision import MixedPrecision
 from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
@@ -121,6 +122,7 @@ def fit(
     home = home or default_home()
     run_dir = subdir("runs", home) / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     store_obj = store if isinstance(store, Store) else Store(store or default_url(home))
+    store_obj.put_model(m.sha256, model_info(m.stats))  # the predictor learns from this model's measurements
     env = environment_fingerprint()
     settings = settings or MeasureSettings()
     if settings.memory_limit_mb is None:  # a runaway candidate must not take the machine down

@@ -58,6 +58,15 @@ class MeasurementRow(_Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ModelRow(_Base):
+    """What the predictor needs to know of a model it has measurements of: its graph, node by node."""
+
+    __tablename__ = "models"
+
+    model_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 def default_url(home: Path | None = None) -> str:
     return f"sqlite:///{(home or default_home()) / 'chipfit.db'}"
 
@@ -138,6 +147,24 @@ class Store:
             if model_hash:
                 q = q.where(MeasurementRow.model_hash == model_hash)
             return int(s.scalar(q) or 0)
+
+    def put_model(self, model_hash: str, info: dict[str, Any]) -> None:
+        """Record (or refresh) a model's graph description, read by the predictor."""
+        with Session(self.engine) as s:
+            s.merge(ModelRow(model_hash=model_hash, info=json.loads(json.dumps(info, default=float))))
+            s.commit()
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        with Session(self.engine) as s:
+            return {r.model_hash: r.info for r in s.scalars(select(ModelRow))}
+
+    def ok_rows(self) -> list[dict[str, Any]]:
+        """Every successful measurement: model hash, candidate, metrics, environment."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(MeasurementRow).where(MeasurementRow.status == "ok"))
+            return [
+                {"model_hash": r.model_hash, "candidate": r.candidate, "metrics": r.metrics, "env": r.env} for r in rows
+            ]
 
     def close(self) -> None:
         self.engine.dispose()

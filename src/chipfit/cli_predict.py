@@ -1,0 +1,170 @@
+"""Prediction commands of the CLI: ``chipfit predict-eval`` (how good the latency predictor is, on held-out
+models) and ``chipfit recommend`` (which hardware fits best, measured here and predicted elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from chipfit.cli import _setup_logging, _user_errors, app, err_console, out_console
+from chipfit.cli_args import MaxCost, MaxEnergy
+
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Results store URL (default: the SQLite file in the chipfit home).")
+]
+
+
+@app.command("predict-eval")
+def predict_eval_cmd(
+    store: StoreOpt = None,
+    folds: Annotated[int, typer.Option(min=2, help="Folds of the grouped k-fold (models are never split).")] = 5,
+    json_out: Annotated[bool, typer.Option("--json", help="Print n, within_10pct, mape, spearman as JSON.")] = False,
+) -> None:
+    """Evaluate the latency predictor on the measurements in the store: trained on some models, scored on the
+    others' measured p50 (grouped k-fold). Reports the share within ±10%, the median absolute percentage
+    error (mape) and Spearman's rank correlation."""
+    with _user_errors():
+        from chipfit.predict import predict_eval, training_rows
+        from chipfit.store import Store
+
+        rows = training_rows(Store(store))
+        report = predict_eval(rows, folds)
+        if json_out:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+            return
+        if not report["n"]:
+            out_console.print(f"[yellow]{report['note']}[/] ({report['models']} model(s) in the store)")
+            return
+        from rich.table import Table
+
+        table = Table(title=f"predictor on held-out models: {report['n']} measurements of {report['models']} models")
+        for col in ("model", "n", "within ±10%", "median |error|", "Spearman"):
+            table.add_column(col, justify="right")
+        for name, m in report["per_model"].items():
+            table.add_row(name, str(m["n"]), f"{m['within_10pct']:.0%}", f"{m['mape']:.1%}", _fmt(m["spearman"]))
+        table.add_row(
+            "[bold]all[/]",
+            str(report["n"]),
+            f"[bold]{report['within_10pct']:.0%}[/]",
+            f"[bold]{report['mape']:.1%}[/]",
+            f"[bold]{_fmt(report['spearman'])}[/]",
+        )
+        out_console.print(table)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"
+
+
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Argument(help="The model: an .onnx file or a .pt2 ExportedProgram.")],
+    data: Annotated[Path, typer.Option(help="Evaluation data (.npz), as for `chipfit fit`.")],
+    max_p50_ms: Annotated[float | None, typer.Option(help="Bound on median latency (ms).")] = None,
+    max_p99_ms: Annotated[float | None, typer.Option(help="Bound on 99th-percentile latency (ms).")] = None,
+    min_throughput: Annotated[
+        float | None, typer.Option(help="Requests/s to serve in total; sets the instances needed per target.")
+    ] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Largest accuracy drop (needs labels).")] = None,
+    min_fidelity: Annotated[float | None, typer.Option(help="Smallest fidelity to the original outputs.")] = None,
+    max_cost_per_1m: MaxCost = None,
+    max_energy_mj: MaxEnergy = None,
+    objective: Annotated[
+        str, typer.Option(help="Rank by: cost ($/1M inferences), latency, energy, throughput.")
+    ] = "cost",
+    targets: Annotated[str | None, typer.Option(help="Only these catalogue targets (comma-separated).")] = None,
+    catalog: Annotated[list[Path] | None, typer.Option("--catalog", help="Extra catalogue YAML file(s).")] = None,
+    backends: Annotated[str | None, typer.Option(help="Backends measured here (default: every available one).")] = None,
+    time_budget: Annotated[str | None, typer.Option(help="Time for the measurements here, e.g. '5m'.")] = None,
+    store: StoreOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write recommend.html and recommend.json to this folder.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the ranked targets as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Which hardware fits MODEL best under the constraints: measured on this machine, predicted (with the
+    predictor's held-out error) on every catalogue target, ranked by cost, latency or energy. Exit 1 when
+    no target meets every bound."""
+    _setup_logging(quiet)
+    with _user_errors():
+        from chipfit.backends import parse_backends
+        from chipfit.cli_output import fit_progress
+        from chipfit.errors import SpecError
+        from chipfit.recommend import recommend as run
+        from chipfit.search.space import SpaceOptions
+
+        if objective not in ("cost", "latency", "energy", "throughput"):
+            raise SpecError(f"--objective must be one of cost, latency, energy, throughput; got {objective!r}.")
+        names = tuple(t.strip() for t in (targets or "").split(",") if t.strip())
+        with fit_progress(err_console, enabled=not quiet) as callback:
+            rec = run(
+                model,
+                data,
+                targets=names,
+                catalog=tuple(str(c) for c in catalog or ()),
+                min_throughput=min_throughput,
+                objective=objective,
+                fit_kwargs={
+                    "space": SpaceOptions(backends=parse_backends(backends)),
+                    "store": store,
+                    "callback": callback,
+                    "time_budget": time_budget,
+                },
+                max_p50_ms=max_p50_ms,
+                max_p99_ms=max_p99_ms,
+                max_accuracy_drop=max_accuracy_drop,
+                min_fidelity=min_fidelity,
+                max_cost_per_1m=max_cost_per_1m,
+                max_energy_mj=max_energy_mj,
+            )
+        if out is not None:
+            from chipfit.report.recommend import write_recommendation
+
+            write_recommendation(rec, out)
+        if json_out:
+            sys.stdout.write(json.dumps(rec.to_dict(), indent=2, default=str) + "\n")
+        else:
+            print_recommendation(rec)
+        if not any(t["meets"] for t in rec.targets):
+            raise typer.Exit(1)
+
+
+def print_recommendation(rec: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"targets ranked by {rec.objective}", title_justify="left", header_style="bold")
+    cols = ("#", "target", "backend", "variant", "batch", "p50 ms", "p99 ms", "thr/s", "inst.", "$/1M", "mJ")
+    for col in (*cols, "meets", "source"):
+        table.add_column(col, justify="left" if col in ("target", "backend", "variant", "meets", "source") else "right")
+    for i, t in enumerate(rec.targets, 1):
+        err = t["expected_error"]
+        src = "measured" if t["source"] == "measured" else f"predicted ±{err:.0%}" if err < 10 else "predicted (±?)"
+        table.add_row(
+            str(i),
+            t["name"],
+            t["backend"],
+            t["variant"],
+            str(t["batch"]),
+            f"{t['p50_ms']:.4g}",
+            f"{t['p99_ms']:.4g}",
+            f"{t['throughput']:.4g}",
+            str(t["instances"]),
+            f"{t['usd_per_1m']:.4g}",
+            f"{t['energy_mj']:.3g}",
+            "[green]yes[/]" if t["meets"] else "[red]" + (",".join(t["violations"]) or "memory") + "[/]",
+            src,
+            style="bold" if t["source"] == "measured" else None,
+        )
+    out_console.print(table)
+    p = rec.predictor
+    if p.get("n"):
+        out_console.print(
+            f"[dim]predictor: trained on {p['trained_on']} measurements; on held-out models of this machine "
+            f"{p['within_10pct']:.0%} within ±10%, median |error| {p['mape']:.1%}, Spearman {_fmt(p['spearman'])}. "
+            "Other targets: the same correction applied to their roofline, not validated there.[/]"
+        )
+    else:
+        out_console.print("[dim]predictor: too few measured models for a held-out error; predictions are rough.[/]")

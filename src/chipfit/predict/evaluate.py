@@ -1,0 +1,104 @@
+"""Training rows from the store, and the predictor's honest evaluation: trained on some models' measurements,
+scored on the others' (grouped k-fold over models), never on the rows it learned from."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from chipfit.hardware.catalog import Target
+from chipfit.predict.model import Predictor
+
+__all__ = ["predict_eval", "target_for_env", "training_rows"]
+
+
+def target_for_env(env: Mapping[str, Any], local: Target, local_cpu: Mapping[str, Any]) -> Target:
+    """The target a stored measurement was taken on: this machine's (with measured rates) when the CPU and
+    quota match, else this machine's entry rescaled to the recorded core count."""
+    cpu = env.get("cpu", {})
+    if all(cpu.get(k) == local_cpu.get(k) for k in ("model", "arch", "isa", "cores_in_quota")):
+        return local
+    cores = int(cpu.get("cores_in_quota") or local.cores)
+    scale = cores / float(local.cores)
+    return replace(
+        local,
+        name=f"measured:{cpu.get('model', '?')}x{cores}",
+        cores=cores,
+        threads=cores,
+        peak_gflops={k: v * scale for k, v in local.peak_gflops.items()},
+    )
+
+
+def training_rows(store: Any, local: Target | None = None) -> list[dict[str, Any]]:
+    """Every ok measurement of a model whose graph the store knows, with the target it was measured on."""
+    from chipfit.hardware.detect import local_machine
+    from chipfit.hardware.local import local_target
+
+    local = local or local_target()[0]
+    local_cpu = local_machine()["cpu"]
+    models = store.models()
+    out = []
+    for row in store.ok_rows():
+        info = models.get(row["model_hash"])
+        if info is None or row["candidate"].get("target", "cpu") != "cpu":
+            continue
+        target = target_for_env(row["env"] or {}, local, local_cpu)
+        out.append({**row, "info": info, "target": target})
+    return out
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    if len(a) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def predict_eval(rows: list[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
+    """Grouped k-fold by model: ``n``, ``within_10pct`` (share of held-out predictions within ±10%),
+    ``mape`` (median absolute percentage error), ``spearman`` (rank correlation), and the same per model."""
+    groups = sorted({r["model_hash"] for r in rows})
+    if len(groups) < 2:
+        return {
+            "n": 0,
+            "models": len(groups),
+            "within_10pct": None,
+            "mape": None,
+            "spearman": None,
+            "note": "needs measurements of at least two models (held-out evaluation is by model); run fit on more",
+        }
+    k = min(folds, len(groups))
+    fold_of = {g: i % k for i, g in enumerate(groups)}
+    pred = np.zeros(len(rows))
+    for f in range(k):
+        train = [r for r in rows if fold_of[r["model_hash"]] != f]
+        test_idx = [i for i, r in enumerate(rows) if fold_of[r["model_hash"]] == f]
+        model = Predictor().fit(train)
+        preds = model.predict_many([(rows[i]["info"], rows[i]["candidate"], rows[i]["target"]) for i in test_idx])
+        for i, p in zip(test_idx, preds, strict=True):
+            pred[i] = p.p50_ms
+    actual = np.array([r["metrics"]["p50_ms"] for r in rows])
+    ape = np.abs(pred - actual) / actual
+    per_model = {}
+    for g in groups:
+        idx = [i for i, r in enumerate(rows) if r["model_hash"] == g]
+        per_model[g[:12]] = {
+            "n": len(idx),
+            "within_10pct": float(np.mean(ape[idx] <= 0.10)),
+            "mape": float(np.median(ape[idx])),
+            "spearman": _spearman(pred[idx], actual[idx]),
+        }
+    sp = _spearman(pred, actual)
+    return {
+        "n": len(rows),
+        "models": len(groups),
+        "folds": k,
+        "within_10pct": float(np.mean(ape <= 0.10)),
+        "mape": float(np.median(ape)),
+        "spearman": None if math.isnan(sp) else sp,
+        "per_model": per_model,
+    }
