@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from chipfit.cli_args import MaxCost, MaxEnergy, _ints, _passes, _words
+from chipfit.cli_args import MaxCost, MaxEnergy, Predict, _ints, _passes, _words
 from chipfit.errors import ChipfitError
 
 __all__ = ["app", "main"]
@@ -253,6 +253,7 @@ def fit(
     fresh: Annotated[
         bool, typer.Option(help="Ignore stored results and measure everything again.", rich_help_panel="Measurement")
     ] = False,
+    predict: Predict = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
 ) -> None:
     """Measure variants of MODEL on this machine and deliver the best one that meets the constraints.
@@ -292,6 +293,7 @@ def fit(
             batch_sweep_top=batch_sweep_top,
             retry_failed=retry_failed,
             fresh=fresh,
+            predict=predict,
         )
         overrides: dict[str, Any] = {
             "max_p50_ms": max_p50_ms,

@@ -15,6 +15,14 @@ MaxCost = Annotated[
         rich_help_panel="Constraints",
     ),
 ]
+Predict = Annotated[
+    bool,
+    typer.Option(
+        help="Measure in order of predicted latency and skip candidates predicted to miss a latency bound by "
+        "a wide margin (listed with the prediction).",
+        rich_help_panel="Measurement",
+    ),
+]
 MaxEnergy = Annotated[
     float | None,
     typer.Option(

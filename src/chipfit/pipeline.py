@@ -18,6 +18,7 @@ from chipfit.model import Model, load_model
 from chipfit.package import check_writable, write_artifact
 from chipfit.predict.roofline import model_info
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
+from chipfit.search.guide import make_guide
 from chipfit.search.mixed_precision import MixedPrecision
 from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
 from chipfit.search.space import SpaceOptions, build_space
@@ -154,7 +155,8 @@ def fit(
     budget = spec_obj.time_budget
     refine = MixedPrecision(ctx, spec_obj, started + budget if budget else None)
     try:
-        results = run_search(ctx, candidates, budget, callback, spec=spec_obj, refine=refine)
+        guide = make_guide(model_info(m.stats), store_obj) if settings.predict else None
+        results = run_search(ctx, candidates, budget, callback, spec=spec_obj, refine=refine, guide=guide)
         reference = next((r for r in results if r.candidate.reference), None)
         if reference is not None and not reference.measurement.ok:
             raise ModelError(

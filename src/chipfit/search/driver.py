@@ -17,6 +17,7 @@ from chipfit.measure.runner import run_isolated
 from chipfit.measure.stats import TimingPolicy
 from chipfit.measure.worker import probe_bar
 from chipfit.passes.base import PassContext
+from chipfit.search.guide import Guide
 from chipfit.search.select import CandidateResult, evaluate
 from chipfit.search.space import Candidate
 from chipfit.spec import Spec
@@ -39,6 +40,7 @@ class MeasureSettings:
     probe_margin: float = 1.15  # pruned only when the probe's median exceeds the best by this factor
     retry_failed: bool = False
     fresh: bool = False
+    predict: bool = True  # measure in order of predicted promise; skip predicted wide misses of latency bounds
 
 
 @dataclass
@@ -206,6 +208,7 @@ def run_search(
     callback: Callback | None = None,
     spec: Spec | None = None,
     refine: Refine | None = None,
+    guide: Guide | None = None,
 ) -> list[CandidateResult]:
     """Measure ``candidates`` (reference first) within the time budget; returns one result per candidate.
 
@@ -213,8 +216,12 @@ def run_search(
     are measured only for the ``option_sweep_top`` fastest feasible variants, and larger batch sizes only for
     the ``batch_sweep_top`` fastest feasible configurations. With a ``spec`` whose objective is latency or
     throughput, each candidate first gets a short latency probe against the best feasible one so far.
-    ``refine`` (e.g. the accuracy-aware mixed-precision search) runs after the first batch size.
+    ``refine`` (e.g. the accuracy-aware mixed-precision search) runs after the first batch size. A ``guide``
+    orders each stage by predicted latency and skips predicted wide misses; results keep the space's order.
     """
+    index = {c.id: i for i, c in enumerate(candidates)}
+    if guide is not None:
+        candidates = guide.order(candidates)
     s = _Search(ctx, spec, time_budget_s, callback)
     s.total = len(candidates)
     first = min((c.batch for c in candidates), default=1)
@@ -237,7 +244,9 @@ def run_search(
                 configs = s.fastest(top_b, lambda x: x.config_id, first)
             if c.config_id not in configs:
                 skip = f"batch sweep only for the {top_b} fastest feasible configurations at batch {first}"
+        if skip is None and guide is not None:
+            skip = guide.skip_reason(c, spec)
         s.measure(c, skip)
     if pending is not None:
         pending(list(s.results), s.measure)
-    return s.results
+    return sorted(s.results, key=lambda r: index.get(r.candidate.id, len(index)))
