@@ -124,6 +124,9 @@ def main() -> None:
         body += bench_digits_cnn(Path(tmp))
         body += READING
         body += backends_section(Path(tmp), tune_trials=args.tune_trials, tune_time_s=args.tune_time)
+        from predictor import section as predictor_section
+
+        body += predictor_section(Path(tmp) / "predictor")
     Path(args.out).write_text("\n".join(head + body) + "\n")
     print(Path(args.out).read_text())
 

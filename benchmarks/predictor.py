@@ -1,0 +1,127 @@
+"""The latency predictor on this machine: a corpus of small models (plus the bundled digits CNN) measured
+exhaustively by `fit`; the predictor evaluated on held-out models (grouped k-fold); and, per model, how much
+of the candidate space a predictor-ordered search measures before it reaches the measured best, against
+exhaustive search (100%).
+
+    python benchmarks/predictor.py --append BENCHMARKS.md      (also a section of `make bench`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import chipfit  # noqa: E402
+from chipfit.predict import Predictor, predict_eval, training_rows  # noqa: E402
+from chipfit.search.driver import MeasureSettings  # noqa: E402
+from chipfit.search.space import SpaceOptions  # noqa: E402
+from chipfit.store import Store  # noqa: E402
+from chipfit.testing import corpus  # noqa: E402
+
+HEADER = "## Latency predictor and predictor-guided search (issue 5)"
+
+
+def _space() -> SpaceOptions:
+    return SpaceOptions(
+        backends=("onnxruntime", "openvino"),
+        batch_sizes=(1, 4, 16),
+        threads=(1, 2),
+        opt_levels=("none", "basic", "all"),
+        execution_modes=("sequential",),
+        passes=("int8_dynamic",),
+    )
+
+
+def measure_corpus(work: Path, n: int) -> Store:
+    work.mkdir(parents=True, exist_ok=True)
+    store = Store(f"sqlite:///{work / 'predictor.db'}")
+    settings = MeasureSettings(probe=False, batch_sweep_top=100, option_sweep_top=100, predict=False)
+    models = corpus.write(work / "corpus", n=n, samples=64)
+    ex = ROOT / "examples" / "digits"
+    models.append((ex / "model.onnx", ex / "eval.npz"))
+    for i, (model, data) in enumerate(models):
+        print(f"[{i + 1}/{len(models)}] measuring {model.name}", file=sys.stderr, flush=True)
+        chipfit.fit(model, data, space=_space(), settings=settings, store=store, home=work / "home")
+    return store
+
+
+def guided_fraction(rows: list[dict], model_hash: str) -> tuple[int, int, str]:
+    """Candidates a search in predicted order measures until it has measured the fastest batch-1 candidate
+    (the predictor trained on the other models only), and the space's size."""
+    mine = [r for r in rows if r["model_hash"] == model_hash and int(r["candidate"]["batch"]) == 1]
+    predictor = Predictor().fit([r for r in rows if r["model_hash"] != model_hash])
+    preds = predictor.predict_many([(r["info"], r["candidate"], r["target"]) for r in mine])
+    order = sorted(range(len(mine)), key=lambda i: preds[i].p50_ms)
+    best = min(range(len(mine)), key=lambda i: mine[i]["metrics"]["p50_ms"])
+    c = mine[best]["candidate"]
+    label = f"{c['backend']} {'+'.join(p['name'] for p in c['passes']) or 'original'} {c['options']}"
+    return order.index(best) + 1, len(mine), label
+
+
+def section(work: Path, n: int = 12) -> list[str]:
+    store = measure_corpus(work, n)
+    rows = training_rows(store)
+    report = predict_eval(rows, folds=5)
+    lines = [
+        HEADER,
+        "",
+        f"{report['n']} measurements (ONNX Runtime and OpenVINO; options, int8, batch 1/4/16) of {report['models']} "
+        "models: the corpus of `chipfit.testing.corpus` (MLPs, CNNs, transformer blocks) and the digits CNN. "
+        f"Grouped {report['folds']}-fold by model: every prediction is for a model the predictor never saw.",
+        "",
+        "| model | n | within ±10% | median abs. error | Spearman |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in report["per_model"].items():
+        lines.append(f"| {name} | {m['n']} | {m['within_10pct']:.0%} | {m['mape']:.1%} | {m['spearman']:.3f} |")
+    lines += [
+        f"| **all** | {report['n']} | **{report['within_10pct']:.0%}** | **{report['mape']:.1%}** | "
+        f"**{report['spearman']:.3f}** |",
+        "",
+        "Goal: ≥ 90% within ±10% and Spearman ≥ 0.95 on the local machine.",
+        "",
+        "Predictor-guided search vs exhaustive search, batch-1 candidates of each model (predictor trained on "
+        "the other models): the number measured, in predicted order, until the measured fastest is reached.",
+        "",
+        "| model | measured until best (guided) | exhaustive | share | measured best |",
+        "|---|---|---|---|---|",
+    ]
+    shares = []
+    for g in sorted({r["model_hash"] for r in rows}):
+        k, total, label = guided_fraction(rows, g)
+        shares.append(k / total)
+        lines.append(f"| {g[:12]} | {k} | {total} | {k / total:.0%} | `{label}` |")
+    within = sum(s <= 0.30 for s in shares)
+    lines += [
+        "",
+        f"Goal (measured best found after ≤ 30% of the space): met on {within} of {len(shares)} models; median "
+        f"share {sorted(shares)[len(shares) // 2]:.0%}.",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--append", help="Replace (or add) this section in the given markdown file.")
+    ap.add_argument("--models", type=int, default=12)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = section(Path(tmp), args.models)
+    text = "\n".join(lines) + "\n"
+    if args.append:
+        path = Path(args.append)
+        old = path.read_text() if path.exists() else ""
+        pattern = re.compile(re.escape(HEADER) + r".*?(?=\n## |\Z)", re.S)
+        new = pattern.sub(lambda _: text.rstrip("\n"), old) if HEADER in old else old.rstrip("\n") + "\n\n" + text
+        path.write_text(new if new.endswith("\n") else new + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
