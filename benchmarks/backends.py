@@ -28,7 +28,7 @@ def _configs(tune_trials: int, tune_time_s: float) -> list[tuple[str, str, dict[
     if backend_info("tvm").available:
         per_batch = tune_time_s / len(BATCHES)
         out += [
-            ("tvm", "untuned", {"tune_trials": 0}),
+            ("tvm", "untuned (batch 1 only: naive loops)", {"tune_trials": 0}),
             (
                 "tvm",
                 f"MetaSchedule ≤{tune_trials} trials/task, ≤{per_batch:.0f} s per batch size",
@@ -54,6 +54,8 @@ def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple
             lines.append(f"| torch | {label} | – | – | – | – | – (the model was given as ONNX) |")
             continue
         for batch in runners:
+            if opts.get("tune_trials") == 0 and batch > 1:  # untuned TVM takes seconds per run at large batches
+                continue
             o = {**opts, "threads": cores} if name != "onnxruntime" else {}
             if b.capabilities.specializes_batch:
                 o["batch"] = batch
