@@ -1,0 +1,56 @@
+"""A trainable for `chipfit explore`: an MLP on scikit-learn's digits, trained epoch by epoch, reporting
+validation accuracy after each epoch and checkpointing so that a trial can resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+
+def data() -> tuple[torch.Tensor, ...]:
+    x, y = load_digits(return_X_y=True)
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx].astype(np.float32) / 16.0, y[idx].astype(np.int64)
+    cut = int(0.8 * len(x))
+    return torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]), torch.from_numpy(x[cut:]), torch.from_numpy(y[cut:])
+
+
+def build(hidden: int, layers: int, activation: str) -> nn.Module:
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    mods: list[nn.Module] = []
+    width = 64
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), act()]
+        width = hidden
+    return nn.Sequential(*mods, nn.Linear(width, 10))
+
+
+def train(ctx) -> nn.Module:  # type: ignore[no-untyped-def]
+    torch.manual_seed(ctx.number)
+    torch.set_num_threads(1)
+    cfg = ctx.config
+    weight_decay = ctx.suggest_float("weight_decay", 1e-6, 1e-2, log=True)  # define-by-run
+    xtr, ytr, xva, yva = data()
+    model = build(cfg["hidden"], cfg["layers"], cfg["activation"])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=weight_decay)
+    start = 0
+    saved = ctx.load_checkpoint()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        start = saved["epoch"]
+    gen = torch.Generator().manual_seed(ctx.number)
+    for epoch in range(start, ctx.max_resource):
+        model.train()
+        for batch in torch.randperm(len(xtr), generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xtr[batch]), ytr[batch]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(xva).argmax(1) == yva).float().mean().item()
+        ctx.checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1})
+        ctx.report(acc, epoch + 1)
+    return model
