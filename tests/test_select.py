@@ -35,6 +35,9 @@ CASES = [
     ("max_size_mb", 5.0, {"size_mb": 4.0}, {"size_mb": 6.0}),
     ("max_accuracy_drop", 0.01, {"accuracy": 0.895}, {"accuracy": 0.85}),
     ("min_fidelity", 0.99, {"fidelity": 0.995}, {"fidelity": 0.95}),
+    # cost and energy follow from the throughput on this machine's catalogue match: extreme rates on purpose
+    ("max_cost_per_1m", 1.0, {"throughput": 1e6}, {"throughput": 1e-3}),
+    ("max_energy_mj", 1.0, {"throughput": 1e6}, {"throughput": 1e-3}),
 ]
 
 

@@ -157,8 +157,9 @@ def explore(
         if not running:
             break
         for r in running:  # never past the budget: a trial is cut when its share runs out
-            if time.monotonic() - r["t0"] > r["limit_s"] + 5.0 and r["proc"].is_alive():
+            if time.monotonic() - r["t0"] > r["limit_s"] + 0.2 and r["proc"].is_alive():
                 r["proc"].kill()
+                r["killed"] = True
         time.sleep(0.05)
     study.set_user_attr("wall_s", wall())
     meter.wall_s = wall()
@@ -190,7 +191,7 @@ def _start(
         "trial_id": trial._trial_id,
         "config": config,
         "checkpoint": str(ckpt_dir / f"trial-{trial.number}.pkl"),
-        "limit_s": limit,
+        "deadline": time.time() + limit,
         "max_memory_mb": max_memory_mb,
         "out": str(out),
     }
@@ -213,8 +214,9 @@ def _finish(study: Any, meter: CostMeter, r: dict[str, Any], callback: Any) -> b
     except (OSError, ValueError):
         outcome = {}
     r["out"].unlink(missing_ok=True)
-    status = outcome.get("status") or "fail"
-    reason = outcome.get("reason") or f"the trial process died (exit code {r['proc'].exitcode})"
+    status = outcome.get("status") or ("stopped" if r.get("killed") else "fail")
+    default = "cut at the budget's limit" if r.get("killed") else f"the trial process died (exit {r['proc'].exitcode})"
+    reason = outcome.get("reason") or default
     study._storage.set_trial_user_attr(trial._trial_id, "charged_s", seconds)
     if status == "complete":
         study.tell(trial, outcome["value"])
