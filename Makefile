@@ -29,6 +29,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "not bench"
 
 bench: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m bench
 	$(BIN)/python benchmarks/run.py --out BENCHMARKS.md
 
 lint: $(VENV)/.dev

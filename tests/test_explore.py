@@ -158,6 +158,7 @@ def test_kill_9_then_the_same_command_resumes(tmp_path: Path) -> None:
     assert any("interrupted" in t.user_attrs.get("reason", "") for t in study.trials) or len(after) > len(before)
 
 
+@pytest.mark.bench  # ~35 s of torch trials: run by `make bench`; the mechanics are covered above
 def test_the_bundled_example_runs(tmp_path: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
     space = Path(__file__).parents[1] / "examples" / "explore" / "space.yaml"
     out = json.loads(
