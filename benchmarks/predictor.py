@@ -83,7 +83,12 @@ def section(work: Path, n: int = 8) -> list[str]:
         f"| **all** | {report['n']} | **{report['within_10pct']:.0%}** | **{report['mape']:.1%}** | "
         f"**{report['spearman']:.3f}** |",
         "",
-        "Goal: ≥ 90% within ±10% and Spearman ≥ 0.95 on the local machine.",
+        f"Goal: ≥ 90% within ±10% and Spearman ≥ 0.95 on the local machine: within ±10% "
+        f"**{'reached' if report['within_10pct'] >= 0.9 else 'not reached'}** ({report['within_10pct']:.0%}), "
+        f"Spearman **{'reached' if (report['spearman'] or 0) >= 0.95 else 'not reached'}** "
+        f"({report['spearman']:.3f}). The ranking transfers to unseen models (what the guided search needs); the "
+        "absolute error does not reach ±10%: small models are dominated by per-call overhead the roofline does "
+        "not see, and repeated runs of one candidate on this shared 2-core machine differ by 5–15% by themselves.",
         "",
         "Predictor-guided search vs exhaustive search, batch-1 candidates of each model (predictor trained on "
         "the other models): the number measured, in predicted order, until the measured fastest is reached.",
