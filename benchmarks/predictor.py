@@ -88,7 +88,8 @@ def section(work: Path, n: int = 8) -> list[str]:
         f"Spearman **{'reached' if (report['spearman'] or 0) >= 0.95 else 'not reached'}** "
         f"({report['spearman']:.3f}). The ranking transfers to unseen models (what the guided search needs); the "
         "absolute error does not reach ±10%: small models are dominated by per-call overhead the roofline does "
-        "not see, and repeated runs of one candidate on this shared 2-core machine differ by 5–15% by themselves.",
+        "not see, and timing noise on this shared 2-core machine is of the same order as the ±10% band (not "
+        "separately measured here).",
         "",
         "Predictor-guided search vs exhaustive search, batch-1 candidates of each model (predictor trained on "
         "the other models): the number measured, in predicted order, until the measured fastest is reached.",
