@@ -36,7 +36,7 @@ def test_killed_tuning_keeps_its_records_and_the_next_run_reuses_them(tmp_path: 
     home = tmp_path / "home"
     env = dict(os.environ, CHIPFIT_HOME=str(home))
     proc = subprocess.Popen(
-        [sys.executable, "-c", TUNE, str(tmp_path), "64"],
+        [sys.executable, "-c", TUNE, str(tmp_path), "8"],  # below a full round: quick random traces
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
