@@ -13,14 +13,15 @@ from typing import Any
 
 from chipfit.hardware.catalog import Target
 
-__all__ = ["cost_energy", "usd_per_1m"]
+__all__ = ["cost_energy", "threads_of", "usd_per_1m"]
 
 
 def usd_per_1m(usd_per_hour: float, throughput: float) -> float:
     return usd_per_hour / (throughput * 3600.0) * 1e6
 
 
-def _threads(options: Mapping[str, Any]) -> int | None:
+def threads_of(options: Mapping[str, Any]) -> int | None:
+    """The thread count a candidate's runtime options set, whatever its backend calls it (None: not set)."""
     for key in ("threads", "intra_op_num_threads", "num_threads"):
         if options.get(key):
             return int(options[key])
@@ -38,7 +39,7 @@ def cost_energy(metrics: Mapping[str, Any], target: Target, options: Mapping[str
         out["energy_mj"] = float(measured) * 1e3
         out["energy_method"] = f"measured: {metrics.get('energy_counter', 'energy counters')}"
     else:
-        threads = _threads(options)
+        threads = threads_of(options)
         share = min(1.0, threads / (target.threads or target.cores)) if threads and not target.gpu else 1.0
         out["energy_mj"] = target.watts * share / float(thr) * 1e3
         out["energy_method"] = f"modelled: {target.watts:g} W × {share:.2f} of {target.name} × time per inference"

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from chipfit.hardware.catalog import Target
+from chipfit.hardware.cost import threads_of
 from chipfit.predict.roofline import HEAVY_OPS, node_dtype, roofline_ms
 
 __all__ = ["FEATURES", "Predictor", "features"]
@@ -50,20 +51,13 @@ FEATURES = (
 DEFAULT_CORRECTION = math.log(3.0)  # backends reach about a third of the roofline on small models, untrained
 
 
-def _threads(options: Mapping[str, Any]) -> int | None:
-    for key in ("intra_op_num_threads", "threads", "num_threads"):
-        if options.get(key):
-            return int(options[key])
-    return None
-
-
 def features(info: Mapping[str, Any], candidate: Mapping[str, Any], target: Target) -> list[float]:
     """One feature row for a model (``model_info``), a candidate (``Candidate.to_dict()``) and a target."""
     opts = candidate.get("options") or {}
     passes = candidate.get("passes") or []
     names = {p.get("name") for p in passes}
     batch = int(candidate.get("batch") or 1)
-    threads = _threads(opts)
+    threads = threads_of(opts)
     dtype = node_dtype(passes)
     roof = roofline_ms(info, target, batch, dtype, threads)
     flops = max(1.0, float(info["flops"]) * batch)
