@@ -3,6 +3,8 @@ validation accuracy after each epoch and checkpointing so that a trial can resum
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
@@ -10,11 +12,18 @@ from torch import nn
 
 
 def data() -> tuple[torch.Tensor, ...]:
+    """Train / validation split of digits (the last 20% held out)."""
     x, y = load_digits(return_X_y=True)
     idx = np.random.default_rng(0).permutation(len(x))
     x, y = x[idx].astype(np.float32) / 16.0, y[idx].astype(np.int64)
     cut = int(0.8 * len(x))
     return torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]), torch.from_numpy(x[cut:]), torch.from_numpy(y[cut:])
+
+
+def eval_data() -> dict[str, np.ndarray]:
+    """The validation digits as `fit` data: the input `x` and `labels`."""
+    _, _, xva, yva = data()
+    return {"x": xva.numpy(), "labels": yva.numpy()}
 
 
 def build(hidden: int, layers: int, activation: str) -> nn.Module:
@@ -27,30 +36,34 @@ def build(hidden: int, layers: int, activation: str) -> nn.Module:
     return nn.Sequential(*mods, nn.Linear(width, 10))
 
 
+def model(config: dict[str, Any]) -> nn.Module:
+    """The untrained model of a configuration (deploy.model: checked against a hardware bound)."""
+    return build(config["hidden"], config["layers"], config["activation"])
+
+
 def train(ctx) -> nn.Module:  # type: ignore[no-untyped-def]
-    torch.manual_seed(ctx.number)
-    torch.set_num_threads(1)
+    torch.manual_seed(ctx.number)  # ctx.threads cores: chipfit has set torch's thread count
     cfg = ctx.config
     weight_decay = ctx.suggest_float("weight_decay", 1e-6, 1e-2, log=True)  # define-by-run
     xtr, ytr, xva, yva = data()
-    model = build(cfg["hidden"], cfg["layers"], cfg["activation"])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=weight_decay)
+    net = model(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=weight_decay)
     start = 0
     saved = ctx.load_checkpoint()
     if saved is not None:
-        model.load_state_dict(saved["model"])
+        net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         start = saved["epoch"]
     gen = torch.Generator().manual_seed(ctx.number)
     for epoch in range(start, ctx.max_resource):
-        model.train()
+        net.train()
         for batch in torch.randperm(len(xtr), generator=gen).split(64):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[batch]), ytr[batch]).backward()
+            nn.functional.cross_entropy(net(xtr[batch]), ytr[batch]).backward()
             opt.step()
-        model.eval()
+        net.eval()
         with torch.no_grad():
-            acc = (model(xva).argmax(1) == yva).float().mean().item()
-        ctx.checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1})
-        ctx.report(acc, epoch + 1)
-    return model
+            acc = (net(xva).argmax(1) == yva).float().mean().item()
+        ctx.checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1})
+        ctx.report(acc, epoch + 1, model=net)
+    return net

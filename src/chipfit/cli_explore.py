@@ -12,22 +12,63 @@ import typer
 from chipfit.cli import _setup_logging, _user_errors, app, err_console, out_console
 
 
+def _seconds(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    from chipfit.errors import SpecError
+    from chipfit.explore.budget import parse_budget
+
+    try:
+        b = parse_budget(text)
+    except SpecError:
+        b = None
+    if b is None or b.unit != "s":
+        raise SpecError(f"{flag} must be a wall time such as 3h, 20m or 600s; got {text!r}.")
+    return b.amount
+
+
 @app.command()
 def explore(
     space: Annotated[Path, typer.Argument(help="The search space YAML (trainable, metric, resource, params).")],
-    budget: Annotated[str, typer.Option(help="200usd, 5gpu-h, 10cpu-h or wall time (2h); never exceeded.")],
+    budget: Annotated[
+        str | None, typer.Option(help="200usd, 5gpu-h, 10cpu-h or wall time (2h); never exceeded.")
+    ] = None,
+    deadline: Annotated[
+        str | None,
+        typer.Option(
+            help="Maximise the best trial by this wall time (3h): new trials only while they can finish, "
+            "then the leaders get the cores."
+        ),
+    ] = None,
     preview: Annotated[
         bool, typer.Option("--preview", help="Show what the budget buys under ASHA; run nothing.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for checkpoints and explore.json (keep it to resume).")
+        Path | None,
+        typer.Option(help="Folder for checkpoints, explore.html/json and the winner's artifact (keep it to resume)."),
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="Catalogue target whose $/hour prices the trials (default: this machine).")
+        str | None, typer.Option(help="Catalogue target: prices the trials and is where the bound applies.")
+    ] = None,
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="Reject configurations whose model misses this p99 on the target.")
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None, typer.Option(help="Reject configurations whose model needs more memory on the target.")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = 1,
     max_trial_time: Annotated[float | None, typer.Option(help="Seconds one trial may run at most.")] = None,
-    max_memory_mb: Annotated[int | None, typer.Option(help="Address-space cap of each trial's process.")] = None,
+    trial_memory_mb: Annotated[int | None, typer.Option(help="Address-space cap of each trial's process.")] = None,
+    asha: Annotated[
+        bool, typer.Option(help="Stop laggards at ASHA's rungs (--no-asha: every trial runs to the end).")
+    ] = True,
+    deliver: Annotated[bool, typer.Option(help="Fit the winner and write its artifact to OUT/artifact.")] = True,
+    backends: Annotated[str, typer.Option(help="Backends the winner's fit tries (comma-separated, or 'all').")] = (
+        "onnxruntime"
+    ),
+    ray: Annotated[
+        str | None, typer.Option(help="Run trials as Ray tasks: a cluster address, 'auto', or 'local'.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     store: Annotated[str | None, typer.Option(help="Database URL of the study (default: the results store).")] = None,
     json_out: Annotated[
@@ -36,73 +77,120 @@ def explore(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Explore many configurations of a model within a budget, stopping bad ones early (ASHA). Each trial runs
-    in its own process and is charged its measured time at the target's $/hour; the study is stored, so the
-    same command resumes after an interruption with nothing completed lost and the money spent counted."""
+    in its own process (or Ray task) and is charged its measured time at the target's $/hour; the study is
+    stored, so the same command resumes after an interruption with nothing completed lost and the money spent
+    counted. With --max-p99-ms the budget goes only to models that meet it on the target, and the winner is
+    delivered through `fit` as a deployable artifact."""
     _setup_logging(quiet)
     with _user_errors():
         from chipfit.explore.budget import CostMeter, parse_budget
         from chipfit.explore.space import load_space
         from chipfit.explore.study import explore as run
-        from chipfit.explore.study import preview as plan
 
-        b = parse_budget(budget)
+        b = parse_budget(budget) if budget is not None else None
+        deadline_s = _seconds(deadline, "--deadline")
         if preview:
-            from chipfit.hardware.catalog import get_target
-            from chipfit.hardware.local import local_target
-
-            sp = load_space(space)
-            if sp.seconds_per_unit is None:
-                from chipfit.errors import SpecError
-
-                raise SpecError(f"--preview needs 'seconds_per_unit' in {space}: the time of one resource unit.")
-            tgt = get_target(target) if target else local_target(measure=False)[0]
-            p = plan(sp, CostMeter(b, tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu"), sp.seconds_per_unit)
-            if json_out:
-                sys.stdout.write(json.dumps(p, indent=2) + "\n")
-                return
-            out_console.print(
-                f"{b} on {tgt.name} buys {p['budget_left_s']:.0f}s: about [bold]{p['configurations']}[/] "
-                f"configurations under ASHA (η={sp.reduction_factor}) vs {p['full_trials_without_asha']} trained "
-                "fully."
-            )
-            for k, rung in enumerate(p["rungs"]):
-                out_console.print(f"  rung {k}: {rung['resource']} units, ~{rung['configurations']} configurations")
+            _preview(space, b, deadline_s, target, json_out)
             return
+        if out is not None:
+            from chipfit.package import check_writable
 
-        def progress(event: str, r: dict[str, Any], meter: Any) -> None:
-            if quiet:
+            check_writable(out / "artifact")
+        bk = None if backends == "all" else tuple(x.strip() for x in backends.split(",") if x.strip())
+
+        def progress(event: str, r: dict[str, Any], meter: CostMeter) -> None:
+            if quiet or event != "done":
                 return
             t = r["trial"].number
-            if event == "done":
-                err_console.print(
-                    f"trial {t}: {r['status']}{' (' + r['reason'] + ')' if r['status'] != 'complete' else ''} · "
-                    f"spent {meter.spent:.4g}/{meter.budget.amount:g} {meter.budget.unit}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+            why = f" ({r['reason']})" if r["status"] != "complete" and r.get("reason") else ""
+            err_console.print(
+                f"trial {t}: {r['status']}{why} · spent {meter.spent:.4g}/{meter.budget.amount:g} {meter.budget.unit}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
         result = run(
             space,
             b,
+            deadline_s=deadline_s,
             out=out,
             store=store,
             target=target,
             concurrency=concurrency,
             max_trial_s=max_trial_time,
+            trial_memory_mb=trial_memory_mb,
+            max_p99_ms=max_p99_ms,
             max_memory_mb=max_memory_mb,
+            deliver=deliver,
+            deliver_backends=bk,
+            prune=asha,
+            ray=ray,
             seed=seed,
             callback=progress,
         )
         summary = result.to_dict()
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "explore.json").write_text(json.dumps(summary, indent=2, default=str))
+            from chipfit.report.explore import write_explore_report
+
+            write_explore_report(result, out)
         if json_out:
             sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
             return
-        out_console.print(
-            f"spent {summary['spent']:.4g} of {summary['budget']:g} {summary['unit']} (${summary['spent_usd']:.4g}); "
-            f"trials: {', '.join(f'{n} {s}' for s, n in sorted(summary['trials'].items()))}"
+        _print_summary(summary, load_space(space).metric, out)
+
+
+def _preview(space: Path, b: Any, deadline_s: float | None, target: str | None, json_out: bool) -> None:
+    from chipfit.errors import SpecError
+    from chipfit.explore.budget import Budget, CostMeter
+    from chipfit.explore.space import load_space
+    from chipfit.explore.study import preview as plan
+    from chipfit.hardware.catalog import get_target
+    from chipfit.hardware.local import local_target
+
+    sp = load_space(space)
+    if sp.seconds_per_unit is None:
+        raise SpecError(f"--preview needs 'seconds_per_unit' in {space}: the time of one resource unit.")
+    if b is None and deadline_s is None:
+        raise SpecError("--preview needs --budget (or --deadline) to say what it buys.")
+    tgt = get_target(target) if target else local_target(measure=False)[0]
+    p = plan(
+        sp,
+        CostMeter(b or Budget(deadline_s or 0.0, "s"), tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu"),
+        sp.seconds_per_unit,
+    )
+    if json_out:
+        sys.stdout.write(json.dumps(p, indent=2) + "\n")
+        return
+    out_console.print(
+        f"{b or f'{deadline_s:g} s'} on {tgt.name} buys {p['budget_left_s']:.0f}s: about "
+        f"[bold]{p['configurations']}[/] configurations under ASHA (η={sp.reduction_factor}) vs "
+        f"{p['full_trials_without_asha']} trained fully."
+    )
+    for k, rung in enumerate(p["rungs"]):
+        out_console.print(f"  rung {k}: {rung['resource']} units, ~{rung['configurations']} configurations")
+
+
+def _print_summary(summary: dict[str, Any], metric: str, out: Path | None) -> None:
+    from rich.table import Table
+
+    t = Table(title="chipfit explore", show_header=False)
+    t.add_row(
+        "spent", f"{summary['spent']:.4g} of {summary['budget']:g} {summary['unit']} (${summary['spent_usd']:.4g})"
+    )
+    t.add_row("stopped by", summary["stopped_by"])
+    t.add_row("trials", ", ".join(f"{n} {s}" for s, n in sorted(summary["trials"].items())))
+    w = summary["winner"]
+    if w:
+        t.add_row("winner", f"trial {w['trial']}: {metric} {w['value']:.4g}")
+        t.add_row(
+            "params", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in w["params"].items())
         )
-        w = summary["winner"]
-        out_console.print(f"winner: trial {w['trial']} {w['value']:.4g} {w['params']}" if w else "no trial completed")
+        if w.get("hardware"):
+            t.add_row("bound", w["hardware"]["detail"])
+    else:
+        t.add_row("winner", "no trial completed")
+    if summary.get("artifact"):
+        t.add_row("artifact", summary["artifact"])
+    if out is not None:
+        t.add_row("report", str(out / "explore.html"))
+    out_console.print(t)

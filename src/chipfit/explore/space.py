@@ -7,6 +7,10 @@
     resource: {min: 1, max: 27}            # per trial; ASHA's rungs are min·η^k up to max
     reduction_factor: 3                    # η
     seconds_per_unit: 2.0                  # optional estimate, for --preview and the can-it-afford check
+    deploy:                                # optional; needed for --max-p99-ms / delivering the winner
+      model: trainable.py:model            # config -> untrained torch.nn.Module (checked before training)
+      inputs: {x: [1, 64]}                 # example input shapes (batch first), float32
+      data: trainable.py:eval_data         # optional: evaluation arrays (with labels) for the winner's fit
     params:
       hidden: {type: int, low: 16, high: 256, log: true}
       lr: {type: float, low: 0.0001, high: 0.1, log: true}
@@ -31,6 +35,7 @@ from chipfit.errors import SpecError
 __all__ = ["ExploreSpace", "load_space"]
 
 _TYPES = ("int", "float", "categorical")
+RECIPES = ("chipfit:finetune", "chipfit:distill")  # built-in trainables (explore/recipes.py)
 
 
 @dataclass(frozen=True)
@@ -72,23 +77,57 @@ class ExploreSpace:
                 cfg[name] = trial.suggest_categorical(name, list(p["choices"]))
         return cfg
 
+    @property
+    def deploy(self) -> dict[str, Any]:
+        return dict(self.extra.get("deploy") or {})
+
     def load_trainable(self) -> Callable[..., Any]:
-        file, _, func = self.trainable.partition(":")
+        if self.trainable in RECIPES:
+            import chipfit.explore.recipes as recipes
+
+            return getattr(recipes, self.trainable.split(":")[1])  # type: ignore[no-any-return]
+        return self.load_function(self.trainable, "trainable", default="train")
+
+    def load_function(self, ref: str, key: str = "trainable", default: str = "") -> Callable[..., Any]:
+        """``file.py:function`` relative to the space file."""
+        file, _, func = str(ref).partition(":")
+        func = func or default
         path = (self.path.parent / file).resolve()
         spec = importlib.util.spec_from_file_location(f"chipfit_trainable_{path.stem}", path)
         if spec is None or spec.loader is None or not path.is_file():
-            raise SpecError(f"'trainable' in {self.path}: '{path}' is not a Python file. Fix the path.")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        fn = getattr(module, func or "train", None)
+            raise SpecError(f"'{key}' in {self.path}: '{path}' is not a Python file. Fix the path.")
+        module = sys.modules.get(spec.name)
+        if module is None or getattr(module, "__file__", None) != str(path):
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        fn = getattr(module, func, None)
         if not callable(fn):
-            raise SpecError(f"'trainable' in {self.path}: {path.name} has no function '{func or 'train'}'.")
+            raise SpecError(f"'{key}' in {self.path}: {path.name} has no function '{func}'. Write 'file.py:name'.")
         return fn  # type: ignore[no-any-return]
 
 
 def _bad(path: Path, what: str) -> SpecError:
     return SpecError(f"Search space {path}: {what}")
+
+
+def _check_deploy(p: Path, deploy: Any) -> None:
+    if deploy is None:
+        return
+    if not isinstance(deploy, dict) or "model" not in deploy or "inputs" not in deploy:
+        raise _bad(p, "'deploy' needs 'model' (file.py:function, config -> nn.Module) and 'inputs' ({name: shape}).")
+    inputs = deploy["inputs"]
+    ok = (
+        isinstance(inputs, dict)
+        and inputs
+        and all(isinstance(v, list) and v and all(isinstance(d, int) and d >= 1 for d in v) for v in inputs.values())
+    )
+    if not ok:
+        raise _bad(
+            p,
+            f"'deploy.inputs' must map input names to shapes with the batch first, e.g. {{x: [1, 64]}}; "
+            f"got {inputs!r}.",
+        )
 
 
 def load_space(path: str | Path) -> ExploreSpace:
@@ -126,6 +165,12 @@ def load_space(path: str | Path) -> ExploreSpace:
             raise _bad(p, f"param '{name}': categorical needs a non-empty 'choices' list.")
         if kind != "categorical" and not ("low" in spec and "high" in spec and spec["low"] < spec["high"]):
             raise _bad(p, f"param '{name}': {kind} needs low < high.")
+    _check_deploy(p, doc.get("deploy"))
+    if str(doc["trainable"]).startswith("chipfit:") and doc["trainable"] not in RECIPES:
+        raise _bad(p, f"'trainable' {doc['trainable']!r} is not a built-in recipe; use one of {', '.join(RECIPES)}.")
+    for recipe in ("finetune", "distill"):
+        if doc["trainable"] == f"chipfit:{recipe}" and not isinstance(doc.get(recipe), dict):
+            raise _bad(p, f"'trainable: chipfit:{recipe}' needs a '{recipe}:' section (see the README).")
     spu = doc.get("seconds_per_unit")
     if spu is not None and not (isinstance(spu, (int, float)) and spu > 0 and math.isfinite(spu)):
         raise _bad(p, f"'seconds_per_unit' must be a positive number of seconds, got {spu!r}.")
@@ -139,6 +184,7 @@ def load_space(path: str | Path) -> ExploreSpace:
         "seconds_per_unit",
         "sampler",
     }
+    known -= {"deploy"}  # kept in extra, read through ExploreSpace.deploy
     return ExploreSpace(
         path=p.resolve(),
         trainable=str(doc["trainable"]),

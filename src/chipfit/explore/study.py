@@ -1,33 +1,37 @@
-"""``chipfit explore``: sample configurations, train each in its own process, stop the laggards early with
-ASHA (Optuna's SuccessiveHalvingPruner), and never spend beyond the budget.
+"""``chipfit explore``: sample configurations, train each in its own process (or Ray task), stop the laggards
+early with ASHA (Optuna's SuccessiveHalvingPruner), and never spend beyond the budget.
 
 The study lives in the results store's database (Optuna RDB storage on the same SQLAlchemy URL), named after
 the space file's hash, so the same command after ``kill -9`` resumes: completed trials and every reported
 rung are kept, the money already spent is counted (each trial records its charged seconds as it reports),
 and trials the kill left running are marked failed ("interrupted").
+
+Deadline mode (``deadline_s``) maximises the best trial's metric by a wall-clock deadline instead: a new
+trial starts only while the time left can train it to the end (at the measured seconds per unit), and once
+none can, the trials behind the leader are stopped and their cores go to the leading trials (HyperSched).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import multiprocessing as mp
+import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chipfit.errors import SpecError
 from chipfit.explore.budget import Budget, CostMeter
+from chipfit.explore.schedule import DeadlineScheduler, measured_seconds_per_unit
 from chipfit.explore.space import ExploreSpace, load_space
 
 __all__ = ["ExploreResult", "explore", "preview"]
 
 log = logging.getLogger("chipfit")
-_STARTUP_S = 3.0  # a trial process's start (Python, torch import) before its first step, when not yet measured
+STARTUP_S = 1.0  # a trial's start (a fork from the preloaded server, the study's load) when not yet measured
 
 
 @dataclass
@@ -37,6 +41,10 @@ class ExploreResult:
     winner: dict[str, Any] | None
     study_name: str
     stopped_by: str
+    space: ExploreSpace
+    bound: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # every trial: params, curve, state, cost
+    artifact: Any = None  # the winner's FitResult when it was delivered through fit
 
     def to_dict(self) -> dict[str, Any]:
         m = self.meter.to_dict()
@@ -50,6 +58,8 @@ class ExploreResult:
             "winner": self.winner,
             "study": self.study_name,
             "stopped_by": self.stopped_by,
+            "bound": {k: v for k, v in (self.bound or {}).items() if k not in ("predictor", "store")} or None,
+            "artifact": str(self.artifact.out_dir) if self.artifact is not None and self.artifact.out_dir else None,
         }
 
 
@@ -57,14 +67,14 @@ def preview(space: ExploreSpace, meter: CostMeter, seconds_per_unit: float) -> d
     """What the budget buys under ASHA: configurations started, and how many reach each rung (1/η go on)."""
     rungs = space.rungs
     eta = space.reduction_factor
-    per_config = _STARTUP_S
+    per_config = STARTUP_S
     prev = 0
     for k, r in enumerate(rungs):
         per_config += (r - prev) * seconds_per_unit / eta**k  # the share of configs that train to rung k
         prev = r
     seconds = meter.seconds_left()
     n = int(seconds // per_config)
-    full = _STARTUP_S + space.max_resource * seconds_per_unit
+    full = STARTUP_S + space.max_resource * seconds_per_unit
     return {
         "seconds_per_unit": seconds_per_unit,
         "full_trial_s": full,
@@ -75,43 +85,17 @@ def preview(space: ExploreSpace, meter: CostMeter, seconds_per_unit: float) -> d
     }
 
 
-def _storage_url(store: str | None) -> str:
-    from chipfit.store import default_url
-
-    return store or default_url()
-
-
-def explore(
-    space_path: str | Path,
-    budget: Budget,
-    *,
-    out: str | Path | None = None,
-    store: str | None = None,
-    target: str | None = None,
-    concurrency: int = 1,
-    max_trial_s: float | None = None,
-    max_memory_mb: int | None = None,
-    seed: int = 0,
-    callback: Any = None,
-) -> ExploreResult:
-    """Run (or resume) the study of ``space_path`` until the budget is spent; returns what it found."""
+def _open_study(space: ExploreSpace, url: str, seed: int, prune: bool) -> Any:
     import optuna
 
-    from chipfit.hardware.catalog import get_target
-    from chipfit.hardware.local import local_target
-    from chipfit.store import Store
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(space_path)
-    if concurrency < 1:
-        raise SpecError(f"--concurrency must be ≥ 1, got {concurrency}.")
-    tgt = get_target(target) if target else local_target(measure=False)[0]
-    meter = CostMeter(budget, tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu")
-    url = _storage_url(store)
-    Store(url)  # creates the file and its folder, with a clear error when it cannot
     name = f"explore-{space.sha256[:16]}"
     sampler = (
         optuna.samplers.RandomSampler(seed=seed) if space.sampler == "random" else optuna.samplers.TPESampler(seed=seed)
+    )
+    pruner = (
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=space.min_resource, reduction_factor=space.reduction_factor)
+        if prune
+        else optuna.pruners.NopPruner()
     )
     study = optuna.create_study(
         study_name=name,
@@ -119,130 +103,274 @@ def explore(
         load_if_exists=True,
         direction="maximize" if space.direction == "maximize" else "minimize",
         sampler=sampler,
-        pruner=optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=space.min_resource, reduction_factor=space.reduction_factor
-        ),
+        pruner=pruner,
     )
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted (the run was killed); resumed")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left running by a killed run
-    meter.device_s = sum(float(t.user_attrs.get("charged_s", 0.0)) for t in study.get_trials(deepcopy=False))
+    return study
+
+
+def explore(
+    space_path: str | Path,
+    budget: Budget | None,
+    *,
+    deadline_s: float | None = None,
+    out: str | Path | None = None,
+    store: str | None = None,
+    target: str | None = None,
+    concurrency: int = 1,
+    max_trial_s: float | None = None,
+    trial_memory_mb: int | None = None,
+    max_p99_ms: float | None = None,
+    max_memory_mb: float | None = None,
+    deliver: bool = True,
+    deliver_backends: tuple[str, ...] | None = ("onnxruntime",),
+    prune: bool = True,
+    ray: str | None = None,
+    seed: int = 0,
+    callback: Any = None,
+) -> ExploreResult:
+    """Run (or resume) the study of ``space_path`` until the budget (or the deadline) is spent."""
+    import optuna
+
+    from chipfit.explore.constraint import prepare_bound
+    from chipfit.explore.runner import make_runner
+    from chipfit.hardware.catalog import get_target
+    from chipfit.hardware.local import local_target
+    from chipfit.store import Store, default_url
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(space_path)
+    if concurrency < 1:
+        raise SpecError(f"--concurrency must be ≥ 1, got {concurrency}.")
+    if budget is None and deadline_s is None:
+        raise SpecError("Give --budget (200usd, 5gpu-h, 10cpu-h, 2h) or --deadline (3h), or both.")
+    if deadline_s is not None and not (deadline_s > 0 and math.isfinite(deadline_s)):
+        raise SpecError(f"--deadline must be a positive time such as 3h or 20m, got {deadline_s!r} seconds.")
+    local = local_target(measure=False)[0]
+    tgt = get_target(target) if target else local
+    meter = CostMeter(budget or Budget(deadline_s or 0.0, "s"), tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu")
+    cores = max(1, int(tgt.threads or tgt.cores or os.cpu_count() or 1))
+    url = store or default_url()
+    Store(url)  # creates the file and its folder, with a clear error when it cannot
+    work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="chipfit-explore-"))
+    bound = prepare_bound(space, tgt, tgt.name == local.name, max_p99_ms, max_memory_mb, url, work / "checks")
+    study = _open_study(space, url, seed, prune)
+    meter.device_s = sum(
+        float(t.user_attrs.get("charged_device_s", t.user_attrs.get("charged_s", 0.0)))
+        for t in study.get_trials(deepcopy=False)
+    )
     wall_before = float(study.user_attrs.get("wall_s", 0.0))
-    if space.seconds_per_unit is not None:
-        full = _STARTUP_S + space.max_resource * space.seconds_per_unit
-        if full > meter.seconds_left() and not study.trials:
+    if space.seconds_per_unit is not None and not study.trials:
+        full = STARTUP_S + space.max_resource * space.seconds_per_unit
+        if full > meter.seconds_left():
             raise SpecError(
-                f"--budget {budget} buys {meter.seconds_left():.0f}s of {tgt.name}, less than one full-fidelity "
-                f"trial ({full:.0f}s at {space.seconds_per_unit:g}s per unit × {space.max_resource}); raise the "
-                "budget or lower resource.max. Nothing was spent."
+                f"--budget {meter.budget} buys {meter.seconds_left():.0f}s of {tgt.name}, less than one "
+                f"full-fidelity trial ({full:.0f}s at {space.seconds_per_unit:g}s per unit × "
+                f"{space.max_resource}); raise the budget or lower resource.max. Nothing was spent."
             )
-    ckpt_dir = Path(out or tempfile.mkdtemp(prefix="chipfit-explore-")) / "checkpoints"
-    started, stopped_by = time.monotonic(), "budget"
+    runner = make_runner(ray)
+    sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
+    threads = max(1, cores // concurrency)
+    started = time.monotonic()
+    stopped_by = "budget"
     running: list[dict[str, Any]] = []
-    ctx = mp.get_context("spawn")
-    min_cost = _STARTUP_S + space.min_resource * (space.seconds_per_unit or 0.0)
 
     def wall() -> float:
         return wall_before + time.monotonic() - started
 
-    while True:
-        meter.wall_s = wall()
-        running = [r for r in running if not _finish(study, meter, r, callback)]
-        left = meter.seconds_left() - sum(time.monotonic() - r["t0"] for r in running)
-        if len(running) < concurrency and left > min_cost:
-            running.append(_start(study, space, url, name, ckpt_dir, ctx, left, max_trial_s, max_memory_mb))
-            if callback:
-                callback("start", running[-1], meter)
-            continue
-        if not running:
-            break
-        for r in running:  # never past the budget: a trial is cut when its share runs out
-            if time.monotonic() - r["t0"] > r["limit_s"] + 0.2 and r["proc"].is_alive():
-                r["proc"].kill()
-                r["killed"] = True
-        time.sleep(0.05)
-    study.set_user_attr("wall_s", wall())
+    spu = space.seconds_per_unit or 0.0
+    share = threads / cores  # the part of the target machine one trial holds (its price share)
+
+    def elapsed(r: dict[str, Any]) -> float:
+        return time.monotonic() - r["t0"]
+
+    def wall_left(n: int) -> float:
+        """Wall seconds until the budget (or the deadline) is spent with ``n`` trials running."""
+        if meter.budget.unit == "s":
+            left = meter.budget.amount - wall()
+        else:
+            left = (meter.seconds_left() - sum(elapsed(r) * share for r in running)) / (share * max(1, n))
+        return min(left, deadline_s - wall()) if deadline_s is not None else left
+
+    try:
+        while True:
+            meter.wall_s = wall()
+            running = [r for r in running if not _finish(study, meter, runner, r, share, callback)]
+            left = wall_left(len(running) + 1)
+            full_s = STARTUP_S + space.max_resource * (measured_seconds_per_unit(study) or spu)
+            need = full_s if deadline_s is not None else STARTUP_S + space.min_resource * spu
+            if len(running) < concurrency and left > need and not (sched and sched.closed):
+                running.append(
+                    _start(
+                        study,
+                        space,
+                        url,
+                        work,
+                        runner,
+                        left,
+                        max_trial_s,
+                        trial_memory_mb,
+                        threads,
+                        share,
+                        bound,
+                        (out is not None or bound is not None) and bool(space.deploy),
+                        sched,
+                    )
+                )
+                if callback:
+                    callback("start", running[-1], meter)
+                continue
+            if sched is not None and len(running) < concurrency and left <= need:
+                if not sched.closed:
+                    stopped_by = "deadline"
+                    sched.close()
+                for r in sched.rebalance(study, running):
+                    runner.kill(r["handle"])
+            if not running:
+                break
+            exhausted = wall_left(len(running)) <= 0
+            for r in running:  # never past the budget: trials are cut when it runs out
+                if exhausted or elapsed(r) > r["limit_s"] + 0.2:
+                    runner.kill(r["handle"])
+            time.sleep(0.05)
+    finally:
+        for r in running:
+            runner.kill(r["handle"])
+        runner.close()
+        study.set_user_attr("wall_s", wall())
     meter.wall_s = wall()
-    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-    return ExploreResult(meter, dict(states), _winner(study, ckpt_dir), name, stopped_by)
+    states = Counter(_state(t) for t in study.get_trials(deepcopy=False))
+    result = ExploreResult(
+        meter, dict(states), _winner(study), study.study_name, stopped_by, space, bound, _history(study)
+    )
+    if deliver and out is not None and result.winner and result.winner.get("onnx"):
+        from chipfit.explore.deliver import deliver_winner
+
+        result.artifact = deliver_winner(result, Path(out) / "artifact", url, tgt, deliver_backends)
+    return result
+
+
+def _state(t: Any) -> str:
+    if t.user_attrs.get("status") == "rejected":
+        return "rejected"
+    return str(t.state.name.lower())
 
 
 def _start(
     study: Any,
     space: ExploreSpace,
     url: str,
-    name: str,
-    ckpt_dir: Path,
-    ctx: Any,
+    work: Path,
+    runner: Any,
     left: float,
     max_trial_s: float | None,
-    max_memory_mb: int | None,
+    memory_mb: int | None,
+    threads: int,
+    share: float,
+    bound: dict[str, Any] | None,
+    export: bool,
+    sched: DeadlineScheduler | None,
 ) -> dict[str, Any]:
-    from chipfit.explore.trial import run_trial
-
     trial = study.ask()
     config = space.sample(trial)
     limit = min(left, max_trial_s or math.inf)
-    out = Path(tempfile.mkstemp(prefix="chipfit-trial-", suffix=".json")[1])
     job = {
         "space": str(space.path),
-        "study": name,
+        "study": study.study_name,
         "storage": url,
         "trial_id": trial._trial_id,
         "config": config,
-        "checkpoint": str(ckpt_dir / f"trial-{trial.number}.pkl"),
+        "checkpoint": str((work / "checkpoints" / f"trial-{trial.number}.pkl").resolve()),
         "deadline": time.time() + limit,
-        "max_memory_mb": max_memory_mb,
-        "out": str(out),
+        "max_memory_mb": memory_mb,
+        "threads": threads,
+        "share": share,
+        "threads_file": str(sched.threads_file(trial.number)) if sched else None,
+        "bound": bound,
+        "export": export,
     }
-    proc = ctx.Process(target=run_trial, args=(job,), daemon=True)
-    proc.start()
-    return {"trial": trial, "proc": proc, "t0": time.monotonic(), "limit_s": limit, "out": out, "config": config}
+    if sched is not None:
+        sched.assign(trial.number, threads)
+    study._storage.set_trial_user_attr(trial._trial_id, "threads", threads)
+    study._storage.set_trial_user_attr(trial._trial_id, "checkpoint", job["checkpoint"])
+    handle = runner.start(job)
+    return {"trial": trial, "handle": handle, "t0": time.monotonic(), "limit_s": limit, "config": config}
 
 
-def _finish(study: Any, meter: CostMeter, r: dict[str, Any], callback: Any) -> bool:
+def _finish(study: Any, meter: CostMeter, runner: Any, r: dict[str, Any], share: float, callback: Any) -> bool:
     """Tell the study how a finished trial ended and charge its time; False while it still runs."""
     import optuna
 
-    if r["proc"].is_alive():
+    outcome = runner.poll(r["handle"])
+    if outcome is None:
         return False
     seconds = time.monotonic() - r["t0"]
-    meter.charge(seconds)
+    device_s = seconds * share
+    meter.charge(device_s)
     trial = r["trial"]
-    try:
-        outcome = json.loads(r["out"].read_text() or "{}")
-    except (OSError, ValueError):
-        outcome = {}
-    r["out"].unlink(missing_ok=True)
-    status = outcome.get("status") or ("stopped" if r.get("killed") else "fail")
-    default = "cut at the budget's limit" if r.get("killed") else f"the trial process died (exit {r['proc'].exitcode})"
-    reason = outcome.get("reason") or default
-    study._storage.set_trial_user_attr(trial._trial_id, "charged_s", seconds)
+    status = outcome.get("status", "fail")
+    reason = r.get("reason") if status == "stopped" and r.get("reason") else outcome.get("reason", "")
+    attrs = {
+        "charged_s": seconds,
+        "charged_device_s": device_s,
+        "charged_usd": device_s / 3600 * meter.usd_per_hour,
+        "status": status,
+    }
+    if reason:
+        attrs["reason"] = reason
+    if outcome.get("onnx"):
+        attrs["onnx"] = outcome["onnx"]
+    for k, v in attrs.items():
+        study._storage.set_trial_user_attr(trial._trial_id, k, v)
     if status == "complete":
         study.tell(trial, outcome["value"])
-    elif status == "pruned":
+    elif status in ("pruned", "stopped", "rejected"):
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        state = optuna.trial.TrialState.PRUNED if status == "stopped" else optuna.trial.TrialState.FAIL
-        study.tell(trial, state=state)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
     if callback:
         callback("done", r | {"status": status, "reason": reason}, meter)
     return True
 
 
-def _winner(study: Any, ckpt_dir: Path) -> dict[str, Any] | None:
+def _winner(study: Any) -> dict[str, Any] | None:
+    """The best completed trial (with a bound, completed means it met the bound when checked)."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         return None
-    best = study.best_trial
-    ckpt = ckpt_dir / f"trial-{best.number}.pkl"
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    best = max(done, key=lambda t: (sign * t.value, -t.number))
     return {
         "trial": best.number,
         "value": best.value,
         "params": best.params,
-        "checkpoint": str(ckpt) if ckpt.exists() else None,
+        "checkpoint": best.user_attrs.get("checkpoint"),
+        "onnx": best.user_attrs.get("onnx"),
+        "hardware": best.user_attrs.get("hardware"),
         "charged_s": best.user_attrs.get("charged_s"),
+        "charged_usd": best.user_attrs.get("charged_usd"),
     }
+
+
+def _history(study: Any) -> list[dict[str, Any]]:
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        out.append(
+            {
+                "trial": t.number,
+                "state": _state(t),
+                "value": t.value,
+                "params": t.params,
+                "curve": sorted((int(k), float(v)) for k, v in t.intermediate_values.items()),
+                "charged_s": t.user_attrs.get("charged_s"),
+                "charged_usd": t.user_attrs.get("charged_usd"),
+                "reason": t.user_attrs.get("reason"),
+                "hardware": t.user_attrs.get("hardware"),
+                "threads": t.user_attrs.get("threads"),
+            }
+        )
+    return out

@@ -1,0 +1,165 @@
+"""The hardware bound inside ``chipfit explore`` (``--target X --max-p99-ms N --max-memory-mb M``).
+
+A configuration whose model would miss the bound on the target is rejected *before training* when the
+prediction says so beyond its error margin (the space's ``deploy.model`` builds the untrained model from the
+config; it is exported to ONNX and given to the latency predictor, and its weights are counted against the
+memory bound), and *after its first report* otherwise: on this machine its exported model is measured through
+``fit`` (ONNX Runtime, batch 1); on another target the prediction is the best estimate there is and is used
+as is. The budget is then spent on models that can be deployed.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from chipfit.errors import SpecError
+
+__all__ = ["check_after_first_report", "check_before_training", "export_model", "prepare_bound"]
+
+
+def prepare_bound(
+    space: Any,
+    target: Any,
+    is_local: bool,
+    max_p99_ms: float | None,
+    max_memory_mb: float | None,
+    store_url: str,
+    workdir: Path,
+) -> dict[str, Any] | None:
+    """The bound a trial checks, with the predictor trained once on the store and saved for the trials."""
+    if max_p99_ms is None and max_memory_mb is None:
+        return None
+    if not space.deploy:
+        raise SpecError(
+            f"--max-p99-ms / --max-memory-mb need a 'deploy:' section in {space.path} with 'model' (config -> "
+            "torch.nn.Module) and 'inputs' ({name: shape}), so each configuration's model can be checked."
+        )
+    from chipfit.predict import Predictor, predict_eval, training_rows
+    from chipfit.store import Store
+
+    rows = training_rows(Store(store_url))
+    predictor = Predictor().fit(rows)
+    rel = math.inf
+    if len({r["model_hash"] for r in rows}) >= 2:
+        rel = float(predict_eval(rows).get("mape") or math.inf)
+    predictor.rel_error = rel
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "predictor.pkl"
+    path.write_bytes(pickle.dumps((predictor, target)))
+    return {
+        "target": target.name,
+        "max_p99_ms": max_p99_ms,
+        "max_memory_mb": max_memory_mb,
+        "measure": is_local,
+        "predictor": str(path),
+        "rel_error": rel,
+        "margin": 1.0 + 3.0 * rel if math.isfinite(rel) else math.inf,
+        "store": store_url,
+    }
+
+
+def _example_inputs(space: Any, batch: int = 2) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(torch.randn(batch, *shape[1:]) for shape in space.deploy["inputs"].values())
+
+
+def _to_onnx(space: Any, module: Any, where: Path) -> Any:
+    from chipfit.model import load_model
+
+    module.eval()
+    return load_model(module, _example_inputs(space), input_names=list(space.deploy["inputs"]), home=where)
+
+
+def _predicted(ctx: Any, model: Any) -> dict[str, Any]:
+    from chipfit.predict import model_info
+    from chipfit.search.space import Candidate
+
+    predictor, target = pickle.loads(Path(ctx._job["bound"]["predictor"]).read_bytes())
+    threads = target.threads or target.cores
+    cand = Candidate("onnxruntime", options={"graph_optimization_level": "all", "intra_op_num_threads": threads})
+    p = predictor.predict(model_info(model.stats), cand.to_dict(), target)
+    return {"p99_ms": p.p99_ms, "p50_ms": p.p50_ms, "memory_mb": model.stats.param_bytes / 2**20}
+
+
+def _verdict(bound: dict[str, Any], values: dict[str, Any], margin: float, source: str) -> dict[str, Any]:
+    misses = []
+    if bound.get("max_p99_ms") is not None and values["p99_ms"] > bound["max_p99_ms"] * margin:
+        misses.append(f"p99 {values['p99_ms']:.3g} ms > {bound['max_p99_ms']:g} ms")
+    if bound.get("max_memory_mb") is not None and values["memory_mb"] > bound["max_memory_mb"]:
+        misses.append(f"memory {values['memory_mb']:.3g} MB > {bound['max_memory_mb']:g} MB")
+    where = f" on {bound['target']}"
+    detail = f"{source}{where}: " + ("; ".join(misses) if misses else "meets the bound")
+    if misses and margin > 1:
+        detail += f" (beyond the predictor's margin ×{margin:.2f})"
+    return {"ok": not misses, "source": source, **values, "detail": detail}
+
+
+def check_before_training(ctx: Any) -> dict[str, Any] | None:
+    """Predicted check on the untrained model of this config; a miss beyond the error margin rejects it."""
+    bound = ctx._job["bound"]
+    build = ctx.space.load_function(ctx.space.deploy["model"], "deploy.model")
+    with tempfile.TemporaryDirectory(prefix="chipfit-check-") as tmp:
+        model = _to_onnx(ctx.space, build(ctx.config), Path(tmp))
+        values = _predicted(ctx, model)
+    # memory is the weights themselves: exact, no margin; latency only beyond the predictor's error margin
+    check = _verdict(bound, values, bound["margin"], "predicted before training")
+    return check
+
+
+def check_after_first_report(ctx: Any, module: Any) -> dict[str, Any]:
+    """Measured through ``fit`` on this machine (the bound's target is this machine)."""
+    bound = ctx._job["bound"]
+    if module is None:
+        build = ctx.space.load_function(ctx.space.deploy["model"], "deploy.model")
+        module = build(ctx.config)  # latency and weight size do not depend on the trained values
+    import numpy as np
+
+    from chipfit.pipeline import fit
+    from chipfit.search.driver import MeasureSettings
+    from chipfit.search.space import SpaceOptions
+
+    with tempfile.TemporaryDirectory(prefix="chipfit-check-") as tmp:
+        model = _to_onnx(ctx.space, module, Path(tmp))
+        rng = np.random.default_rng(0)
+        data = {
+            name: rng.standard_normal((16, *shape[1:])).astype(np.float32)
+            for name, shape in ctx.space.deploy["inputs"].items()
+        }
+        result = fit(
+            model,
+            data,
+            space=SpaceOptions(
+                backends=("onnxruntime",),
+                batch_sizes=(1,),
+                threads=(max(1, ctx.threads),),
+                opt_levels=("all",),
+                passes=(),
+            ),
+            settings=MeasureSettings(predict=False, timeout_s=60.0, option_sweep_top=0, batch_sweep_top=0),
+            store=bound["store"],
+            home=Path(tmp),
+        )
+    best = min((c for c in result.candidates if c.measurement.ok), key=lambda c: c.metric("p99_ms"), default=None)
+    if best is None:
+        return {"ok": False, "source": "measured", "detail": "the exported model could not be measured"}
+    mem = best.metric("peak_memory_mb") or model.stats.param_bytes / 2**20
+    values = {"p99_ms": best.metric("p99_ms"), "p50_ms": best.metric("p50_ms"), "memory_mb": mem}
+    return _verdict(bound, values, 1.0, "measured after the first report")
+
+
+def export_model(ctx: Any, module: Any) -> str | None:
+    """The trial's trained model as ONNX next to its checkpoint (None when the trainable gave no module)."""
+    if module is None or not hasattr(module, "state_dict"):
+        return None
+    dest = Path(ctx._job["checkpoint"]).with_suffix(".onnx")
+    with tempfile.TemporaryDirectory(prefix="chipfit-export-") as tmp:
+        model = _to_onnx(ctx.space, module, Path(tmp))
+        import shutil
+
+        shutil.copyfile(model.path, dest)
+    return str(dest)

@@ -1,0 +1,32 @@
+"""The explore winner, delivered through ``fit``: its trained model (exported to ONNX by its trial) is fitted
+to the target under the same bound, and the artifact (model, manifest, report) is written to
+``OUT/artifact``. On another target than this machine the artifact is what fits here and the bound is the
+prediction's; the manifest says which."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["deliver_winner"]
+
+
+def _data(space: Any) -> Any:
+    deploy = space.deploy
+    if deploy.get("data"):
+        return space.load_function(deploy["data"], "deploy.data")()
+    rng = np.random.default_rng(0)
+    return {name: rng.standard_normal((64, *shape[1:])).astype(np.float32) for name, shape in deploy["inputs"].items()}
+
+
+def deliver_winner(result: Any, out: Path, store_url: str, target: Any, backends: tuple[str, ...] | None) -> Any:
+    """``fit`` on the winner's ONNX with the run's bound; returns the FitResult (``out_dir`` set)."""
+    from chipfit.pipeline import fit
+    from chipfit.search.space import SpaceOptions
+
+    bound = result.bound or {}
+    constraints = {k: bound[k] for k in ("max_p99_ms", "max_memory_mb") if bound.get(k) is not None}
+    space = SpaceOptions(backends=backends) if backends else None
+    return fit(result.winner["onnx"], _data(result.space), out=out, store=store_url, space=space, **constraints)

@@ -1,0 +1,143 @@
+"""Where trials run: a local process each (``LocalRunner``) or a Ray task each (``RayRunner``, ``--ray``).
+
+Both give the study the same three calls — start a job, poll for its outcome, kill it — so the budget
+accounting (the study charges each trial the time from its start to its outcome) is the same on one machine
+and on a cluster. Local trials start from a forkserver that has already imported torch and optuna, so a
+trial's start costs a fork, not an interpreter and a torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from chipfit.errors import SpecError
+
+__all__ = ["LocalRunner", "RayRunner", "Runner", "make_runner"]
+
+
+class Runner(Protocol):
+    name: str
+
+    def start(self, job: dict[str, Any]) -> Any: ...
+
+    def poll(self, handle: Any) -> dict[str, Any] | None:
+        """The outcome once the trial ended (a dict with ``status``), else None."""
+
+    def kill(self, handle: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    name = "local"
+
+    def __init__(self) -> None:
+        self._ctx = mp.get_context("forkserver")
+        preload = ["chipfit.explore.trial", "optuna"]
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is not None:
+                preload.append("torch")
+        except (ImportError, ValueError):
+            pass
+        self._ctx.set_forkserver_preload(preload)
+
+    def start(self, job: dict[str, Any]) -> Any:
+        from chipfit.explore.trial import run_trial_to_file
+
+        out = Path(tempfile.mkstemp(prefix="chipfit-trial-", suffix=".json")[1])
+        job = {**job, "out": str(out)}
+        proc = self._ctx.Process(target=run_trial_to_file, args=(job,), daemon=True)
+        proc.start()
+        return {"proc": proc, "out": out, "killed": False}
+
+    def poll(self, handle: Any) -> dict[str, Any] | None:
+        if handle["proc"].is_alive():
+            return None
+        handle["proc"].join()
+        try:
+            outcome = json.loads(handle["out"].read_text() or "{}")
+        except (OSError, ValueError):
+            outcome = {}
+        handle["out"].unlink(missing_ok=True)
+        if not outcome:
+            code = handle["proc"].exitcode
+            outcome = (
+                {"status": "stopped", "reason": "cut at the budget's limit"}
+                if handle["killed"]
+                else {"status": "fail", "reason": f"the trial process died (exit {code})"}
+            )
+        return outcome  # type: ignore[no-any-return]
+
+    def kill(self, handle: Any) -> None:
+        if handle["proc"].is_alive():
+            handle["proc"].kill()
+            handle["killed"] = True
+
+    def close(self) -> None:
+        pass
+
+
+class RayRunner:
+    """Each trial a Ray task holding ``threads`` CPUs (``max_calls=1``: a fresh worker process per trial, so a
+    memory cap or a crash does not outlive it). The study's database must be reachable from every node: a
+    SQLite file works for a single-node Ray; use a server URL (``--store postgresql://...``) on a cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise SpecError("--ray needs Ray: pip install 'chipfit[ray]'.") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            try:
+                if address == "local":
+                    ray.init(include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SpecError(
+                    f"--ray {address}: cannot connect to a Ray cluster ({exc}). Start one with `ray start --head` "
+                    "and pass its address, 'auto', or 'local' to start a local Ray."
+                ) from None
+            self._owned = True
+        else:
+            self._owned = False
+        from chipfit.explore.trial import run_trial
+
+        self._remote = ray.remote(max_calls=1)(run_trial)
+
+    def start(self, job: dict[str, Any]) -> Any:
+        ref = self._remote.options(num_cpus=int(job.get("threads") or 1)).remote(job)
+        return {"ref": ref, "killed": False}
+
+    def poll(self, handle: Any) -> dict[str, Any] | None:
+        ray = self._ray
+        done, _ = ray.wait([handle["ref"]], timeout=0)
+        if not done:
+            return None
+        try:
+            return ray.get(done[0])  # type: ignore[no-any-return]
+        except Exception as exc:  # the worker died (killed at the limit, or crashed hard)
+            if handle["killed"]:
+                return {"status": "stopped", "reason": "cut at the budget's limit"}
+            return {"status": "fail", "reason": f"the Ray task died: {type(exc).__name__}: {str(exc)[:300]}"}
+
+    def kill(self, handle: Any) -> None:
+        handle["killed"] = True
+        self._ray.cancel(handle["ref"], force=True)
+
+    def close(self) -> None:
+        if self._owned:
+            self._ray.shutdown()
+
+
+def make_runner(ray_address: str | None) -> Runner:
+    return RayRunner(ray_address) if ray_address else LocalRunner()
