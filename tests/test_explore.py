@@ -123,7 +123,7 @@ def test_kill_9_then_the_same_command_resumes(tmp_path: Path) -> None:
         "explore",
         str(space),
         "--budget",
-        "0.01cpu-h",
+        "0.006cpu-h",
         "--store",
         store,
         "--out",

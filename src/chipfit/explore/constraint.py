@@ -69,10 +69,31 @@ def _example_inputs(space: Any, batch: int = 2) -> tuple[Any, ...]:
 
 
 def _to_onnx(space: Any, module: Any, where: Path) -> Any:
+    """Export with the TorchScript exporter first (milliseconds, where dynamo takes seconds: a check runs per
+    trial), then chipfit's usual ingest (dynamo first) when that fails."""
+    import warnings
+
+    import torch
+
     from chipfit.model import load_model
 
     module.eval()
-    return load_model(module, _example_inputs(space), input_names=list(space.deploy["inputs"]), home=where)
+    names = list(space.deploy["inputs"])
+    path = where / "trial.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                _example_inputs(space),
+                str(path),
+                dynamo=False,
+                input_names=names,
+                dynamic_axes={n: {0: "batch"} for n in names},
+            )
+        return load_model(path, home=where)
+    except Exception:  # any exporter failure: the slower path says why if it fails too
+        return load_model(module, _example_inputs(space), input_names=names, home=where)
 
 
 def _predicted(ctx: Any, model: Any) -> dict[str, Any]:
@@ -89,13 +110,12 @@ def _predicted(ctx: Any, model: Any) -> dict[str, Any]:
 def _verdict(bound: dict[str, Any], values: dict[str, Any], margin: float, source: str) -> dict[str, Any]:
     misses = []
     if bound.get("max_p99_ms") is not None and values["p99_ms"] > bound["max_p99_ms"] * margin:
-        misses.append(f"p99 {values['p99_ms']:.3g} ms > {bound['max_p99_ms']:g} ms")
+        beyond = f" (beyond the predictor's margin ×{margin:.2f})" if margin > 1 else ""
+        misses.append(f"p99 {values['p99_ms']:.3g} ms > {bound['max_p99_ms']:g} ms{beyond}")
     if bound.get("max_memory_mb") is not None and values["memory_mb"] > bound["max_memory_mb"]:
         misses.append(f"memory {values['memory_mb']:.3g} MB > {bound['max_memory_mb']:g} MB")
     where = f" on {bound['target']}"
     detail = f"{source}{where}: " + ("; ".join(misses) if misses else "meets the bound")
-    if misses and margin > 1:
-        detail += f" (beyond the predictor's margin ×{margin:.2f})"
     return {"ok": not misses, "source": source, **values, "detail": detail}
 
 
@@ -157,6 +177,7 @@ def export_model(ctx: Any, module: Any) -> str | None:
     if module is None or not hasattr(module, "state_dict"):
         return None
     dest = Path(ctx._job["checkpoint"]).with_suffix(".onnx")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chipfit-export-") as tmp:
         model = _to_onnx(ctx.space, module, Path(tmp))
         import shutil

@@ -1,5 +1,6 @@
 """The explore winner, delivered through ``fit``: its trained model (exported to ONNX by its trial) is fitted
-to the target under the same bound, and the artifact (model, manifest, report) is written to
+to the target under the same bound (and the space's ``deploy.spec``: any ``fit`` spec keys, e.g. a
+``max_accuracy_drop`` or a ``time_budget``), and the artifact (model, manifest, report) is written to
 ``OUT/artifact``. On another target than this machine the artifact is what fits here and the bound is the
 prediction's; the manifest says which."""
 
@@ -27,6 +28,7 @@ def deliver_winner(result: Any, out: Path, store_url: str, target: Any, backends
     from chipfit.search.space import SpaceOptions
 
     bound = result.bound or {}
-    constraints = {k: bound[k] for k in ("max_p99_ms", "max_memory_mb") if bound.get(k) is not None}
+    spec = dict(result.space.deploy.get("spec") or {})  # the space's own fit spec (accuracy drop, time budget)
+    spec.update({k: bound[k] for k in ("max_p99_ms", "max_memory_mb") if bound.get(k) is not None})
     space = SpaceOptions(backends=backends) if backends else None
-    return fit(result.winner["onnx"], _data(result.space), out=out, store=store_url, space=space, **constraints)
+    return fit(result.winner["onnx"], _data(result.space), spec or None, out=out, store=store_url, space=space)

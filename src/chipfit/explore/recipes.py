@@ -136,8 +136,14 @@ def _teacher(ctx: Any, spec: Any) -> Any:
             "file.py:function, config: {...}}."
         )
     module = ctx.resolve(spec["model"])(dict(spec.get("config") or {}))
-    with open(ctx.space.path.parent / spec["checkpoint"], "rb") as f:
-        state = pickle.load(f)
+    path = ctx.space.path.parent / spec["checkpoint"]
+    try:  # a trial's checkpoint (ctx.checkpoint pickles), or a torch.save file
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+    except pickle.UnpicklingError:
+        import torch
+
+        state = torch.load(path, weights_only=False)
     module.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)
     return module
 

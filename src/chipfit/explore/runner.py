@@ -120,6 +120,8 @@ class RayRunner:
 
     def poll(self, handle: Any) -> dict[str, Any] | None:
         ray = self._ray
+        if handle["killed"]:  # force-cancelled: its worker is being killed; the time it is charged ends here
+            return {"status": "stopped", "reason": "cut at the budget's limit"}
         done, _ = ray.wait([handle["ref"]], timeout=0)
         if not done:
             return None

@@ -11,6 +11,7 @@
       model: trainable.py:model            # config -> untrained torch.nn.Module (checked before training)
       inputs: {x: [1, 64]}                 # example input shapes (batch first), float32
       data: trainable.py:eval_data         # optional: evaluation arrays (with labels) for the winner's fit
+      spec: {max_accuracy_drop: 0.01}      # optional: more `fit` spec keys for the winner's fit
     params:
       hidden: {type: int, low: 16, high: 256, log: true}
       lr: {type: float, low: 0.0001, high: 0.1, log: true}
@@ -116,6 +117,8 @@ def _check_deploy(p: Path, deploy: Any) -> None:
         return
     if not isinstance(deploy, dict) or "model" not in deploy or "inputs" not in deploy:
         raise _bad(p, "'deploy' needs 'model' (file.py:function, config -> nn.Module) and 'inputs' ({name: shape}).")
+    if not isinstance(deploy.get("spec", {}), dict):
+        raise _bad(p, "'deploy.spec' must be a mapping of fit spec keys, e.g. {max_accuracy_drop: 0.01}.")
     inputs = deploy["inputs"]
     ok = (
         isinstance(inputs, dict)

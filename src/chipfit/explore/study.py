@@ -58,7 +58,12 @@ class ExploreResult:
             "winner": self.winner,
             "study": self.study_name,
             "stopped_by": self.stopped_by,
-            "bound": {k: v for k, v in (self.bound or {}).items() if k not in ("predictor", "store")} or None,
+            "bound": {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)  # strict JSON: no Infinity
+                for k, v in (self.bound or {}).items()
+                if k not in ("predictor", "store")
+            }
+            or None,
             "artifact": str(self.artifact.out_dir) if self.artifact is not None and self.artifact.out_dir else None,
         }
 
@@ -238,9 +243,9 @@ def explore(
     finally:
         for r in running:
             runner.kill(r["handle"])
+        meter.wall_s = wall()
+        study.set_user_attr("wall_s", meter.wall_s)
         runner.close()
-        study.set_user_attr("wall_s", wall())
-    meter.wall_s = wall()
     states = Counter(_state(t) for t in study.get_trials(deepcopy=False))
     result = ExploreResult(
         meter, dict(states), _winner(study), study.study_name, stopped_by, space, bound, _history(study)
@@ -253,9 +258,12 @@ def explore(
 
 
 def _state(t: Any) -> str:
-    if t.user_attrs.get("status") == "rejected":
-        return "rejected"
+    if t.user_attrs.get("status") in ("rejected", "stopped"):
+        return str(t.user_attrs["status"])  # told to Optuna as PRUNED; kept apart here
     return str(t.state.name.lower())
+
+
+from optuna.pruners import NopPruner  # noqa: E402  (optuna is a core dependency)
 
 
 def _start(
@@ -290,6 +298,7 @@ def _start(
         "threads_file": str(sched.threads_file(trial.number)) if sched else None,
         "bound": bound,
         "export": export,
+        "prune": not isinstance(study.pruner, NopPruner),
     }
     if sched is not None:
         sched.assign(trial.number, threads)
@@ -370,7 +379,7 @@ def _history(study: Any) -> list[dict[str, Any]]:
                 "charged_usd": t.user_attrs.get("charged_usd"),
                 "reason": t.user_attrs.get("reason"),
                 "hardware": t.user_attrs.get("hardware"),
-                "threads": t.user_attrs.get("threads"),
+                "threads": t.user_attrs.get("threads_used", t.user_attrs.get("threads")),
             }
         )
     return out

@@ -123,6 +123,8 @@ class TrialContext:
             with contextlib.suppress(OSError, ValueError):
                 n = int(Path(tf).read_text().strip() or n)
         if n != self.threads:
+            if self.threads and n > self.threads:
+                self.trial.set_user_attr("threads_used", n)  # the deadline scheduler gave it more cores
             self.threads = n
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(n)
@@ -153,8 +155,12 @@ def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     ctx: TrialContext | None = None
     try:
         space = load_space(job["space"])
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=space.min_resource, reduction_factor=space.reduction_factor
+        pruner = (
+            optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=space.min_resource, reduction_factor=space.reduction_factor
+            )
+            if job.get("prune", True)
+            else optuna.pruners.NopPruner()
         )
         study = optuna.load_study(study_name=job["study"], storage=job["storage"], pruner=pruner)
         trial = optuna.trial.Trial(study, job["trial_id"])

@@ -13,7 +13,14 @@ from chipfit.report.plots import _svg
 
 __all__ = ["rung_decisions", "write_explore_report"]
 
-_COLORS = {"complete": "#1a7f37", "pruned": "#8c959f", "rejected": "#cf222e", "fail": "#bf8700", "running": "#0969da"}
+_COLORS = {
+    "complete": "#1a7f37",
+    "pruned": "#8c959f",
+    "stopped": "#57606a",
+    "rejected": "#cf222e",
+    "fail": "#bf8700",
+    "running": "#0969da",
+}
 
 
 def _plt() -> Any:
