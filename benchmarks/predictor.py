@@ -9,7 +9,6 @@ exhaustive search (100%).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -121,11 +120,9 @@ def main() -> None:
         lines = section(Path(tmp), args.models)
     text = "\n".join(lines) + "\n"
     if args.append:
-        path = Path(args.append)
-        old = path.read_text() if path.exists() else ""
-        pattern = re.compile(re.escape(HEADER) + r".*?(?=\n## |\Z)", re.S)
-        new = pattern.sub(lambda _: text.rstrip("\n"), old) if HEADER in old else old.rstrip("\n") + "\n\n" + text
-        path.write_text(new if new.endswith("\n") else new + "\n")
+        from _md import replace_section
+
+        replace_section(Path(args.append), HEADER, text)
     print(text)
 
 

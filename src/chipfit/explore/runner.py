@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,20 +33,29 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def _noop() -> None:
+    pass
+
+
 class LocalRunner:
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, space_path: str | None = None) -> None:
         self._ctx = mp.get_context("forkserver")
-        preload = ["chipfit.explore.trial", "optuna"]
+        preload = ["chipfit.explore.trial", "optuna", "chipfit.explore._preload"]
+        if space_path:
+            os.environ["CHIPFIT_EXPLORE_SPACE"] = str(space_path)  # read by _preload in the server
         try:
             import importlib.util
 
             if importlib.util.find_spec("torch") is not None:
-                preload.append("torch")
+                preload += ["torch", "torch._dynamo"]  # torch.optim's first optimizer imports dynamo (~2 s)
         except (ImportError, ValueError):
             pass
         self._ctx.set_forkserver_preload(preload)
+        warm = self._ctx.Process(target=_noop)  # starts the server (and its imports) before the budget's clock
+        warm.start()
+        warm.join()
 
     def start(self, job: dict[str, Any]) -> Any:
         from chipfit.explore.trial import run_trial_to_file
@@ -141,5 +151,5 @@ class RayRunner:
             self._ray.shutdown()
 
 
-def make_runner(ray_address: str | None) -> Runner:
-    return RayRunner(ray_address) if ray_address else LocalRunner()
+def make_runner(ray_address: str | None, space_path: str | None = None) -> Runner:
+    return RayRunner(ray_address) if ray_address else LocalRunner(space_path)

@@ -174,6 +174,16 @@ def load_space(path: str | Path) -> ExploreSpace:
     for recipe in ("finetune", "distill"):
         if doc["trainable"] == f"chipfit:{recipe}" and not isinstance(doc.get(recipe), dict):
             raise _bad(p, f"'trainable: chipfit:{recipe}' needs a '{recipe}:' section (see the README).")
+    refs = [("trainable", doc["trainable"])] if doc["trainable"] not in RECIPES else []
+    refs += [
+        (f"deploy.{k}", doc["deploy"][k])
+        for k in ("model", "data")
+        if isinstance(doc.get("deploy"), dict) and isinstance(doc["deploy"].get(k), str)
+    ]
+    for key, ref in refs:  # checked before anything is spent: a missing file would fail every trial
+        file = (p.parent / str(ref).partition(":")[0]).resolve()
+        if not file.is_file():
+            raise _bad(p, f"'{key}': {file} does not exist. Write 'file.py:function', relative to the space file.")
     spu = doc.get("seconds_per_unit")
     if spu is not None and not (isinstance(spu, (int, float)) and spu > 0 and math.isfinite(spu)):
         raise _bad(p, f"'seconds_per_unit' must be a positive number of seconds, got {spu!r}.")

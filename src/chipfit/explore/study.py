@@ -175,7 +175,7 @@ def explore(
                 f"full-fidelity trial ({full:.0f}s at {space.seconds_per_unit:g}s per unit × "
                 f"{space.max_resource}); raise the budget or lower resource.max. Nothing was spent."
             )
-    runner = make_runner(ray)
+    runner = make_runner(ray, str(space.path))
     sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
     threads = max(1, cores // concurrency)
     started = time.monotonic()
