@@ -127,6 +127,9 @@ def main() -> None:
         from predictor import section as predictor_section
 
         body += predictor_section(Path(tmp) / "predictor")
+        from asha import section as asha_section
+
+        body += asha_section(Path(tmp) / "explore", budget_s=240.0, seeds=3)
     Path(args.out).write_text("\n".join(head + body) + "\n")
     print(Path(args.out).read_text())
 

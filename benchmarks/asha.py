@@ -5,7 +5,7 @@ the same order; ASHA (η=3, rungs 1/3/9/27 epochs) stops the laggards, random se
 epochs. Repeated over seeds, run alternately (ASHA, random, ASHA, ...) so that machine drift hits both.
 The metric is the best validation accuracy a run found (360 held-out digits).
 
-    python benchmarks/explore.py --append BENCHMARKS.md      (also a section of `make bench`)
+    python benchmarks/asha.py --append BENCHMARKS.md      (also a section of `make bench`)
 """
 
 from __future__ import annotations
