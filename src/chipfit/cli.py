@@ -368,7 +368,7 @@ def main() -> None:
     app()
 
 
-from chipfit import cli_explore, cli_hw, cli_predict  # noqa: E402, F401  (register the other commands)
+from chipfit import cli_explore, cli_hw, cli_predict, cli_serve  # noqa: E402, F401  (register the other commands)
 
 if __name__ == "__main__":  # `python -m chipfit.cli`: run the imported module's app, where every command is
     from chipfit.cli import main as _main

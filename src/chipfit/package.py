@@ -203,9 +203,11 @@ class LoadedModel:
         return f"LoadedModel({str(self.path)!r}, backend={self.backend!r}, inputs={self.input_names})"
 
 
-def load(path: str | Path) -> LoadedModel:
+def load(path: str | Path, threads: int | None = None, serving: bool = False) -> LoadedModel:
     """Open an artifact folder: check the model files against the manifest's hashes, then compile the model
-    with the recorded backend, target and runtime options."""
+    with the recorded backend, target and runtime options (``threads`` replaces the recorded thread count:
+    a server running several models gives each its share of the CPU quota; ``serving``: pool threads sleep
+    when idle instead of spinning, leaving the cores to the server's event loop)."""
     from chipfit.backends import get_backend
 
     folder = Path(path)
@@ -243,9 +245,13 @@ def load(path: str | Path) -> LoadedModel:
 
         raise BackendUnavailableError(f"Artifact '{folder}' needs backend '{manifest['backend']}': {reason}")
     try:
-        exe = backend.compile(
-            folder / model["file"], manifest.get("target") or "cpu", manifest.get("runtime_options") or {}
-        )
+        options = dict(manifest.get("runtime_options") or {})
+        if threads is not None:
+            key = "intra_op_num_threads" if manifest["backend"] == "onnxruntime" else "threads"
+            options[key] = int(threads)
+        if serving and manifest["backend"] == "onnxruntime":
+            options["allow_spinning"] = False
+        exe = backend.compile(folder / model["file"], manifest.get("target") or "cpu", options)
     except ValueError as exc:  # e.g. a module compiled for another architecture
         raise ArtifactError(f"Artifact '{folder}' cannot run here: {exc}.") from None
     return LoadedModel(exe, manifest, folder)

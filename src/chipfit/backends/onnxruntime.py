@@ -106,6 +106,9 @@ def session_options(options: Mapping[str, Any]) -> Any:
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     elif options.get("execution_mode") == "sequential":
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if options.get("allow_spinning") is False:  # a server: idle pool threads must not spin on shared cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     return so
 

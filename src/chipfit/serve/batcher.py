@@ -1,0 +1,206 @@
+"""SLO-aware adaptive batching, one batcher (and one model thread) per served model version.
+
+Requests queue; the model thread takes the queue as it finds it — a lone request runs at once, no waiting
+window — up to a batch whose estimated p99 service time, added to the oldest request's wait, still meets the
+SLO (the latency model starts from ``fit``'s profile and learns online), and under an AIMD cap as in Clipper:
++1 row after a batch that met the SLO while more were queued, ×0.75 after one that missed it. ``max_batch``
+bounds both (``max_batch=1`` serves one request at a time). Admission is deadline-aware: a request whose
+predicted completion (the queue ahead at the current rate, plus its own batch) is past its deadline is
+rejected at once with a retry hint instead of being served late, and so is a request that is still queued
+when its deadline can no longer be met; the queue is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from chipfit.serve.latency import LatencyModel
+
+__all__ = ["AdaptiveBatcher", "Overloaded"]
+
+
+class Overloaded(Exception):
+    """The request cannot meet its deadline (HTTP 429); ``retry_after_s`` is when the queue should be clear."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class _Req:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    arrival: float
+    deadline: float
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    rows: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class AdaptiveBatcher:
+    def __init__(
+        self,
+        run: Any,  # callable: feeds -> list of output arrays
+        output_names: list[str],
+        slo_s: float,
+        profile: list[dict[str, Any]] | None = None,
+        max_batch: int = 64,
+        max_queue: int | None = None,
+        on_batch: Any = None,  # callback(batch_rows, service_s, queue_depth)
+        name: str = "model",
+    ) -> None:
+        self._run, self._outputs = run, output_names
+        self.slo_s, self.max_batch = slo_s, max(1, int(max_batch))
+        self.latency = LatencyModel(profile)
+        self.cap = self.max_batch if not profile else max(1, min(self.max_batch, 8))  # AIMD cap: grows under load
+        self.max_queue = max_queue or max(64, 4 * self.max_batch)
+        self._q: collections.deque[_Req] = collections.deque()
+        self._rows_queued = 0
+        self._cv = threading.Condition()
+        self._on_batch = on_batch
+        self._rate = 0.0  # rows per second the model thread has been serving (EWMA)
+        self._closed = False
+        self.stats = BatcherStats()
+        self._thread = threading.Thread(target=self._loop, name=f"chipfit-batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # -- called on the event loop -----------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return self._rows_queued
+
+    def submit(self, feeds: dict[str, np.ndarray], rows: int, deadline_s: float | None = None) -> asyncio.Future[Any]:
+        """Queue a request; its future resolves to ``{output name: array}`` or raises ``Overloaded``."""
+        now = time.perf_counter()
+        deadline = now + min(deadline_s if deadline_s is not None else self.slo_s, self.slo_s * 10)
+        wait = self._predicted_wait(rows)
+        if self._rows_queued + rows > self.max_queue:
+            raise Overloaded("queue full", max(wait, 0.001))
+        # with nothing queued a request is always admitted and runs at once: the estimate is only a guess, and
+        # what is measured on admitted requests is what corrects it
+        if wait > 0 and now + wait + self.latency.typical(min(rows, self.max_batch)) > deadline:
+            raise Overloaded("cannot meet its deadline", max(wait, 0.001))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._cv:
+            self._q.append(_Req(feeds, rows, now, deadline, fut, loop))
+            self._rows_queued += rows
+            self._cv.notify()
+        return fut
+
+    def _predicted_wait(self, rows: int) -> float:
+        ahead = self._rows_queued
+        if ahead == 0:
+            return 0.0
+        est = self.latency.typical(self.cap)
+        rate = max(self._rate, self.cap / est if est > 0 else 0.0)  # what the thread serves at its current cap
+        return ahead / max(rate, 1e-6)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    # -- the model thread -------------------------------------------------------------------------------------
+    def _take(self) -> list[_Req]:
+        """The next batch, as the queue stands (called with the lock held and the queue non-empty)."""
+        now = time.perf_counter()
+        expired = []
+        while self._q and self._q[0].deadline < now + self.latency.typical(self._q[0].rows):
+            expired.append(self._q.popleft())  # would most likely finish late: rejected now, not served late
+        batch: list[_Req] = []
+        if self._q:
+            waited = now - self._q[0].arrival
+            limit = min(self.cap, self.latency.largest_within(self.slo_s - waited, self.max_batch))
+            rows = 0
+            while self._q and (not batch or rows + self._q[0].rows <= limit):
+                r = self._q.popleft()
+                batch.append(r)
+                rows += r.rows
+        self._rows_queued -= sum(r.rows for r in batch) + sum(r.rows for r in expired)
+        for r in expired:
+            self._reject(r, "deadline passed in the queue")
+        return batch
+
+    def _reject(self, r: _Req, reason: str) -> None:
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        exc = Overloaded(reason, max(self._predicted_wait(0), 0.001))
+        r.loop.call_soon_threadsafe(_set_exception, r.future, exc)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._q:
+                    return
+                batch = self._take()
+                more_waiting = bool(self._q)
+            if batch:
+                self._serve(batch, more_waiting)
+
+    def _serve(self, batch: list[_Req], more_waiting: bool) -> None:
+        rows = sum(r.rows for r in batch)
+        t0 = time.perf_counter()
+        try:
+            if len(batch) == 1:
+                feeds = batch[0].feeds  # a lone request: its arrays as they came, no copy
+            else:
+                feeds = {k: np.concatenate([r.feeds[k] for r in batch]) for k in batch[0].feeds}
+            outs = self._run(feeds)
+        except Exception as exc:  # the model failed on this batch: every request in it gets the error
+            for r in batch:
+                r.loop.call_soon_threadsafe(_set_exception, r.future, exc)
+            return
+        done = time.perf_counter()
+        service = done - t0
+        self.latency.observe(rows, service)
+        self._rate = 0.8 * self._rate + 0.2 * (rows / max(service, 1e-6)) if self._rate else rows / max(service, 1e-6)
+        worst = done - batch[0].arrival
+        if worst > self.slo_s:
+            self.cap = max(1, math.floor(self.cap * 0.75))  # multiplicative decrease
+        elif more_waiting and rows >= self.cap:
+            self.cap = min(self.max_batch, self.cap + 1)  # additive increase while the queue wants more
+        self.stats.batches += 1
+        self.stats.rows += rows
+        if self._on_batch is not None:
+            self._on_batch(rows, service, self._rows_queued)
+        start = 0
+        results = []
+        for r in batch:
+            end = start + r.rows
+            results.append((r, {n: o[start:end] for n, o in zip(self._outputs, outs, strict=True)}))
+            start = end
+        by_loop: dict[Any, list[Any]] = {}
+        for r, res in results:
+            by_loop.setdefault(r.loop, []).append((r.future, res))
+        for loop, items in by_loop.items():  # one wake-up of the event loop per batch, not per request
+            loop.call_soon_threadsafe(_set_results, items)
+
+
+def _set_results(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, res in items:
+        if not fut.done():
+            fut.set_result(res)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,233 @@
+"""chipfit serve: a real server on a loopback port, real HTTP requests — predictions equal to the artifact's,
+JSON and .npz bodies, bad payloads answered 400 (never a crash), the token, the body limit, metrics,
+overload answered 429 quickly, hot reload and rollback under traffic with no failed request, max-batch 1,
+cascades, and the load generator."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+import chipfit  # noqa: E402
+from chipfit.search.driver import MeasureSettings  # noqa: E402
+from chipfit.search.space import SpaceOptions  # noqa: E402
+from conftest import FAST_TIMING, make_mlp  # noqa: E402
+
+
+def _fit(model: Path, data: dict[str, np.ndarray], out: Path, work: Path) -> Path:
+    chipfit.fit(
+        model,
+        data,
+        out=out,
+        space=SpaceOptions(backends=("onnxruntime",), batch_sizes=(1, 8), threads=(1,), opt_levels=("all",), passes=()),
+        settings=MeasureSettings(timing=FAST_TIMING, predict=False),
+        store=f"sqlite:///{work / 'store.db'}",
+        home=work / "home",
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("serve")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    a = _fit(make_mlp(work / "a.onnx", seed=0), {"x": x}, work / "mlp_v1", work)
+    b = _fit(make_mlp(work / "b.onnx", seed=1), {"x": x}, work / "mlp_v2", work)
+    return {"v1": a, "v2": b, "work": work}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "chipfit", "serve", *args, "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("server did not become ready")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=20)
+        return err
+
+
+@pytest.fixture
+def server(artifacts: dict[str, Path]) -> Iterator[Server]:
+    s = Server(f"mlp={artifacts['v1']}", "--slo-p99-ms", "50", "--token", "s3cret")
+    yield s
+    s.stop()
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def test_predictions_match_the_artifact_in_json_and_npz(server: Server, artifacts: dict[str, Path]) -> None:
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    expected = chipfit.runtime.load(artifacts["v1"]).run({"x": x})[0]
+    r = httpx.post(f"{server.url}/v1/models/mlp/predict", json={"inputs": {"x": x.tolist()}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["outputs"]["probs"]), expected, rtol=1e-5, atol=1e-6)
+    buf = io.BytesIO()
+    np.savez(buf, x=x)
+    r = httpx.post(
+        f"{server.url}/v1/models/mlp/predict",
+        content=buf.getvalue(),
+        headers={**AUTH, "Content-Type": "application/x-npz"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content))["probs"], expected, rtol=1e-5, atol=1e-6)
+    models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()["models"]
+    assert models[0]["name"] == "mlp" and models[0]["version"] == 1 and models[0]["slo_p99_ms"] == 50
+    assert models[0]["backend"] == "onnxruntime" and models[0]["inputs"][0]["name"] == "x"
+    spec = httpx.get(f"{server.url}/openapi.json", headers=AUTH).json()
+    assert "/v1/models/{name}/predict" in spec["paths"]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes need no token
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "message"),
+    [
+        (b"{not json", "application/json", "not valid JSON"),
+        (b'{"x": [[1, 2, 3, 4]]}', "application/json", '{"inputs"'),
+        (b'{"inputs": {"y": [[1, 2, 3, 4]]}}', "application/json", "missing ['x']"),
+        (b'{"inputs": {"x": [[1, 2, 3]]}}', "application/json", "has 3 in dimension 1"),
+        (b'{"inputs": {"x": [1, 2, 3, 4]}}', "application/json", "2 dimensions"),
+        (b'{"inputs": {"x": [[1, 2], [3]]}}', "application/json", "ragged"),
+        (b'{"inputs": {"x": [["a", "b", "c", "d"]]}}', "application/json", "must hold numbers"),
+        (b"PK-not-a-zip", "application/x-npz", "not a readable .npz"),
+    ],
+)
+def test_bad_payloads_are_400_naming_the_problem(server: Server, body: bytes, ctype: str, message: str) -> None:
+    r = httpx.post(f"{server.url}/v1/models/mlp/predict", content=body, headers={**AUTH, "Content-Type": ctype})
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((1, 4), np.float64))
+    r = httpx.post(
+        f"{server.url}/v1/models/mlp/predict",
+        content=buf.getvalue(),
+        headers={**AUTH, "Content-Type": "application/x-npz"},
+    )
+    assert r.status_code == 400 and "float64" in r.json()["error"]
+    assert httpx.post(f"{server.url}/v1/models/nope/predict", json={}, headers=AUTH).status_code == 404
+    assert httpx.post(f"{server.url}/v1/models/mlp@7/predict", json={}, headers=AUTH).status_code == 404
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # still up
+
+
+def test_token_required_and_body_limit(artifacts: dict[str, Path]) -> None:
+    s = Server(str(artifacts["v1"]), "--max-body-mb", "0.0001", env={"CHIPFIT_SERVE_TOKEN": "t0k"})
+    try:
+        url = f"{s.url}/v1/models/mlp_v1/predict"
+        body = {"inputs": {"x": [[0.0, 0.0, 0.0, 0.0]]}}
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{s.url}/metrics").status_code == 401
+        ok = httpx.post(url, json=body, headers={"Authorization": "Bearer t0k"})
+        assert ok.status_code == 200, ok.text
+        big = httpx.post(url, json={"inputs": {"x": [[0.0] * 4] * 50}}, headers={"Authorization": "Bearer t0k"})
+        assert big.status_code == 413 and "--max-body-mb" in big.json()["error"]
+    finally:
+        err = s.stop()
+    lines = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    assert any(x["status"] == 401 for x in lines) and all("ms" in x for x in lines)  # structured access log
+
+
+def _hammer(url: str, stop: threading.Event, codes: list[int], headers: dict[str, str]) -> None:
+    with httpx.Client(headers=headers) as c:
+        while not stop.is_set():
+            r = c.post(url, json={"inputs": {"x": [[0.5, -0.5, 1.0, 0.0]]}})
+            codes.append(r.status_code)
+            time.sleep(0.002)
+
+
+def test_hot_reload_and_rollback_under_traffic_fail_no_request(server: Server, artifacts: dict[str, Path]) -> None:
+    url = f"{server.url}/v1/models/mlp/predict"
+    stop, codes = threading.Event(), []  # type: ignore[var-annotated]
+    t = threading.Thread(target=_hammer, args=(url, stop, codes, AUTH))
+    t.start()
+    try:
+        time.sleep(0.5)
+        r = httpx.post(
+            f"{server.url}/v1/models/mlp/versions", json={"path": str(artifacts["v2"])}, headers=AUTH, timeout=60
+        )
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        time.sleep(0.5)
+        x = {"inputs": {"x": [[0.5, -0.5, 1.0, 0.0]]}}
+        v2 = httpx.post(url, json=x, headers=AUTH).json()["outputs"]["probs"]
+        v1 = httpx.post(f"{server.url}/v1/models/mlp@1/predict", json=x, headers=AUTH).json()["outputs"]["probs"]
+        assert not np.allclose(v1, v2)  # the new version answers by default, the old one by name@1
+        assert httpx.post(f"{server.url}/v1/models/mlp/rollback", headers=AUTH).json()["version"] == 1
+        time.sleep(0.3)
+        assert np.allclose(httpx.post(url, json=x, headers=AUTH).json()["outputs"]["probs"], v1)
+    finally:
+        stop.set()
+        t.join()
+    assert len(codes) > 50 and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def test_overload_is_answered_429_quickly_and_the_server_survives(artifacts: dict[str, Path]) -> None:
+    s = Server(str(artifacts["v1"]), "--slo-p99-ms", "2", "--max-queue", "8", "--no-access-log")
+    try:
+        from chipfit.serve.loadtest import run_load
+
+        body = json.dumps({"inputs": {"x": [[0.1, 0.2, 0.3, 0.4]] * 8}}).encode()
+        r = run_load(s.url, "mlp_v1", body, "application/json", rate=3000, duration_s=1.5, arrival="bursty")
+        assert r.ok > 0 and r.rejected > 0 and r.errors == 0, r
+        bad = httpx.post(f"{s.url}/v1/models/mlp_v1/predict", content=body)
+        assert bad.status_code in (200, 429)
+        if bad.status_code == 429:
+            assert int(bad.headers["Retry-After"]) >= 1
+        metrics = httpx.get(f"{s.url}/metrics").text
+        assert "chipfit_rejections_total" in metrics and "chipfit_batch_size_bucket" in metrics
+        assert 'chipfit_queue_depth{model="mlp_v1",version="1"}' in metrics
+        assert httpx.get(f"{s.url}/healthz").status_code == 200
+    finally:
+        s.stop()
+
+
+def test_max_batch_1_serves_one_request_at_a_time(artifacts: dict[str, Path], cli_run: Any) -> None:
+    s = Server(str(artifacts["v1"]), "--max-batch", "1", "--slo-p99-ms", "200", "--no-access-log")
+    try:
+        out = json.loads(cli_run("loadtest", s.url, "--model", "mlp_v1", "--rate", "300", "--duration", "1", "--json"))
+        assert out["ok"] > 100 and out["errors"] == 0 and out["p99_ms"] is not None
+        metrics = httpx.get(f"{s.url}/metrics").text
+        count = _metric(metrics, 'chipfit_batch_size_count{model="mlp_v1",version="1"}')
+        total = _metric(metrics, 'chipfit_batch_size_sum{model="mlp_v1",version="1"}')
+        assert count == total > 0  # every batch had one row
+    finally:
+        s.stop()
+
+
+def _metric(text: str, key: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(key)))
