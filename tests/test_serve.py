@@ -231,3 +231,104 @@ def test_max_batch_1_serves_one_request_at_a_time(artifacts: dict[str, Path], cl
 
 def _metric(text: str, key: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(key)))
+
+
+def _digits_model(path: Path, hidden: int, epochs: int) -> Path:
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    x, y = load_digits(return_X_y=True)
+    xt, yt = torch.tensor(x[:1200] / 16.0, dtype=torch.float32), torch.tensor(y[:1200])
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)) if hidden else nn.Linear(64, 10)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(epochs):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(2, 64),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def test_cascade_keeps_accuracy_within_the_bound_and_serves_as_one_endpoint(tmp_path: Path, cli_run: Any) -> None:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    ev = {"x": (x[1200:] / 16.0).astype(np.float32), "labels": y[1200:].astype(np.int64)}
+    np.savez(tmp_path / "eval.npz", **ev)
+    fast = _fit(_digits_model(tmp_path / "fast.onnx", 0, 15), {"x": ev["x"]}, tmp_path / "fast", tmp_path)
+    acc = _fit(_digits_model(tmp_path / "acc.onnx", 128, 150), {"x": ev["x"]}, tmp_path / "acc", tmp_path)
+    r = json.loads(
+        cli_run(
+            "cascade",
+            str(fast),
+            str(acc),
+            "--data",
+            str(tmp_path / "eval.npz"),
+            "--max-accuracy-drop",
+            "0.01",
+            "--out",
+            str(tmp_path / "casc"),
+            "--json",
+        )
+    )
+    assert r["accuracy_fast"] < r["accuracy_accurate"] - 0.01  # the fast model alone would break the bound
+    assert r["accuracy"] >= r["accuracy_accurate"] - 0.01 - 1e-9
+    assert 0 < r["fast_share"] < 1 and r["expected_ms"] <= r["fast_ms"] + r["accurate_ms"]
+    np.savez(tmp_path / "nolabels.npz", x=ev["x"])
+    assert "add a 'labels' array" in cli_run(
+        "cascade", str(fast), str(acc), "--data", str(tmp_path / "nolabels.npz"), code=2
+    )
+    s = Server(f"digits={tmp_path / 'casc'}", "--slo-p99-ms", "100", "--no-access-log")
+    try:
+        body = {"inputs": {"x": ev["x"][:64].tolist()}}
+        out = httpx.post(f"{s.url}/v1/models/digits/predict", json=body, timeout=30)
+        assert out.status_code == 200, out.text
+        pred = np.array(out.json()["outputs"]["logits"]).argmax(1)
+        assert (pred == ev["labels"][:64]).mean() > 0.85
+        info = httpx.get(f"{s.url}/v1/models").json()["models"][0]
+        assert info["kind"] == "cascade" and info["cascade"]["threshold"] == pytest.approx(r["threshold"])
+        metrics = httpx.get(f"{s.url}/metrics").text
+        fast_rows = _metric(metrics, 'chipfit_cascade_fast_rows_total{model="digits",version="1"}')
+        rows = _metric(metrics, 'chipfit_cascade_rows_total{model="digits",version="1"}')
+        assert rows == 64 and 0 < fast_rows <= 64
+    finally:
+        s.stop()
+
+
+def test_ray_serve_deploys_the_same_app(artifacts: dict[str, Path]) -> None:
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from chipfit.serve.ray_serve import deploy
+    from chipfit.serve.server import ServeOptions
+
+    port = _port()
+    try:
+        deploy(ServeOptions([f"mlp={artifacts['v1']}"], port=port, slo_p99_ms=100, replicas=2, access_log=False))
+        url = f"http://127.0.0.1:{port}"
+        r = httpx.post(f"{url}/v1/models/mlp/predict", json={"inputs": {"x": [[0.1, 0.2, 0.3, 0.4]]}}, timeout=30)
+        assert r.status_code == 200, r.text
+        x = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
+        expected = chipfit.runtime.load(artifacts["v1"]).run({"x": x})[0]
+        np.testing.assert_allclose(r.json()["outputs"]["probs"], expected, rtol=1e-5, atol=1e-6)
+        bad = httpx.post(f"{url}/v1/models/mlp/predict", json={"inputs": {"y": [[1]]}}, timeout=30)
+        assert bad.status_code == 400
+        assert "chipfit_request_latency_seconds" in httpx.get(f"{url}/metrics", timeout=30).text
+    finally:
+        serve.shutdown()
+        ray.shutdown()

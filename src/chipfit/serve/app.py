@@ -29,6 +29,7 @@ from chipfit.serve.payload import PayloadError, decode, encode
 __all__ = ["create_app"]
 
 access_log = logging.getLogger("chipfit.access")
+REPLICA: dict[str, Any] = {}  # a Ray Serve replica's registry and metrics (Serve runs a copy of the app)
 
 _PREDICT_DOC = {
     "requestBody": {
@@ -61,6 +62,17 @@ def create_app(
     app = FastAPI(title="chipfit serve", version="1", description="Models fitted by chipfit, batched to an SLO.")
     app.state.registry = registry
     app.state.metrics = metrics
+
+    class _State:  # app.state, or the replica's when this app is a Ray Serve copy
+        @property
+        def registry(self) -> Any:
+            return app.state.registry if app.state.registry is not None else _replica()["registry"]
+
+        @property
+        def metrics(self) -> Any:
+            return app.state.metrics if app.state.metrics is not None else _replica()["metrics"]
+
+    st = _State()
     open_paths = {"/healthz", "/readyz"}
 
     def error(code: int, message: str, headers: dict[str, str] | None = None) -> Any:
@@ -72,24 +84,24 @@ def create_app(
 
     @app.get("/readyz", summary="Every model is loaded and serving")
     async def readyz() -> Any:
-        ready = bool(app.state.registry.models)
+        ready = bool(st.registry.models)
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prom() -> Any:
-        body, ctype = app.state.metrics.exposition()
+        body, ctype = st.metrics.exposition()
         return Response(body, media_type=ctype)
 
     @app.get("/v1/models", summary="Served models: names, versions, SLO, backend, inputs")
     async def models() -> Any:
-        return {"models": app.state.registry.describe()}
+        return {"models": st.registry.describe()}
 
     @app.post("/v1/models/{name}/predict", summary="Run the model", openapi_extra=_PREDICT_DOC)
     async def predict(name: str, request: Request) -> Any:
         t0 = time.perf_counter()
-        metrics = app.state.metrics
+        metrics = st.metrics
         try:
-            served = app.state.registry.get(name)
+            served = st.registry.get(name)
         except KeyError as exc:
             return error(404, str(exc.args[0]))
         labels = (served.name, str(served.version))
@@ -141,7 +153,7 @@ def create_app(
             return error(400, 'the body must be {"path": "<artifact folder>"} (optionally "version": N).')
         try:  # loading compiles the model: off the event loop, so traffic keeps flowing meanwhile
             served = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: app.state.registry.load(path, name, version)
+                None, lambda: st.registry.load(path, name, version)
             )
         except Exception as exc:
             return error(400, f"could not load '{path}' as {name}: {exc}")
@@ -150,12 +162,19 @@ def create_app(
     @app.post("/v1/models/{name}/rollback", summary="Make the previous version active again")
     async def rollback(name: str) -> Any:
         try:
-            return app.state.registry.rollback(name).info(True)
+            return st.registry.rollback(name).info(True)
         except KeyError as exc:
             return error(404, str(exc.args[0]))
 
     app.add_middleware(_Guard, token=token, open_paths=open_paths, log_access=log_access)
     return app
+
+
+def _replica() -> dict[str, Any]:
+    """This module's REPLICA as imported in this process (a pickled handler carries a copy of its globals)."""
+    import importlib
+
+    return importlib.import_module("chipfit.serve.app").REPLICA  # type: ignore[no-any-return]
 
 
 class _Guard:

@@ -33,11 +33,11 @@ def deploy(opts: ServeOptions, address: str | None = None, app_name: str = "chip
     @serve.ingress(ingress)
     class Chipfit:
         def __init__(self, options: ServeOptions) -> None:
+            from chipfit.serve.app import REPLICA
             from chipfit.serve.server import build
 
             _, self.registry, metrics = build(options)
-            ingress.state.registry = self.registry
-            ingress.state.metrics = metrics
+            REPLICA.update(registry=self.registry, metrics=metrics)  # this replica's process
 
     return serve.run(Chipfit.bind(opts), name=app_name, route_prefix="/")  # type: ignore[attr-defined]
 
