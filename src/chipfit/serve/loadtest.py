@@ -36,6 +36,7 @@ class LoadResult:
     p90_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    reject_p99_ms: float | None = None  # how fast a 429 came back (at its 99th percentile)
     error_samples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +104,7 @@ async def _load(
     connections: int,
     token: str | None,
     timeout_s: float,
-) -> tuple[list[float], int, int, list[str]]:
+) -> tuple[list[float], list[float], int, list[str]]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = f"{parts.path.rstrip('/')}/v1/models/{model}/predict"
@@ -116,7 +117,8 @@ async def _load(
     opened = 0
     slots = asyncio.Semaphore(connections)
     lat: list[float] = []
-    counts = {"rejected": 0, "errors": 0}
+    rej: list[float] = []
+    counts = {"errors": 0}
     samples: list[str] = []
     start = time.perf_counter() + 0.05
 
@@ -142,7 +144,7 @@ async def _load(
         if status == 200:
             lat.append(time.perf_counter() - scheduled)
         elif status == 429:
-            counts["rejected"] += 1
+            rej.append(time.perf_counter() - scheduled)
         else:
             counts["errors"] += 1
             if len(samples) < 5:
@@ -151,7 +153,7 @@ async def _load(
     await asyncio.gather(*(one(float(t)) for t in times))
     for c in idle:
         c.writer.close()
-    return lat, counts["rejected"], counts["errors"], samples
+    return lat, rej, counts["errors"], samples
 
 
 def run_load(
@@ -190,12 +192,13 @@ def run_load(
         arrival,
         len(times),
         len(lat),
-        rejected,
+        len(rejected),
         errors,
         len(lat) / wall,
         q(0.5),
         q(0.9),
         q(0.99),
         float(ms[-1]) if len(ms) else None,
+        float(np.quantile(np.array(rejected) * 1e3, 0.99)) if rejected else None,
         samples,
     )

@@ -1,0 +1,329 @@
+"""chipfit serve on loopback (issue 7): for the digits CNN, a BERT-like encoder and a wide MLP (1024→4096→4096→10,
+memory-bound at batch 1 like a fraud-scoring model), at an SLO of four times each model's batch-1 p99, the
+highest request rate whose p99 stays within the SLO with at most 1% rejected — adaptive batching
+(`--max-batch 64`) against the same server with `--max-batch 1` — driven by wrk (closed loop, the best of
+1–64 connections) and by `chipfit loadtest` (open loop, Poisson arrivals, the rate found by bisection).
+Also: the server's own time per request at low load, and 10× overload.
+
+    python benchmarks/serving.py --append BENCHMARKS.md      (also a section of `make bench`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import chipfit  # noqa: E402
+from chipfit.search.space import SpaceOptions  # noqa: E402
+from chipfit.serve.loadtest import run_load  # noqa: E402
+
+HEADER = "## Serving: adaptive batching vs one request at a time (issue 7)"
+CONNS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def wide_mlp(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dims = [1024, 4096, 4096, 10]
+    nodes, inits, prev = [], [], "x"
+    for i in range(3):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.zeros(dims[i + 1], np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
+        prev = f"a{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "wide_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def models(work: Path) -> list[tuple[str, Path, dict[str, np.ndarray]]]:
+    from chipfit.testing.models import bert_inputs, bert_like, export_onnx
+
+    ex = ROOT / "examples" / "digits"
+    digits = dict(np.load(ex / "eval.npz"))
+    digits.pop("labels")
+    bert_data = bert_inputs(64, seq=64)
+    bert = export_onnx(bert_like(layers=2, hidden=256, heads=4, seq=64), bert_data, work / "bert.onnx")
+    x = np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)
+    return [
+        ("digits CNN", ex / "model.onnx", digits),
+        ("BERT-like 2×256, seq 64", bert, bert_data),
+        ("wide MLP 1024→4096→4096→10", wide_mlp(work / "wide.onnx"), {"x": x}),
+    ]
+
+
+def artifact(name: str, model: Path, data: dict[str, np.ndarray], work: Path) -> Path:
+    out = work / re.sub(r"\W+", "_", name).strip("_").lower()
+    chipfit.fit(
+        model,
+        data,
+        out=out,
+        space=SpaceOptions(backends=("onnxruntime",), batch_sizes=(1, 8, 32), passes=()),
+        store=f"sqlite:///{work / 'store.db'}",
+        home=work / "home",
+    )
+    return out
+
+
+def b1_p99_ms(folder: Path, data: dict[str, np.ndarray], n: int = 2000) -> tuple[float, float]:
+    m = chipfit.runtime.load(folder)
+    feeds = {k: np.ascontiguousarray(v[:1]) for k, v in data.items()}
+    for _ in range(50):
+        m.run(feeds)
+    t = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        m.run(feeds)
+        t.append(time.perf_counter() - t0)
+    m.close()
+    return float(np.quantile(t, 0.5) * 1e3), float(np.quantile(t, 0.99) * 1e3)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, folder: Path, slo_ms: float, max_batch: int) -> None:
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chipfit",
+                "serve",
+                f"m={folder}",
+                "--port",
+                str(self.port),
+                "--slo-p99-ms",
+                f"{slo_ms:.4f}",
+                "--max-batch",
+                str(max_batch),
+                "--no-access-log",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import httpx
+
+        for _ in range(300):
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _ms(text: str) -> float:
+    v, unit = float(re.match(r"([\d.]+)", text).group(1)), re.sub(r"[\d.]", "", text)  # type: ignore[union-attr]
+    return v * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(url: str, body: Path, conns: int, seconds: int = 4) -> dict[str, float]:
+    script = body.with_suffix(".lua")
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = io.open("{body}"):read("a")\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), f"{url}/v1/models/m/predict"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return {"conns": conns, "rps": rps * (total - bad) / max(total, 1), "p99": p99, "bad": bad / max(total, 1)}
+
+
+def best_wrk(url: str, body: Path, slo: float) -> dict[str, float] | None:
+    best = None
+    for c in CONNS:
+        r = wrk(url, body, c)
+        if r["p99"] <= slo and r["bad"] <= 0.01 and (best is None or r["rps"] > best["rps"]):
+            best = r
+        if r["p99"] > 3 * slo and r["bad"] > 0.5:
+            break  # past saturation
+    return best
+
+
+def best_open_loop(url: str, body: bytes, slo: float, start: float) -> tuple[float, dict | None]:
+    def ok(rate: float) -> tuple[bool, dict]:
+        r = run_load(url, "m", body, "application/json", rate, 3.0, "poisson").to_dict()
+        good = r["p99_ms"] is not None and r["p99_ms"] <= slo and (r["rejected"] + r["errors"]) <= 0.01 * r["sent"]
+        return good, r
+
+    lo, hi, best = 0.0, max(start, 20.0), None
+    for _ in range(4):  # grow until it fails
+        good, r = ok(hi)
+        if not good:
+            break
+        lo, best, hi = hi, r, hi * 2
+    for _ in range(4):  # then bisect
+        mid = (lo + hi) / 2
+        good, r = ok(mid)
+        lo, hi, best = (mid, hi, r) if good else (lo, mid, best)
+    return lo, best
+
+
+def bench_model(name: str, folder: Path, data: dict[str, np.ndarray], work: Path) -> dict:
+    import orjson
+
+    p50, p99 = b1_p99_ms(folder, data)
+    slo = 4 * p99
+    feeds = {k: v[:1] for k, v in data.items()}
+    body = orjson.dumps({"inputs": feeds}, option=orjson.OPT_SERIALIZE_NUMPY)
+    body_file = work / f"{folder.name}.json"
+    body_file.write_bytes(body)
+    res: dict = {"name": name, "b1_p50": p50, "b1_p99": p99, "slo": slo}
+    for mode, mb in (("adaptive", 64), ("one", 1)):  # side by side, one after the other per model
+        s = Server(folder, slo, mb)
+        try:
+            res[f"{mode}_wrk"] = best_wrk(s.url, body_file, slo) if shutil.which("wrk") else None
+            start = res[f"{mode}_wrk"]["rps"] if res[f"{mode}_wrk"] else 100.0
+            res[f"{mode}_open"] = best_open_loop(s.url, body, slo, start * 0.7)
+            if mode == "adaptive":
+                low = wrk(s.url, body_file, 1, 4) if shutil.which("wrk") else None
+                res["overhead_ms"] = (1e3 / low["rps"] - p50) if low else None
+                top = max(res["adaptive_open"][0], 50.0)
+                over = run_load(s.url, "m", body, "application/json", 10 * top, 3.0, "poisson").to_dict()
+                import httpx
+
+                over["alive"] = httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+                res["overload"] = over
+        finally:
+            s.stop()
+    return res
+
+
+def _wrk_cell(r: dict | None) -> str:
+    return f"{r['rps']:.0f} ({r['conns']:.0f})" if r else "n/a"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"**{a / b:.2f}×**" if a and b else "n/a"
+
+
+def section(work: Path) -> list[str]:
+    rows = []
+    for name, model, data in models(work):
+        print(f"fitting {name}", file=sys.stderr, flush=True)
+        folder = artifact(name, model, data, work)
+        print(f"serving {name}", file=sys.stderr, flush=True)
+        rows.append(bench_model(name, folder, data, work))
+    lines = [
+        HEADER,
+        "",
+        "Loopback on this machine (2 cores: the server, its model threads and the load generator share them). "
+        "SLO = 4 × the model's batch-1 p99 measured in-process. Throughput = the highest rate with p99 ≤ SLO and "
+        "≤ 1% rejected or failed: wrk at its best connection count (1–64), and `chipfit loadtest` with open-loop "
+        "Poisson arrivals (rate found by doubling then bisection, 3 s per probe). JSON bodies of one row.",
+        "",
+        "| model | batch-1 p50 / p99 ms | SLO ms | wrk: adaptive req/s (conns) | wrk: max-batch 1 | wrk ratio | "
+        "loadtest: adaptive req/s | loadtest: max-batch 1 | loadtest ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        aw, ow = r["adaptive_wrk"], r["one_wrk"]
+        ao, oo = r["adaptive_open"][0], r["one_open"][0]
+        cells = [
+            r["name"],
+            f"{r['b1_p50']:.3g} / {r['b1_p99']:.3g}",
+            f"{r['slo']:.3g}",
+            _wrk_cell(aw),
+            _wrk_cell(ow),
+            _ratio(aw and aw["rps"], ow and ow["rps"]),
+            f"{ao:.0f}",
+            f"{oo:.0f}",
+            _ratio(ao, oo),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Server time per request at low load (wrk, 1 connection: 1/throughput − the model's batch-1 p50), "
+        "and 10× overload (open loop, 10 × the adaptive server's rate, 3 s):",
+        "",
+        "| model | server overhead ms (goal ≤ 1) | 10×: admitted p99 ms (SLO) | rejected | 429 answered in (p99 ms) "
+        "| errors | alive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        o = r["overload"]
+        cells = [
+            r["name"],
+            f"{r['overhead_ms']:.3g}" if r["overhead_ms"] is not None else "n/a",
+            (f"{o['p99_ms']:.3g}" if o["p99_ms"] is not None else "none admitted") + f" ({r['slo']:.3g})",
+            f"{o['rejected']} of {o['sent']}",
+            f"{o['reject_p99_ms']:.3g}" if o["reject_p99_ms"] is not None else "-",
+            str(o["errors"]),
+            "yes" if o["alive"] else "NO",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    wide = rows[-1]
+    ratio = (wide["adaptive_wrk"]["rps"] / wide["one_wrk"]["rps"]) if wide["adaptive_wrk"] and wide["one_wrk"] else None
+    verdict = "reached" if ratio and ratio >= 3 else "not reached"
+    lines += [
+        "",
+        f"Goal (≥ 3× on the wide MLP under wrk): **{verdict}** ({ratio:.2f}×)."
+        if ratio
+        else "Goal (≥ 3× on the wide MLP under wrk): not measured (wrk missing: apt-get install wrk).",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--append", help="Replace (or add) this section in the given markdown file.")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = section(Path(tmp))
+    text = "\n".join(lines) + "\n"
+    if args.append:
+        from _md import replace_section
+
+        replace_section(Path(args.append), HEADER, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
