@@ -130,6 +130,10 @@ def main() -> None:
         from asha import section as asha_section
 
         body += asha_section(Path(tmp) / "explore", budget_s=240.0, seeds=3)
+        from serving import section as serving_section
+
+        (Path(tmp) / "serving").mkdir()
+        body += serving_section(Path(tmp) / "serving")
     Path(args.out).write_text("\n".join(head + body) + "\n")
     print(Path(args.out).read_text())
 

@@ -152,3 +152,13 @@ def mlp_module() -> Any:
     module = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
     x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
     return module, x
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Any:
+    """One local Ray for the session (starting one costs ~15 s): explore's Ray tasks and Ray Serve use it."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -257,8 +257,7 @@ def test_recipe_and_bound_errors_are_clear(tmp_path: Path, cli_run) -> None:  # 
         load_module(tmp_path / "missing.pt")
 
 
-def test_trials_run_as_ray_tasks_with_the_same_accounting(tmp_path: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("ray")
+def test_trials_run_as_ray_tasks_with_the_same_accounting(tmp_path: Path, cli_run, local_ray) -> None:  # type: ignore[no-untyped-def]
     space = _fake(tmp_path)
     out = _strict(
         cli_run(

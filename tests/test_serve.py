@@ -309,9 +309,8 @@ def test_cascade_keeps_accuracy_within_the_bound_and_serves_as_one_endpoint(tmp_
         s.stop()
 
 
-def test_ray_serve_deploys_the_same_app(artifacts: dict[str, Path]) -> None:
+def test_ray_serve_deploys_the_same_app(artifacts: dict[str, Path], local_ray: Any) -> None:
     pytest.importorskip("ray.serve")
-    import ray
     from ray import serve
 
     from chipfit.serve.ray_serve import deploy
@@ -331,4 +330,59 @@ def test_ray_serve_deploys_the_same_app(artifacts: dict[str, Path]) -> None:
         assert "chipfit_request_latency_seconds" in httpx.get(f"{url}/metrics", timeout=30).text
     finally:
         serve.shutdown()
-        ray.shutdown()
+
+
+def test_the_batcher_batches_under_load_and_runs_a_lone_request_at_once() -> None:
+    import asyncio
+
+    from chipfit.serve.batcher import AdaptiveBatcher
+
+    w = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    sizes: list[int] = []
+
+    def model(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        time.sleep(0.002)  # a model whose cost is mostly per call: batching pays
+        return [feeds["x"] @ w]
+
+    async def drive(batcher: AdaptiveBatcher, n: int, gap: float) -> tuple[list[np.ndarray], list[float]]:
+        xs = [np.full((1, 16), i, np.float32) for i in range(n)]
+
+        async def one(i: int) -> tuple[np.ndarray, float]:
+            await asyncio.sleep(i * gap)
+            t0 = time.perf_counter()
+            out = await batcher.submit({"x": xs[i]}, 1)
+            return out["y"], time.perf_counter() - t0
+
+        res = await asyncio.gather(*(one(i) for i in range(n)))
+        return [r[0] for r in res], [r[1] for r in res]
+
+    adaptive = AdaptiveBatcher(model, ["y"], 0.05, max_batch=32, on_batch=lambda r, s, q: sizes.append(r))
+    one_at_a_time = AdaptiveBatcher(model, ["y"], 10.0, max_batch=1)
+    try:
+        got, _ = asyncio.run(drive(adaptive, 200, 0.0002))  # 5000/s offered, 500/s one at a time
+        ref, _ = asyncio.run(drive(one_at_a_time, 50, 0.0))
+        assert max(sizes) > 4 and len(sizes) < 200  # batched
+        for i, out in enumerate(got[:50]):  # each request got its own rows back, as one at a time gives them
+            np.testing.assert_allclose(out, ref[i], rtol=1e-6)
+        sizes.clear()
+        _, lat = asyncio.run(drive(adaptive, 5, 0.05))  # a lone request at a time: run at once, no window
+        assert sizes == [1] * 5 and max(lat) < 0.02
+    finally:
+        adaptive.close()
+        one_at_a_time.close()
+
+
+def test_several_models_and_named_versions_in_one_server(artifacts: dict[str, Path], cli_run: Any) -> None:
+    s = Server(f"a@3={artifacts['v1']}", f"b={artifacts['v2']}", "--no-access-log")
+    try:
+        models = {(m["name"], m["version"]) for m in httpx.get(f"{s.url}/v1/models").json()["models"]}
+        assert models == {("a", 3), ("b", 1)}
+        body = {"inputs": {"x": [[0.1, 0.2, 0.3, 0.4]]}}
+        assert httpx.post(f"{s.url}/v1/models/a@3/predict", json=body).status_code == 200
+        assert httpx.post(f"{s.url}/v1/models/b/predict", json=body).status_code == 200
+    finally:
+        s.stop()
+    (artifacts["work"] / "empty").mkdir(exist_ok=True)
+    assert "not a chipfit artifact" in cli_run("serve", str(artifacts["work"] / "empty"), code=2)
+    assert "version after @ must be a number" in cli_run("serve", f"a@x={artifacts['v1']}", code=2)
+    assert "--arrival must be" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", "--arrival", "x", code=2)

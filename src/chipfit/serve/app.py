@@ -16,15 +16,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, Response
 
-from chipfit.serve.batcher import Overloaded
-from chipfit.serve.payload import PayloadError, decode, encode
+from chipfit.serve.predict_path import handle_predict
 
 __all__ = ["create_app"]
 
@@ -97,49 +95,9 @@ def create_app(
         return {"models": st.registry.describe()}
 
     @app.post("/v1/models/{name}/predict", summary="Run the model", openapi_extra=_PREDICT_DOC)
-    async def predict(name: str, request: Request) -> Any:
-        t0 = time.perf_counter()
-        metrics = st.metrics
-        try:
-            served = st.registry.get(name)
-        except KeyError as exc:
-            return error(404, str(exc.args[0]))
-        labels = (served.name, str(served.version))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            metrics.requests.labels(*labels, "413").inc()
-            return error(413, f"body of {length} bytes is over the limit of {max_body_bytes} (--max-body-mb).")
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            metrics.requests.labels(*labels, "413").inc()
-            return error(413, f"body of {len(body)} bytes is over the limit of {max_body_bytes} (--max-body-mb).")
-        deadline = None
-        hdr = request.headers.get("x-deadline-ms")
-        if hdr is not None:
-            try:
-                deadline = float(hdr) / 1e3
-                if not (deadline > 0 and math.isfinite(deadline)):
-                    raise ValueError
-            except ValueError:
-                return error(400, f"X-Deadline-Ms must be a positive number of milliseconds, got {hdr!r}.")
-        try:
-            feeds, rows, binary = decode(body, request.headers.get("content-type", ""), served.inputs)
-            outputs = await served.predict(feeds, rows, deadline)
-        except PayloadError as exc:
-            metrics.requests.labels(*labels, "400").inc()
-            return error(400, f"model '{served.name}': {exc}")
-        except Overloaded as exc:
-            metrics.rejections.labels(*labels, exc.reason).inc()
-            metrics.requests.labels(*labels, "429").inc()
-            retry = str(max(1, math.ceil(exc.retry_after_s)))
-            return error(429, f"model '{served.name}' is overloaded: {exc.reason}.", {"Retry-After": retry})
-        except Exception as exc:  # the model itself failed: the server stays up and says so
-            metrics.requests.labels(*labels, "500").inc()
-            return error(500, f"model '{served.name}' failed: {type(exc).__name__}: {exc}")
-        content, ctype = encode(outputs, binary)
-        metrics.latency.labels(*labels).observe(time.perf_counter() - t0)
-        metrics.requests.labels(*labels, "200").inc()
-        return Response(content, media_type=ctype)
+    async def predict(name: str, request: Request) -> Any:  # documents the path; _Front serves it
+        code, headers, body = await handle_predict(st, name, request.headers.get, request.body, max_body_bytes)
+        return Response(body, status_code=code, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.post("/v1/models/{name}/versions", summary="Hot-load a new version and make it active")
     async def load_version(name: str, request: Request) -> Any:
@@ -166,7 +124,9 @@ def create_app(
         except KeyError as exc:
             return error(404, str(exc.args[0]))
 
-    app.add_middleware(_Guard, token=token, open_paths=open_paths, log_access=log_access)
+    app.add_middleware(
+        _Front, token=token, open_paths=open_paths, log_access=log_access, state=st, max_body=max_body_bytes
+    )
     return app
 
 
@@ -177,13 +137,47 @@ def _replica() -> dict[str, Any]:
     return importlib.import_module("chipfit.serve.app").REPLICA  # type: ignore[no-any-return]
 
 
-class _Guard:
-    """Bearer-token check and one JSON access-log line per request, as plain ASGI (Starlette's
-    ``@app.middleware("http")`` costs a task and a stream per request: too much on the lean path)."""
+class _Front:
+    """Plain ASGI in front of FastAPI: the bearer-token check, one JSON access-log line per request, and the
+    predict path served directly (FastAPI's routing and Request/Response objects cost more per request than
+    a small model's run; Starlette's ``@app.middleware("http")`` costs a task and a stream)."""
 
-    def __init__(self, app: Any, token: str | None, open_paths: set[str], log_access: bool) -> None:
+    def __init__(
+        self, app: Any, token: str | None, open_paths: set[str], log_access: bool, state: Any, max_body: int
+    ) -> None:
         self.app, self.open_paths, self.log_access = app, open_paths, log_access
         self.expected = f"Bearer {token}".encode() if token else None
+        self.state, self.max_body = state, max_body
+
+    async def _predict(self, scope: Any, receive: Any, send: Any, name: str) -> int:
+        headers = {k: v for k, v in scope["headers"]}
+
+        def header(key: str) -> str | None:
+            v = headers.get(key.encode())
+            return v.decode("latin-1") if v is not None else None
+
+        async def read_body() -> bytes | None:  # None: over the limit (read to the end, not kept)
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size <= self.max_body:
+                    chunks.append(chunk)
+                if not message.get("more_body"):
+                    break
+            return b"".join(chunks) if size <= self.max_body else None
+
+        code, extra, body = await handle_predict(self.state, name, header, read_body, self.max_body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [*extra, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return code
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -201,6 +195,12 @@ class _Guard:
                 await send({"type": "http.response.start", "status": 401, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 self._log(scope, 401, t0)
+                return None
+        path = scope["path"]
+        if scope["method"] == "POST" and path.startswith("/v1/models/") and path.endswith("/predict"):
+            name = path[len("/v1/models/") : -len("/predict")]
+            if name and "/" not in name:
+                self._log(scope, await self._predict(scope, receive, send, name), t0)
                 return None
         if not self.log_access:
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]

@@ -110,7 +110,7 @@ class AdaptiveBatcher:
             return 0.0
         est = self.latency.typical(self.cap)
         rate = max(self._rate, self.cap / est if est > 0 else 0.0)  # what the thread serves at its current cap
-        return ahead / max(rate, 1e-6)
+        return ahead / rate if rate > 0 else 0.0  # nothing measured yet: no grounds to turn a request away
 
     def close(self) -> None:
         with self._cv:
@@ -123,7 +123,7 @@ class AdaptiveBatcher:
         """The next batch, as the queue stands (called with the lock held and the queue non-empty)."""
         now = time.perf_counter()
         expired = []
-        while self._q and self._q[0].deadline < now + self.latency.typical(self._q[0].rows):
+        while self._q and self._late(self._q[0], now):
             expired.append(self._q.popleft())  # would most likely finish late: rejected now, not served late
         batch: list[_Req] = []
         if self._q:
@@ -138,6 +138,14 @@ class AdaptiveBatcher:
         for r in expired:
             self._reject(r, "deadline passed in the queue")
         return batch
+
+    def _late(self, r: _Req, now: float) -> bool:
+        """Past its deadline, or queued long enough (half the SLO) that its run would end past it. A request
+        that has hardly waited is run whatever the estimate says: an estimate inflated by a burst is only
+        corrected by what is measured, so it must not stop the model from running."""
+        if r.deadline < now:
+            return True
+        return now - r.arrival > self.slo_s / 2 and r.deadline < now + self.latency.typical(r.rows)
 
     def _reject(self, r: _Req, reason: str) -> None:
         self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1

@@ -91,6 +91,11 @@ def run_server(opts: ServeOptions) -> None:
             file=sys.stderr,
             flush=True,
         )
+    import gc
+
+    gc.collect()
+    gc.freeze()  # what start-up allocated (FastAPI, numpy, the models' objects) is never scanned again
+    gc.set_threshold(20000, 20, 20)  # a request allocates many short-lived objects: collect less often
     try:
         uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", access_log=False)
     finally:
