@@ -295,7 +295,8 @@ def section(work: Path) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Server time per request at low load (wrk, 1 connection, at an SLO of 1 s: its p50 latency − the model's batch-1 p50 in-process), "
+        "Server time per request at low load (wrk, 1 connection, at an SLO of 1 s: its p50 latency − the model's "
+        "batch-1 p50 in-process), "
         "and 10× overload (open loop, 10 × the adaptive server's rate, 3 s):",
         "",
         "| model | server overhead ms (goal ≤ 1) | 10×: admitted p99 ms (SLO) | rejected | 429 answered in (p99 ms) "
