@@ -118,12 +118,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         lines = section(Path(tmp), args.models)
-    text = "\n".join(lines) + "\n"
-    if args.append:
-        from _md import replace_section
+    from _md import emit
 
-        replace_section(Path(args.append), HEADER, text)
-    print(text)
+    emit(lines, HEADER, args.append)
 
 
 if __name__ == "__main__":
