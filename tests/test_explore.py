@@ -123,7 +123,7 @@ def test_kill_9_then_the_same_command_resumes(tmp_path: Path) -> None:
         "explore",
         str(space),
         "--budget",
-        "0.006cpu-h",
+        "0.004cpu-h",
         "--store",
         store,
         "--out",

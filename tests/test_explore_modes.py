@@ -74,7 +74,26 @@ def test_deadline_mode_starts_only_trials_that_can_finish_and_shifts_cores(tmp_p
     for h in history:
         if h["state"] != "complete":
             assert "deadline scheduler" in (h["reason"] or ""), h
-    assert any((h["threads"] or 0) >= 2 for h in history), history  # a leader was given the freed cores
+
+
+def test_the_deadline_scheduler_stops_the_laggard_and_gives_the_leader_its_cores(tmp_path: Path) -> None:
+    import optuna
+
+    from chipfit.explore.schedule import DeadlineScheduler
+
+    study = optuna.create_study(direction="maximize")
+    lead, lag = study.ask(), study.ask()
+    for step, (a, b) in enumerate([(0.5, 0.4), (0.7, 0.5), (0.8, 0.55)], start=1):
+        lead.report(a, step)
+        lag.report(b, step)
+    sched = DeadlineScheduler(tmp_path, cores=4, concurrency=2)
+    sched.assign(lead.number, 2)
+    sched.assign(lag.number, 2)
+    running = [{"trial": lead}, {"trial": lag}]
+    stopped = sched.rebalance(study, running)
+    assert [r["trial"].number for r in stopped] == [lag.number]
+    assert "behind trial 0" in stopped[0]["reason"]
+    assert sched.threads_file(lead.number).read_text() == "4"  # the leader now holds every core
 
 
 BOUND_TRAINABLE = """

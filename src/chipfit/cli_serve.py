@@ -36,7 +36,8 @@ def serve(
     slo_p99_ms: Annotated[
         float | None,
         typer.Option(
-            help="p99 latency target per request; default: the fit spec's max_p99_ms, else 4× the batch-1 p99."
+            help="p99 latency target per request; default: the fit spec's max_p99_ms, else 4× the batch-1 "
+            "p99, at least 5 ms."
         ),
     ] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Most rows per model run (1: one request at a time).")] = 64,

@@ -30,8 +30,12 @@ class ServeOptions:
     replicas: int = 1
 
 
+MIN_DEFAULT_SLO_S = 0.005  # an HTTP round trip through the server costs about a millisecond on a small CPU
+
+
 def default_slo_s(folder: Path) -> float:
-    """The fit spec's max_p99_ms, else four times the batch-1 p99 from the profile (first model of a cascade)."""
+    """The fit spec's max_p99_ms, else four times the batch-1 p99 from the profile (the accurate model's for a
+    cascade), but not under 5 ms: an SLO below what one request costs the server would reject everything."""
     m = json.loads((folder / "manifest.json").read_text())
     if m.get("kind") == "cascade":
         m = json.loads((folder / m["accurate"] / "manifest.json").read_text())
@@ -40,7 +44,7 @@ def default_slo_s(folder: Path) -> float:
         return float(bound) / 1e3
     prof = sorted(m.get("batch_profile") or [], key=lambda p: p["batch"])
     if prof:
-        return 4 * float(prof[0].get("p99_ms") or prof[0]["p50_ms"]) / 1e3
+        return max(MIN_DEFAULT_SLO_S, 4 * float(prof[0].get("p99_ms") or prof[0]["p50_ms"]) / 1e3)
     raise SpecError(f"'{folder}' records no latency; pass --slo-p99-ms.")
 
 
