@@ -86,7 +86,7 @@ class TrialContext:
         self._charge()
         if first and self._job.get("bound") and self._job["bound"].get("measure"):
             self._check_measured(model)
-        if self.trial.should_prune():
+        if int(step) < self.max_resource and self.trial.should_prune():  # trained to the end: complete
             raise optuna.TrialPruned(f"below its rung at step {step}")
         if time.time() > self._deadline:
             raise BudgetStop("the budget left is spent")
