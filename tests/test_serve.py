@@ -140,6 +140,15 @@ def test_bad_payloads_are_400_naming_the_problem(server: Server, body: bytes, ct
         headers={**AUTH, "Content-Type": "application/x-npz"},
     )
     assert r.status_code == 400 and "float64" in r.json()["error"]
+    ok = {"inputs": {"x": [[0.0, 0.0, 0.0, 0.0]]}}
+    r = httpx.post(f"{server.url}/v1/models/mlp/predict", json=ok, headers={**AUTH, "X-Deadline-Ms": "soon"})
+    assert r.status_code == 400 and "X-Deadline-Ms" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/models/mlp/versions", json={"nope": 1}, headers=AUTH)
+    assert r.status_code == 400 and '"path"' in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/models/mlp/versions", json={"path": "/does/not/exist"}, headers=AUTH)
+    assert r.status_code == 400 and "not a chipfit artifact" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v1/models/mlp/rollback", headers=AUTH)
+    assert r.status_code == 404 and "no earlier version" in r.json()["error"]
     assert httpx.post(f"{server.url}/v1/models/nope/predict", json={}, headers=AUTH).status_code == 404
     assert httpx.post(f"{server.url}/v1/models/mlp@7/predict", json={}, headers=AUTH).status_code == 404
     assert httpx.get(f"{server.url}/healthz").status_code == 200  # still up
@@ -288,6 +297,13 @@ def test_cascade_keeps_accuracy_within_the_bound_and_serves_as_one_endpoint(tmp_
     assert r["accuracy_fast"] < r["accuracy_accurate"] - 0.01  # the fast model alone would break the bound
     assert r["accuracy"] >= r["accuracy_accurate"] - 0.01 - 1e-9
     assert 0 < r["fast_share"] < 1 and r["expected_ms"] <= r["fast_ms"] + r["accurate_ms"]
+    assert "must be in [0, 1)" in cli_run(
+        "cascade", str(fast), str(acc), "--data", str(tmp_path / "eval.npz"), "--max-accuracy-drop", "2", code=2
+    )
+    np.savez(tmp_path / "other.npz", y=ev["x"], labels=ev["labels"])
+    assert "lacks the model's inputs" in cli_run(
+        "cascade", str(fast), str(acc), "--data", str(tmp_path / "other.npz"), code=2
+    )
     np.savez(tmp_path / "nolabels.npz", x=ev["x"])
     assert "add a 'labels' array" in cli_run(
         "cascade", str(fast), str(acc), "--data", str(tmp_path / "nolabels.npz"), code=2
@@ -386,3 +402,15 @@ def test_several_models_and_named_versions_in_one_server(artifacts: dict[str, Pa
     assert "not a chipfit artifact" in cli_run("serve", str(artifacts["work"] / "empty"), code=2)
     assert "version after @ must be a number" in cli_run("serve", f"a@x={artifacts['v1']}", code=2)
     assert "--arrival must be" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", "--arrival", "x", code=2)
+    assert "must be positive" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", "--rate", "-1", code=2)
+    assert "cannot reach" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", code=2)
+    other = artifacts["work"] / "c.onnx"
+    make_mlp(other, n_in=5)
+    assert "differ in signature" in cli_run(
+        "cascade",
+        str(artifacts["v1"]),
+        str(_fit(other, {"x": np.zeros((16, 5), np.float32)}, artifacts["work"] / "mlp5", artifacts["work"])),
+        "--data",
+        str(other),
+        code=2,
+    )

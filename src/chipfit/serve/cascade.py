@@ -45,6 +45,14 @@ def _p50_b1(manifest: dict[str, Any]) -> float:
     return float((manifest.get("measurements") or {}).get("p50_ms") or 0.0)
 
 
+def _signature(manifest: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    src = manifest["model"]["source"]
+    return (
+        [(i["name"], i["dtype"], i["shape"][1:]) for i in src["inputs"]],
+        [(o["name"], o["shape"][1:]) for o in src["outputs"]],
+    )
+
+
 def _outputs(loaded: Any, data: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
     n = len(next(iter(data.values())))
     parts = [loaded.run({k: v[i : i + batch] for k, v in data.items()})[0] for i in range(0, n, batch)]
@@ -62,10 +70,11 @@ def build_cascade(
         raise SpecError(f"--max-accuracy-drop must be in [0, 1), got {max_accuracy_drop}.")
     out_dir = check_writable(out) if out is not None else None
     fast, accurate = load(fast_dir), load(accurate_dir)
-    if fast.input_names != accurate.input_names or fast.output_names[0] != accurate.output_names[0]:
+    sig_f, sig_a = _signature(fast.manifest), _signature(accurate.manifest)
+    if sig_f != sig_a:
         raise SpecError(
-            f"the two models differ in signature: fast takes {fast.input_names} -> {fast.output_names}, accurate "
-            f"{accurate.input_names} -> {accurate.output_names}. A cascade needs the same inputs and outputs."
+            f"the two models differ in signature: fast takes {sig_f[0]} -> {sig_f[1]}, accurate {sig_a[0]} -> "
+            f"{sig_a[1]}. A cascade needs the same inputs (names, dtypes, shapes) and outputs."
         )
     ds = load_data(data)
     if ds.labels is None:
