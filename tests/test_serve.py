@@ -382,7 +382,8 @@ def test_the_batcher_batches_under_load_and_runs_a_lone_request_at_once() -> Non
             np.testing.assert_allclose(out, ref[i], rtol=1e-6)
         sizes.clear()
         _, lat = asyncio.run(drive(adaptive, 5, 0.05))  # a lone request at a time: run at once, no window
-        assert sizes == [1] * 5 and max(lat) < 0.02
+        assert sizes == [1] * 5  # each ran alone, at once: no window waiting for company
+        assert float(np.median(lat)) < 0.02 and max(lat) < 0.1  # (a 2 ms model; loose for a busy CI machine)
     finally:
         adaptive.close()
         one_at_a_time.close()
