@@ -372,7 +372,9 @@ def test_the_batcher_batches_under_load_and_runs_a_lone_request_at_once() -> Non
         res = await asyncio.gather(*(one(i) for i in range(n)))
         return [r[0] for r in res], [r[1] for r in res]
 
-    adaptive = AdaptiveBatcher(model, ["y"], 0.05, max_batch=32, on_batch=lambda r, s, q: sizes.append(r))
+    adaptive = AdaptiveBatcher(  # an SLO and a queue that admit everything: batching is under test here
+        model, ["y"], 0.5, max_batch=32, max_queue=1000, on_batch=lambda r, s, q: sizes.append(r)
+    )
     one_at_a_time = AdaptiveBatcher(model, ["y"], 10.0, max_batch=1)
     try:
         got, _ = asyncio.run(drive(adaptive, 200, 0.0002))  # 5000/s offered, 500/s one at a time
