@@ -222,6 +222,7 @@ def explore(
                         bound,
                         (out is not None or bound is not None) and bool(space.deploy),
                         sched,
+                        prune,
                     )
                 )
                 if callback:
@@ -263,9 +264,6 @@ def _state(t: Any) -> str:
     return str(t.state.name.lower())
 
 
-from optuna.pruners import NopPruner  # noqa: E402  (optuna is a core dependency)
-
-
 def _start(
     study: Any,
     space: ExploreSpace,
@@ -280,6 +278,7 @@ def _start(
     bound: dict[str, Any] | None,
     export: bool,
     sched: DeadlineScheduler | None,
+    prune: bool,
 ) -> dict[str, Any]:
     trial = study.ask()
     config = space.sample(trial)
@@ -298,7 +297,7 @@ def _start(
         "threads_file": str(sched.threads_file(trial.number)) if sched else None,
         "bound": bound,
         "export": export,
-        "prune": not isinstance(study.pruner, NopPruner),
+        "prune": prune,
     }
     if sched is not None:
         sched.assign(trial.number, threads)

@@ -113,7 +113,6 @@ class TrialContext:
         elapsed = time.monotonic() - self._start
         self.trial.set_user_attr("charged_s", elapsed)  # stored at once: a killed run still counts its cost
         self.trial.set_user_attr("charged_device_s", elapsed * float(self._job.get("share", 1.0)))
-        self.trial.set_user_attr("last_report_t", time.time())
 
     def _apply_threads(self) -> None:
         """Read the cores this trial holds (the scheduler may give it more) and apply them to torch."""
