@@ -165,8 +165,10 @@ def test_the_hardware_bound_rejects_before_and_after_training_and_delivers_the_w
     history = _strict((tmp_path / "o" / "explore.json").read_text())["history"]
     big = [h for h in history if h["params"].get("hidden", 0) >= 100000]
     small = [h for h in history if 0 < h["params"].get("hidden", 0) <= 16 and h["state"] == "complete"]
-    assert big and all(h["state"] == "rejected" for h in big), big  # ≥ 28 MB of weights > 16 MB
-    assert all("predicted before training" in h["reason"] and "memory" in h["reason"] for h in big)
+    # ≥ 28 MB of weights > 16 MB; a check the budget's end interrupted is "stopped", still with nothing trained
+    judged = [h for h in big if h["state"] != "stopped"]
+    assert judged and all(h["state"] == "rejected" for h in judged), big
+    assert all("predicted before training" in h["reason"] and "memory" in h["reason"] for h in judged)
     assert all(not h["curve"] for h in big)  # nothing was trained
     assert small and all(h["hardware"]["source"] == "measured after the first report" for h in small)
     w = out["winner"]

@@ -20,6 +20,8 @@ from chipfit.errors import SpecError
 
 __all__ = ["check_after_first_report", "check_before_training", "export_model", "prepare_bound"]
 
+_BEFORE = "predicted before training"
+
 
 def prepare_bound(
     space: Any,
@@ -109,9 +111,10 @@ def _predicted(ctx: Any, model: Any) -> dict[str, Any]:
 
 def _verdict(bound: dict[str, Any], values: dict[str, Any], margin: float, source: str) -> dict[str, Any]:
     misses = []
-    if bound.get("max_p99_ms") is not None and values["p99_ms"] > bound["max_p99_ms"] * margin:
+    p99 = values.get("p99_ms")
+    if bound.get("max_p99_ms") is not None and p99 is not None and p99 > bound["max_p99_ms"] * margin:
         beyond = f" (beyond the predictor's margin ×{margin:.2f})" if margin > 1 else ""
-        misses.append(f"p99 {values['p99_ms']:.3g} ms > {bound['max_p99_ms']:g} ms{beyond}")
+        misses.append(f"p99 {p99:.3g} ms > {bound['max_p99_ms']:g} ms{beyond}")
     if bound.get("max_memory_mb") is not None and values["memory_mb"] > bound["max_memory_mb"]:
         misses.append(f"memory {values['memory_mb']:.3g} MB > {bound['max_memory_mb']:g} MB")
     where = f" on {bound['target']}"
@@ -123,12 +126,23 @@ def check_before_training(ctx: Any) -> dict[str, Any] | None:
     """Predicted check on the untrained model of this config; a miss beyond the error margin rejects it."""
     bound = ctx._job["bound"]
     build = ctx.space.load_function(ctx.space.deploy["model"], "deploy.model")
+    module = build(ctx.config)
+    weights_mb = _weights_mb(module)
+    if bound.get("max_memory_mb") is not None and weights_mb > bound["max_memory_mb"]:
+        # the weights alone miss the bound: no export, no prediction (a large model's export takes seconds)
+        return _verdict(bound, {"p99_ms": None, "p50_ms": None, "memory_mb": weights_mb}, 1.0, _BEFORE)
     with tempfile.TemporaryDirectory(prefix="chipfit-check-") as tmp:
-        model = _to_onnx(ctx.space, build(ctx.config), Path(tmp))
+        model = _to_onnx(ctx.space, module, Path(tmp))
         values = _predicted(ctx, model)
     # memory is the weights themselves: exact, no margin; latency only beyond the predictor's error margin
-    check = _verdict(bound, values, bound["margin"], "predicted before training")
-    return check
+    return _verdict(bound, values, bound["margin"], _BEFORE)
+
+
+
+def _weights_mb(module: Any) -> float:
+    """Parameters and buffers of the torch module, in MiB (what the exported model's initializers hold)."""
+    tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "parameters") else []
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def check_after_first_report(ctx: Any, module: Any) -> dict[str, Any]:
