@@ -138,7 +138,6 @@ def check_before_training(ctx: Any) -> dict[str, Any] | None:
     return _verdict(bound, values, bound["margin"], _BEFORE)
 
 
-
 def _weights_mb(module: Any) -> float:
     """Parameters and buffers of the torch module, in MiB (what the exported model's initializers hold)."""
     tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "parameters") else []
