@@ -6,6 +6,7 @@ cascades, and the load generator."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import socket
@@ -389,6 +390,61 @@ def test_the_batcher_batches_under_load_and_runs_a_lone_request_at_once() -> Non
     finally:
         adaptive.close()
         one_at_a_time.close()
+
+
+def test_the_latency_model_scales_the_profile_by_what_it_observes_and_never_falls_with_the_batch() -> None:
+    from chipfit.serve.latency import LatencyModel
+
+    profile = [{"batch": 1, "p50_ms": 2.0}, {"batch": 8, "p50_ms": 4.0}, {"batch": 32, "p50_ms": 10.0}]
+    m = LatencyModel(profile, min_samples=8)
+    assert m.typical(8) == pytest.approx(0.004) and m.typical(16) == pytest.approx(0.006)
+    for _ in range(8):
+        m.observe(1, 0.006)  # the server runs 3× slower than fit measured (it shares its cores)
+    assert m.typical(1) == pytest.approx(0.006)
+    assert m.typical(8) == pytest.approx(0.012) and m.typical(32) == pytest.approx(0.030)  # the profile × 3
+    for _ in range(8):
+        m.observe(8, 0.005)  # observed faster than batch 1: noise, not a law
+    sizes = [1, 2, 4, 8, 16, 32, 64]
+    assert all(m.typical(a) <= m.typical(b) for a, b in itertools.pairwise(sizes))
+    assert all(m.p99(a) <= m.p99(b) for a, b in itertools.pairwise(sizes))
+    assert m.largest_within(0.0, 64) == 1 and m.largest_within(1.0, 64) == 64
+
+
+def test_admission_counts_the_queue_in_batches_not_one_row_at_a_time() -> None:
+    import asyncio
+
+    from chipfit.serve.batcher import AdaptiveBatcher, Overloaded
+
+    release = threading.Event()
+
+    def model(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        release.wait(10)  # the first batch holds the model until the queue behind it is built
+        return [feeds["x"]]
+
+    # profile: 4 ms for 1 row, 8 ms for 16 — memory-bound, batching nearly free; SLO 40 ms
+    profile = [{"batch": 1, "p50_ms": 4.0}, {"batch": 16, "p50_ms": 8.0}]
+    b = AdaptiveBatcher(model, ["y"], 0.040, profile, max_batch=16, max_queue=1000)
+
+    async def fill(n: int) -> tuple[int, int]:
+        futs, rejected = [], 0
+        for i in range(n):
+            try:
+                futs.append(b.submit({"x": np.full((1, 2), i, np.float32)}, 1))
+            except Overloaded:
+                rejected += 1
+            await asyncio.sleep(0.001 if i == 0 else 0)  # the first one starts running (and holds the model)
+        release.set()
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        return sum(not isinstance(r, BaseException) for r in results), rejected
+
+    try:
+        # 16 rows queued behind a running row: one more batch of ≤ 16 rows (≈ 8 ms each) meets 40 ms; one row at
+        # a time (4 ms each) would not, and a row-by-row estimate turned them away
+        served, rejected = asyncio.run(fill(17))
+        assert rejected == 0 and served == 17
+        assert b.drain_batch() >= 8
+    finally:
+        b.close()
 
 
 def test_several_models_and_named_versions_in_one_server(artifacts: dict[str, Path], cli_run: Any) -> None:

@@ -3,11 +3,13 @@
 Requests queue; the model thread takes the queue as it finds it — a lone request runs at once, no waiting
 window — up to a batch whose estimated p99 service time, added to the oldest request's wait, still meets the
 SLO (the latency model starts from ``fit``'s profile and learns online), and under an AIMD cap as in Clipper:
-+1 row after a batch that met the SLO while more were queued, ×0.75 after one that missed it. ``max_batch``
-bounds both (``max_batch=1`` serves one request at a time). Admission is deadline-aware: a request whose
-predicted completion (the queue ahead at the current rate, plus its own batch) is past its deadline is
-rejected at once with a retry hint instead of being served late, and so is a request that is still queued
-when its deadline can no longer be met; the queue is bounded.
++1 row after a full batch while more were queued, ×0.75 after a batch whose own run overran what the SLO left
+it (a miss caused by waiting is not the batch size's fault). ``max_batch`` bounds both (``max_batch=1``
+serves one request at a time). Admission is deadline-aware: a request whose predicted completion (the rest of
+the running batch, the rows ahead in batches of the size the queue drains at, then its own) is past its
+deadline is rejected at
+once with a retry hint instead of being served late, and so is a request that is still queued when its
+deadline can no longer be met; the queue is bounded.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class AdaptiveBatcher:
         self._rows_queued = 0
         self._cv = threading.Condition()
         self._on_batch = on_batch
-        self._rate = 0.0  # rows per second the model thread has been serving (EWMA)
+        self._busy_until = 0.0  # when the running batch should end (its typical time), 0 when idle
         self._closed = False
         self.stats = BatcherStats()
         self._thread = threading.Thread(target=self._loop, name=f"chipfit-batcher-{name}", daemon=True)
@@ -89,13 +91,13 @@ class AdaptiveBatcher:
         """Queue a request; its future resolves to ``{output name: array}`` or raises ``Overloaded``."""
         now = time.perf_counter()
         deadline = now + min(deadline_s if deadline_s is not None else self.slo_s, self.slo_s * 10)
-        wait = self._predicted_wait(rows)
+        done = self._predicted_wait(rows)
         if self._rows_queued + rows > self.max_queue:
-            raise Overloaded("queue full", max(wait, 0.001))
-        # with nothing queued a request is always admitted and runs at once: the estimate is only a guess, and
+            raise Overloaded("queue full", max(done, 0.001))
+        # with nothing queued a request is always admitted and runs next: the estimate is only a guess, and
         # what is measured on admitted requests is what corrects it
-        if wait > 0 and now + wait + self.latency.typical(min(rows, self.max_batch)) > deadline:
-            raise Overloaded("cannot meet its deadline", max(wait, 0.001))
+        if self._rows_queued and now + done > deadline:
+            raise Overloaded("cannot meet its deadline", max(done, 0.001))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._cv:
@@ -105,12 +107,20 @@ class AdaptiveBatcher:
         return fut
 
     def _predicted_wait(self, rows: int) -> float:
+        """When a request of ``rows`` rows queued now would complete: what is left of the running batch, then the
+        rows ahead in batches of the size the model thread will take, then its own batch."""
+        now = time.perf_counter()
+        busy = max(0.0, self._busy_until - now)
         ahead = self._rows_queued
         if ahead == 0:
-            return 0.0
-        est = self.latency.typical(self.cap)
-        rate = max(self._rate, self.cap / est if est > 0 else 0.0)  # what the thread serves at its current cap
-        return ahead / rate if rate > 0 else 0.0  # nothing measured yet: no grounds to turn a request away
+            return busy
+        size = self.drain_batch()
+        full, part = divmod(ahead, size)
+        return busy + full * self.latency.typical(size) + self.latency.typical(min(size, part + rows))
+
+    def drain_batch(self) -> int:
+        """The batch size a queue drains at: the largest (under the AIMD cap) whose typical run fits in the SLO."""
+        return self.latency.largest_within(self.slo_s, min(self.cap, self.max_batch))
 
     def close(self) -> None:
         with self._cv:
@@ -125,19 +135,28 @@ class AdaptiveBatcher:
         expired = []
         while self._q and self._late(self._q[0], now):
             expired.append(self._q.popleft())  # would most likely finish late: rejected now, not served late
-        batch: list[_Req] = []
-        if self._q:
-            waited = now - self._q[0].arrival
-            limit = min(self.cap, self.latency.largest_within(self.slo_s - waited, self.max_batch))
-            rows = 0
-            while self._q and (not batch or rows + self._q[0].rows <= limit):
-                r = self._q.popleft()
-                batch.append(r)
-                rows += r.rows
+        batch = [self._q.popleft() for _ in range(self._best_prefix(now))] if self._q else []
         self._rows_queued -= sum(r.rows for r in batch) + sum(r.rows for r in expired)
         for r in expired:
             self._reject(r, "deadline passed in the queue")
         return batch
+
+    def _best_prefix(self, now: float) -> int:
+        """How many queued requests (oldest first, under the cap) to run together: the count that lets the most
+        of them finish by their deadlines at the batch's typical time, the larger on a tie. Shrinking a batch
+        for its oldest request is worth it only when it saves more requests than it delays: on a memory-bound
+        model a batch of 8 costs hardly more than 1, and serving the oldest alone would make the rest late."""
+        limit = min(self.cap, self.max_batch)
+        best, best_ok, rows, k = 1, -1, 0, 0
+        for r in self._q:
+            if k and rows + r.rows > limit:
+                break
+            k, rows = k + 1, rows + r.rows
+            end = now + self.latency.typical(rows)
+            ok = sum(1 for i in range(k) if self._q[i].deadline >= end)
+            if ok >= best_ok:
+                best, best_ok = k, ok
+        return best
 
     def _late(self, r: _Req, now: float) -> bool:
         """Past its deadline, or queued long enough (half the SLO) that its run would end past it. A request
@@ -149,7 +168,7 @@ class AdaptiveBatcher:
 
     def _reject(self, r: _Req, reason: str) -> None:
         self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
-        exc = Overloaded(reason, max(self._predicted_wait(0), 0.001))
+        exc = Overloaded(reason, max(self._predicted_wait(1), 0.001))
         r.loop.call_soon_threadsafe(_set_exception, r.future, exc)
 
     def _loop(self) -> None:
@@ -167,6 +186,8 @@ class AdaptiveBatcher:
     def _serve(self, batch: list[_Req], more_waiting: bool) -> None:
         rows = sum(r.rows for r in batch)
         t0 = time.perf_counter()
+        budget = self.slo_s - (t0 - batch[0].arrival)  # what the oldest request had left for this run
+        self._busy_until = t0 + self.latency.typical(rows)
         try:
             if len(batch) == 1:
                 feeds = batch[0].feeds  # a lone request: its arrays as they came, no copy
@@ -174,16 +195,17 @@ class AdaptiveBatcher:
                 feeds = {k: np.concatenate([r.feeds[k] for r in batch]) for k in batch[0].feeds}
             outs = self._run(feeds)
         except Exception as exc:  # the model failed on this batch: every request in it gets the error
+            self._busy_until = 0.0
             for r in batch:
                 r.loop.call_soon_threadsafe(_set_exception, r.future, exc)
             return
         done = time.perf_counter()
+        self._busy_until = 0.0
         service = done - t0
         self.latency.observe(rows, service)
-        self._rate = 0.8 * self._rate + 0.2 * (rows / max(service, 1e-6)) if self._rate else rows / max(service, 1e-6)
-        worst = done - batch[0].arrival
-        if worst > self.slo_s:
-            self.cap = max(1, math.floor(self.cap * 0.75))  # multiplicative decrease
+        if service > budget and rows > 1:
+            # the batch itself overran what the SLO left it (not the wait before it): multiplicative decrease
+            self.cap = max(1, math.floor(self.cap * 0.75))
         elif more_waiting and rows >= self.cap:
             self.cap = min(self.max_batch, self.cap + 1)  # additive increase while the queue wants more
         self.stats.batches += 1
