@@ -463,6 +463,7 @@ def test_several_models_and_named_versions_in_one_server(artifacts: dict[str, Pa
     assert "--arrival must be" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", "--arrival", "x", code=2)
     assert "must be positive" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", "--rate", "-1", code=2)
     assert "cannot reach" in cli_run("loadtest", "http://127.0.0.1:9", "--model", "a", code=2)
+    assert "(extra [ray])" in " ".join(cli_run("serve", "--help").split())  # not eaten as rich markup
     other = artifacts["work"] / "c.onnx"
     make_mlp(other, n_in=5)
     assert "differ in signature" in cli_run(

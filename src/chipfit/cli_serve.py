@@ -48,7 +48,7 @@ def serve(
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted.")] = 64.0,
     access_log: Annotated[bool, typer.Option(help="One JSON line per request on stderr.")] = True,
-    ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application (extra [ray]).")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application (extra \\[ray]).")] = False,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to deploy to (default: start one).")] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas.")] = 1,
 ) -> None:
