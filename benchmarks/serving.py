@@ -356,6 +356,10 @@ READING = """#### Reading the serving numbers
   about 4× one row. What caps the gain here is the Python per request (HTTP, JSON of 1024 numbers) on the
   cores the model also needs. The BERT-like encoder is compute-bound (a batch of 8 costs about 8× one row) and
   gains little; at batch 1 it already fills both cores.
+- The open-loop (`chipfit loadtest`) ratios are the noisier measure: the Python generator's own floor is a few
+  milliseconds, and near the SLO its p99 swings by ±30% from probe to probe. Checked once side by side on the
+  BERT-like encoder: at 150 and 250 req/s, adaptive and `--max-batch 1` servers, up at once and probed
+  alternately, had p99s of 20–34 ms against a 24 ms SLO, in no consistent order.
 - The digits CNN's SLO (4 × its 0.09 ms batch-1 p99) is shorter than one HTTP round trip on loopback; no rate
   meets it (0 / n/a), with or without batching.
 - ONNX Runtime's pool threads are told not to spin in the server (a spinning pool takes the event loop's
