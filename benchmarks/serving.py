@@ -360,8 +360,8 @@ READING = """#### Reading the serving numbers
   milliseconds, and near the SLO its p99 swings by ±30% from probe to probe. Checked once side by side on the
   BERT-like encoder: at 150 and 250 req/s, adaptive and `--max-batch 1` servers, up at once and probed
   alternately, had p99s of 20–34 ms against a 24 ms SLO, in no consistent order.
-- The digits CNN's SLO (4 × its batch-1 p99: about half a millisecond) is shorter than one HTTP round trip on loopback; no rate
-  meets it (0 / n/a), with or without batching.
+- The digits CNN's SLO (4 × its batch-1 p99: about half a millisecond) is shorter than one HTTP round trip on
+  loopback; no rate meets it (0 / n/a), with or without batching.
 - ONNX Runtime's pool threads are told not to spin in the server (a spinning pool takes the event loop's
   core); that costs a few tenths of a millisecond per run against the in-process p50 and is counted in the
   overhead column.
