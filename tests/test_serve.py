@@ -421,9 +421,10 @@ def test_admission_counts_the_queue_in_batches_not_one_row_at_a_time() -> None:
         release.wait(10)  # the first batch holds the model until the queue behind it is built
         return [feeds["x"]]
 
-    # profile: 4 ms for 1 row, 8 ms for 16 — memory-bound, batching nearly free; SLO 40 ms
-    profile = [{"batch": 1, "p50_ms": 4.0}, {"batch": 16, "p50_ms": 8.0}]
-    b = AdaptiveBatcher(model, ["y"], 0.040, profile, max_batch=16, max_queue=1000)
+    # profile: 40 ms for 1 row, 80 ms for 16 — memory-bound, batching nearly free; SLO 400 ms (long enough
+    # that a stalled CI machine does not make the queued requests late before the model is released)
+    profile = [{"batch": 1, "p50_ms": 40.0}, {"batch": 16, "p50_ms": 80.0}]
+    b = AdaptiveBatcher(model, ["y"], 0.400, profile, max_batch=16, max_queue=1000)
 
     async def fill(n: int) -> tuple[int, int]:
         futs, rejected = [], 0
@@ -438,11 +439,51 @@ def test_admission_counts_the_queue_in_batches_not_one_row_at_a_time() -> None:
         return sum(not isinstance(r, BaseException) for r in results), rejected
 
     try:
-        # 16 rows queued behind a running row: one more batch of ≤ 16 rows (≈ 8 ms each) meets 40 ms; one row at
-        # a time (4 ms each) would not, and a row-by-row estimate turned them away
+        # 16 rows queued behind a running row: batches of up to 16 rows (≈ 80 ms each) meet 400 ms; one row at
+        # a time (40 ms each) would not, and a row-by-row estimate turned them away
         served, rejected = asyncio.run(fill(17))
         assert rejected == 0 and served == 17
         assert b.drain_batch() >= 8
+    finally:
+        b.close()
+
+
+def test_a_batch_is_not_shrunk_for_its_oldest_request_when_that_would_make_the_rest_late() -> None:
+    import asyncio
+
+    from chipfit.serve.batcher import AdaptiveBatcher, Overloaded
+
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def model(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        release.wait(10)
+        return [feeds["x"]]
+
+    # 40 ms for 1 row, 80 ms for 16, SLO 400 ms; the oldest queued request has waited ~340 ms when the model is
+    # free: alone it would finish in time (40 ms), with the 7 behind it not (~61 ms) — but they would, and
+    # serving it alone first would make them wait another 40 ms for nothing on a model where 8 cost about 1.
+    profile = [{"batch": 1, "p50_ms": 40.0}, {"batch": 16, "p50_ms": 80.0}]
+    b = AdaptiveBatcher(
+        model, ["y"], 0.400, profile, max_batch=16, max_queue=1000, on_batch=lambda r, s, q: sizes.append(r)
+    )
+
+    async def run() -> None:
+        x = np.zeros((1, 2), np.float32)
+        futs = [b.submit({"x": x}, 1)]  # holds the model
+        await asyncio.sleep(0.01)
+        futs.append(b.submit({"x": x}, 1))  # the oldest queued
+        await asyncio.sleep(0.33)
+        futs += [b.submit({"x": x}, 1) for _ in range(7)]
+        release.set()
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        assert all(not isinstance(r, BaseException) or isinstance(r, Overloaded) for r in results)
+
+    try:
+        asyncio.run(run())
+        # after the first row: one batch with everyone (or, on a stalled machine, the 7 after the oldest was
+        # rejected as late) — not the oldest alone
+        assert sizes[0] == 1 and sizes[1] >= 7, sizes
     finally:
         b.close()
 
