@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import chipfit  # noqa: E402
 from chipfit.search.space import SpaceOptions  # noqa: E402
 from chipfit.serve.loadtest import run_load  # noqa: E402
+from chipfit.testing.serving import ServeProcess  # noqa: E402
 
 HEADER = "## Serving: adaptive batching vs one request at a time (issue 7)"
 CONNS = (1, 2, 4, 8, 12, 16, 24, 32)
@@ -110,47 +110,10 @@ def b1_p99_ms(folder: Path, data: dict[str, np.ndarray], n: int = 2000) -> tuple
     return float(np.quantile(t, 0.5) * 1e3), float(np.quantile(t, 0.99) * 1e3)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, folder: Path, slo_ms: float, max_batch: int) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chipfit",
-                "serve",
-                f"m={folder}",
-                "--port",
-                str(self.port),
-                "--slo-p99-ms",
-                f"{slo_ms:.4f}",
-                "--max-batch",
-                str(max_batch),
-                "--no-access-log",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import httpx
-
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+def serve(folder: Path, slo_ms: float, max_batch: int) -> ServeProcess:
+    """`chipfit serve` of one artifact as model `m`, its output discarded (no pipe to fill under load)."""
+    args = [f"m={folder}", "--slo-p99-ms", f"{slo_ms:.4f}", "--max-batch", str(max_batch), "--no-access-log"]
+    return ServeProcess(*args, capture=False)
 
 
 def _ms(text: str) -> float:
@@ -232,7 +195,7 @@ def bench_model(name: str, folder: Path, data: dict[str, np.ndarray], work: Path
     body_file = work / f"{folder.name}.json"
     body_file.write_bytes(body)
     res: dict = {"name": name, "b1_p50": p50, "b1_p99": p99, "slo": slo}
-    servers = {"adaptive": Server(folder, slo, 64), "one": Server(folder, slo, 1)}
+    servers = {"adaptive": serve(folder, slo, 64), "one": serve(folder, slo, 1)}
     try:
         if shutil.which("wrk"):
             for mode, best in best_wrk_pair({m: s.url for m, s in servers.items()}, body_file, slo).items():
@@ -253,7 +216,7 @@ def bench_model(name: str, folder: Path, data: dict[str, np.ndarray], work: Path
         for s in servers.values():
             s.stop()
     if shutil.which("wrk"):  # the server's own time at low load, with an SLO that rejects nothing
-        s = Server(folder, 1000.0, 64)
+        s = serve(folder, 1000.0, 64)
         try:
             low = wrk(s.url, body_file, 1, 4)
             res["overhead_ms"] = low["p50"] - p50

@@ -8,10 +8,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +23,7 @@ pytest.importorskip("fastapi")
 import chipfit  # noqa: E402
 from chipfit.search.driver import MeasureSettings  # noqa: E402
 from chipfit.search.space import SpaceOptions  # noqa: E402
+from chipfit.testing.serving import ServeProcess, free_port  # noqa: E402
 from conftest import FAST_TIMING, make_mlp  # noqa: E402
 
 
@@ -53,40 +50,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"v1": a, "v2": b, "work": work}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "chipfit", "serve", *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("server did not become ready")
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        _, err = self.proc.communicate(timeout=20)
-        return err
-
-
 @pytest.fixture
-def server(artifacts: dict[str, Path]) -> Iterator[Server]:
-    s = Server(f"mlp={artifacts['v1']}", "--slo-p99-ms", "50", "--token", "s3cret")
+def server(artifacts: dict[str, Path]) -> Iterator[ServeProcess]:
+    s = ServeProcess(f"mlp={artifacts['v1']}", "--slo-p99-ms", "50", "--token", "s3cret")
     yield s
     s.stop()
 
@@ -94,7 +60,7 @@ def server(artifacts: dict[str, Path]) -> Iterator[Server]:
 AUTH = {"Authorization": "Bearer s3cret"}
 
 
-def test_predictions_match_the_artifact_in_json_and_npz(server: Server, artifacts: dict[str, Path]) -> None:
+def test_predictions_match_the_artifact_in_json_and_npz(server: ServeProcess, artifacts: dict[str, Path]) -> None:
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
     expected = chipfit.runtime.load(artifacts["v1"]).run({"x": x})[0]
     r = httpx.post(f"{server.url}/v1/models/mlp/predict", json={"inputs": {"x": x.tolist()}}, headers=AUTH)
@@ -130,7 +96,7 @@ def test_predictions_match_the_artifact_in_json_and_npz(server: Server, artifact
         (b"PK-not-a-zip", "application/x-npz", "not a readable .npz"),
     ],
 )
-def test_bad_payloads_are_400_naming_the_problem(server: Server, body: bytes, ctype: str, message: str) -> None:
+def test_bad_payloads_are_400_naming_the_problem(server: ServeProcess, body: bytes, ctype: str, message: str) -> None:
     r = httpx.post(f"{server.url}/v1/models/mlp/predict", content=body, headers={**AUTH, "Content-Type": ctype})
     assert r.status_code == 400 and message in r.json()["error"], r.text
     buf = io.BytesIO()
@@ -156,7 +122,7 @@ def test_bad_payloads_are_400_naming_the_problem(server: Server, body: bytes, ct
 
 
 def test_token_required_and_body_limit(artifacts: dict[str, Path]) -> None:
-    s = Server(str(artifacts["v1"]), "--max-body-mb", "0.0001", env={"CHIPFIT_SERVE_TOKEN": "t0k"})
+    s = ServeProcess(str(artifacts["v1"]), "--max-body-mb", "0.0001", env={"CHIPFIT_SERVE_TOKEN": "t0k"})
     try:
         url = f"{s.url}/v1/models/mlp_v1/predict"
         body = {"inputs": {"x": [[0.0, 0.0, 0.0, 0.0]]}}
@@ -181,7 +147,9 @@ def _hammer(url: str, stop: threading.Event, codes: list[int], headers: dict[str
             time.sleep(0.002)
 
 
-def test_hot_reload_and_rollback_under_traffic_fail_no_request(server: Server, artifacts: dict[str, Path]) -> None:
+def test_hot_reload_and_rollback_under_traffic_fail_no_request(
+    server: ServeProcess, artifacts: dict[str, Path]
+) -> None:
     url = f"{server.url}/v1/models/mlp/predict"
     stop, codes = threading.Event(), []  # type: ignore[var-annotated]
     t = threading.Thread(target=_hammer, args=(url, stop, codes, AUTH))
@@ -207,7 +175,7 @@ def test_hot_reload_and_rollback_under_traffic_fail_no_request(server: Server, a
 
 
 def test_overload_is_answered_429_quickly_and_the_server_survives(artifacts: dict[str, Path]) -> None:
-    s = Server(str(artifacts["v1"]), "--slo-p99-ms", "2", "--max-queue", "8", "--no-access-log")
+    s = ServeProcess(str(artifacts["v1"]), "--slo-p99-ms", "2", "--max-queue", "8", "--no-access-log")
     try:
         from chipfit.serve.loadtest import run_load
 
@@ -227,7 +195,7 @@ def test_overload_is_answered_429_quickly_and_the_server_survives(artifacts: dic
 
 
 def test_max_batch_1_serves_one_request_at_a_time(artifacts: dict[str, Path], cli_run: Any) -> None:
-    s = Server(str(artifacts["v1"]), "--max-batch", "1", "--slo-p99-ms", "200", "--no-access-log")
+    s = ServeProcess(str(artifacts["v1"]), "--max-batch", "1", "--slo-p99-ms", "200", "--no-access-log")
     try:
         out = json.loads(cli_run("loadtest", s.url, "--model", "mlp_v1", "--rate", "300", "--duration", "1", "--json"))
         assert out["ok"] > 100 and out["errors"] == 0 and out["p99_ms"] is not None
@@ -309,7 +277,7 @@ def test_cascade_keeps_accuracy_within_the_bound_and_serves_as_one_endpoint(tmp_
     assert "add a 'labels' array" in cli_run(
         "cascade", str(fast), str(acc), "--data", str(tmp_path / "nolabels.npz"), code=2
     )
-    s = Server(f"digits={tmp_path / 'casc'}", "--slo-p99-ms", "100", "--no-access-log")
+    s = ServeProcess(f"digits={tmp_path / 'casc'}", "--slo-p99-ms", "100", "--no-access-log")
     try:
         body = {"inputs": {"x": ev["x"][:64].tolist()}}
         out = httpx.post(f"{s.url}/v1/models/digits/predict", json=body, timeout=30)
@@ -333,7 +301,7 @@ def test_ray_serve_deploys_the_same_app(artifacts: dict[str, Path], local_ray: A
     from chipfit.serve.ray_serve import deploy
     from chipfit.serve.server import ServeOptions
 
-    port = _port()
+    port = free_port()
     try:
         deploy(ServeOptions([f"mlp={artifacts['v1']}"], port=port, slo_p99_ms=100, replicas=2, access_log=False))
         url = f"http://127.0.0.1:{port}"
@@ -489,7 +457,7 @@ def test_a_batch_is_not_shrunk_for_its_oldest_request_when_that_would_make_the_r
 
 
 def test_several_models_and_named_versions_in_one_server(artifacts: dict[str, Path], cli_run: Any) -> None:
-    s = Server(f"a@3={artifacts['v1']}", f"b={artifacts['v2']}", "--no-access-log")
+    s = ServeProcess(f"a@3={artifacts['v1']}", f"b={artifacts['v2']}", "--no-access-log")
     try:
         models = {(m["name"], m["version"]) for m in httpx.get(f"{s.url}/v1/models").json()["models"]}
         assert models == {("a", 3), ("b", 1)}

@@ -120,7 +120,7 @@ class AdaptiveBatcher:
 
     def drain_batch(self) -> int:
         """The batch size a queue drains at: the largest (under the AIMD cap) whose typical run fits in the SLO."""
-        return self.latency.largest_within(self.slo_s, min(self.cap, self.max_batch))
+        return self.latency.largest_within(self.slo_s, self.cap)
 
     def close(self) -> None:
         with self._cv:
@@ -146,16 +146,17 @@ class AdaptiveBatcher:
         of them finish by their deadlines at the batch's typical time, the larger on a tie. Shrinking a batch
         for its oldest request is worth it only when it saves more requests than it delays: on a memory-bound
         model a batch of 8 costs hardly more than 1, and serving the oldest alone would make the rest late."""
-        limit = min(self.cap, self.max_batch)
-        best, best_ok, rows, k = 1, -1, 0, 0
+        best, best_ok, rows = 1, -1, 0
+        deadlines: list[float] = []
         for r in self._q:
-            if k and rows + r.rows > limit:
+            if deadlines and rows + r.rows > self.cap:
                 break
-            k, rows = k + 1, rows + r.rows
+            rows += r.rows
+            deadlines.append(r.deadline)
             end = now + self.latency.typical(rows)
-            ok = sum(1 for i in range(k) if self._q[i].deadline >= end)
+            ok = sum(d >= end for d in deadlines)
             if ok >= best_ok:
-                best, best_ok = k, ok
+                best, best_ok = len(deadlines), ok
         return best
 
     def _late(self, r: _Req, now: float) -> bool:
@@ -195,13 +196,12 @@ class AdaptiveBatcher:
                 feeds = {k: np.concatenate([r.feeds[k] for r in batch]) for k in batch[0].feeds}
             outs = self._run(feeds)
         except Exception as exc:  # the model failed on this batch: every request in it gets the error
-            self._busy_until = 0.0
             for r in batch:
                 r.loop.call_soon_threadsafe(_set_exception, r.future, exc)
             return
-        done = time.perf_counter()
-        self._busy_until = 0.0
-        service = done - t0
+        finally:
+            self._busy_until = 0.0
+        service = time.perf_counter() - t0
         self.latency.observe(rows, service)
         if service > budget and rows > 1:
             # the batch itself overran what the SLO left it (not the wait before it): multiplicative decrease
@@ -213,14 +213,13 @@ class AdaptiveBatcher:
         if self._on_batch is not None:
             self._on_batch(rows, service, self._rows_queued)
         start = 0
-        results = []
+        by_loop: dict[Any, list[Any]] = {}
         for r in batch:
             end = start + r.rows
-            results.append((r, {n: o[start:end] for n, o in zip(self._outputs, outs, strict=True)}))
+            by_loop.setdefault(r.loop, []).append(
+                (r.future, {n: o[start:end] for n, o in zip(self._outputs, outs, strict=True)})
+            )
             start = end
-        by_loop: dict[Any, list[Any]] = {}
-        for r, res in results:
-            by_loop.setdefault(r.loop, []).append((r.future, res))
         for loop, items in by_loop.items():  # one wake-up of the event loop per batch, not per request
             loop.call_soon_threadsafe(_set_results, items)
 

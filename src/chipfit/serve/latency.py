@@ -57,16 +57,13 @@ class LatencyModel:
             out[b] = top
         return out
 
-    def _at(self, batch: int, which: int) -> float:
-        return _interp(self._points, batch, which)
-
     def typical(self, batch: int) -> float:
         """Median service time (seconds) of a batch of ``batch`` rows; 0 while nothing is known."""
-        return self._at(batch, 0)
+        return _interp(self._points, batch, 0)
 
     def p99(self, batch: int) -> float:
         """p99 service time (seconds) of a batch of ``batch`` rows; 0 while nothing is known."""
-        return self._at(batch, 1)
+        return _interp(self._points, batch, 1)
 
     def largest_within(self, budget_s: float, cap: int, tail: bool = False) -> int:
         """The largest batch (≤ cap) whose typical (or, with ``tail``, p99) time fits in ``budget_s``; at least 1."""
