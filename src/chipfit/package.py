@@ -247,10 +247,9 @@ def load(path: str | Path, threads: int | None = None, serving: bool = False) ->
     try:
         options = dict(manifest.get("runtime_options") or {})
         if threads is not None:
-            key = "intra_op_num_threads" if manifest["backend"] == "onnxruntime" else "threads"
-            options[key] = int(threads)
-        if serving and manifest["backend"] == "onnxruntime":
-            options["allow_spinning"] = False
+            options["threads"] = int(threads)  # every backend's thread count (ONNX Runtime: over intra-op's)
+        if serving:
+            options["allow_spinning"] = False  # a backend with spinning pool threads turns it off; others ignore it
         exe = backend.compile(folder / model["file"], manifest.get("target") or "cpu", options)
     except ValueError as exc:  # e.g. a module compiled for another architecture
         raise ArtifactError(f"Artifact '{folder}' cannot run here: {exc}.") from None

@@ -98,8 +98,9 @@ def session_options(options: Mapping[str, Any]) -> Any:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[level]
-    if "intra_op_num_threads" in options:
-        so.intra_op_num_threads = int(options["intra_op_num_threads"])
+    threads = options.get("threads", options.get("intra_op_num_threads"))  # "threads": chipfit's generic key
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
     if "inter_op_num_threads" in options:
         so.inter_op_num_threads = int(options["inter_op_num_threads"])
     if options.get("execution_mode") == "parallel":
