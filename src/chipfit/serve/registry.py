@@ -46,8 +46,9 @@ def _runner(loaded: Any, manifest: dict[str, Any]) -> tuple[Any, int | None]:
     """A feeds -> outputs callable, and the compiled batch when the model takes only one (padded to it)."""
     src = manifest["model"]["source"]
     fixed = None
-    if manifest["backend"] == "tvm":
-        fixed = int(manifest["candidate"]["batch"])
+    compiled = (manifest.get("runtime_options") or {}).get("batch")  # recorded by backends that specialize it
+    if compiled is not None:
+        fixed = int(compiled)
     elif not src.get("dynamic_batch", True):
         first = src["inputs"][0]["shape"][0]
         fixed = int(first) if isinstance(first, int) else None
