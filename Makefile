@@ -5,7 +5,22 @@ BIN    := $(VENV)/bin
 # A local CPU build; an unpinned torch pulls GBs of CUDA packages. pyproject.toml keeps a range for users.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench lint typecheck example clean sysroot-aarch64
+.PHONY: demo test bench lint typecheck example clean sysroot-aarch64 sysdeps
+
+# System tools the tests use: the host C++ compiler (TVM's export_library links model.so with it) and wrk (the
+# serving benchmark's load generator). Installed with apt-get when run as root (CI is); otherwise the tests that
+# need them skip and say which command installs them (`pytest -ra`). The aarch64 cross compiler, qemu-user and
+# sysroot stay behind `make sysroot-aarch64`.
+SYSDEPS := g++ wrk
+sysdeps:
+	@missing=""; for t in $(SYSDEPS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make: installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "make: $$missing not installed and not root: the tests that need them will skip (sudo apt-get install$$missing)"; \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +40,10 @@ demo: $(VENV)/.core
 	$(BIN)/chipfit fit examples/digits/model.onnx --data examples/digits/eval.npz \
 		--spec examples/digits/chipfit.yaml --out out/demo
 
-test: $(VENV)/.dev
-	$(BIN)/python -m pytest -q -m "not bench"
+test: $(VENV)/.dev sysdeps
+	$(BIN)/python -m pytest -q -m "not bench" --durations=5
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev sysdeps
 	$(BIN)/python -m pytest -q -m bench
 	$(BIN)/python benchmarks/run.py --out BENCHMARKS.md
 

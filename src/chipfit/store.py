@@ -27,9 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from chipfit.candidate import Candidate
 from chipfit.errors import StoreError
 from chipfit.measure.measurement import Measurement
-from chipfit.search.space import Candidate
 from chipfit.workspace import default_home
 
 __all__ = ["Store", "default_url"]
@@ -127,7 +127,7 @@ class Store:
             notes=list(m.notes),
             env=env,
             wall_s=m.wall_s,
-            created_at=dt.datetime.now(dt.timezone.utc),
+            created_at=dt.datetime.now(dt.UTC),
         )
         with Session(self.engine) as s:
             try:

@@ -92,12 +92,9 @@ def session_options(options: Mapping[str, Any]) -> Any:
     so = ort.SessionOptions()
     level = options.get("graph_optimization_level")
     if level is not None:
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
+        from chipfit.passes.ort_graph_opt import graph_optimization_level
+
+        so.graph_optimization_level = graph_optimization_level(level)
     threads = options.get("threads", options.get("intra_op_num_threads"))  # "threads": chipfit's generic key
     if threads is not None:
         so.intra_op_num_threads = int(threads)

@@ -88,6 +88,11 @@ class TvmBackend:
             return f"apache-tvm does not load ({type(exc).__name__}: {exc}); reinstall with {INSTALL}"
         if not tvm.runtime.enabled("llvm"):
             return "this apache-tvm build has no LLVM code generator; install the PyPI wheel: " + INSTALL
+        from chipfit.hardware.cross import host_arch, toolchain
+
+        chain = toolchain(host_arch())
+        if not chain.compiler:  # export_library links the deployable model.so with it
+            return f"TVM links compiled modules with the host C++ compiler, which is missing: {chain.install_hint}"
         return None
 
     def version(self) -> str | None:
@@ -237,7 +242,7 @@ def run_module(
     import sys
     import tempfile
 
-    from chipfit.hardware.cross import host_arch, toolchain
+    from chipfit.hardware.cross import SYSROOT_PYTHON, host_arch, toolchain
 
     chain = toolchain(elf_arch(lib) or host_arch())
     script = Path(__file__).with_name("_tvm_check.py")
@@ -252,9 +257,10 @@ def run_module(
             why = chain.check_unavailable()
             if why:
                 raise RuntimeError(why)
-            assert chain.qemu and chain.sysroot
+            if not (chain.qemu and chain.sysroot):  # check_unavailable() said both are there
+                raise RuntimeError(f"no qemu-{chain.arch} or sysroot to run the module")
             root = str(chain.sysroot)
-            cmd = [chain.qemu, "-L", root, f"{root}/usr/bin/python3.11", "-P", str(script), str(lib), str(inputs)]
+            cmd = [chain.qemu, "-L", root, f"{root}/usr/bin/{SYSROOT_PYTHON}", "-P", str(script), str(lib), str(inputs)]
             cmd.append(str(outputs))
             env = {"PYTHONPATH": "/opt/chipfit-py", "PATH": os.environ.get("PATH", ""), "TVM_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)

@@ -18,7 +18,11 @@ from pathlib import Path
 
 from chipfit.workspace import default_home
 
-__all__ = ["Toolchain", "find_sysroot", "host_arch", "toolchain"]
+__all__ = ["SYSROOT_PYTHON", "Toolchain", "find_sysroot", "host_arch", "toolchain"]
+
+# The sysroot is Debian bookworm's (tools/make-sysroot.sh), whose one Python is 3.11; the wheels put in it are
+# downloaded for that version, whatever interpreter runs chipfit on the host.
+SYSROOT_PYTHON = "python3.11"
 
 _TRIPLES = {"aarch64": "aarch64-linux-gnu", "x86_64": "x86_64-linux-gnu"}
 _APT = {"aarch64": "g++-aarch64-linux-gnu", "x86_64": "g++-x86-64-linux-gnu"}
@@ -56,7 +60,7 @@ class Toolchain:
 
 
 def _sysroot_ok(path: Path) -> bool:
-    return (path / "usr" / "bin" / "python3.11").exists() and (path / "opt" / "chipfit-py" / "tvm").is_dir()
+    return (path / "usr" / "bin" / SYSROOT_PYTHON).exists() and (path / "opt" / "chipfit-py" / "tvm").is_dir()
 
 
 def find_sysroot(arch: str) -> Path | None:

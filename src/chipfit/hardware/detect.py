@@ -19,7 +19,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_features", "cpu_quota", "environment_fingerprint", "fingerprint_hash", "local_machine"]
+__all__ = [
+    "cpu_features",
+    "cpu_quota",
+    "environment_fingerprint",
+    "fingerprint_hash",
+    "local_machine",
+    "microarch",
+]
 
 # ISA flags that change which kernels a runtime can use; the rest of /proc/cpuinfo is noise here.
 _RELEVANT_FLAGS = (
@@ -96,6 +103,27 @@ def cpu_quota() -> int:
     return max(1, n)
 
 
+# archspec's names where LLVM (and so the catalogue's ``tvm.mcpu``) spells the microarchitecture otherwise
+_LLVM_NAMES = {"zen": "znver1", "icelake": "icelake-server", "skylake_avx512": "skylake-avx512", "m1": "apple-m1"}
+
+
+@functools.lru_cache(maxsize=1)
+def microarch() -> str | None:
+    """This CPU's microarchitecture in LLVM's spelling (``znver4``, ``sapphirerapids``, ``neoverse-v1``), read
+    with archspec (the library Spack uses for it); None when archspec knows only the generic family."""
+    try:
+        import archspec.cpu
+    except ImportError:  # a core dependency, but a broken install must not stop detection
+        return None
+    host = archspec.cpu.host()
+    if host.vendor == "generic" or host.name == host.family.name:
+        return None
+    name = host.name
+    if name.startswith("zen") and name[3:].isdigit():
+        return f"znver{name[3:]}"
+    return _LLVM_NAMES.get(name, name.replace("_", "-"))
+
+
 def _cpu_info() -> dict[str, Any]:
     model: str = platform.processor() or platform.machine()
     flags: set[str] = set()
@@ -113,6 +141,7 @@ def _cpu_info() -> dict[str, Any]:
         "model": model or "unknown",
         "arch": platform.machine(),
         "isa": sorted(f for f in _RELEVANT_FLAGS if f in flags),
+        "microarch": microarch(),
         "cores_in_quota": cpu_quota(),
         "logical_cores_host": os.cpu_count(),
     }

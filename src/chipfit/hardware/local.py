@@ -1,10 +1,10 @@
 """This machine as a catalogue target: matched to the catalogue entry it most resembles, with its own peak
 rates measured (``microbench``) and its price and power scaled from the match to the cores in the CPU quota.
 
-Matching uses what can be read here: the architecture, the ISA flags chipfit cares about and, when TVM is
-installed, LLVM's name for the CPU (``znver3``, ``sapphirerapids``, ...); a GPU is matched by name. When
-nothing matches closely the machine is a ``custom`` target whose price and power are estimated from the
-nearest CPU entry, and ``match["how"]`` says so: an estimate is never shown as a listed price.
+Matching uses what can be read here: the architecture, the ISA flags chipfit cares about and the CPU's
+microarchitecture (archspec's reading, in LLVM's spelling: ``znver3``, ``sapphirerapids``, ...); a GPU is
+matched by name. When nothing matches closely the machine is a ``custom`` target whose price and power are
+estimated from the nearest CPU entry, and ``match["how"]`` says so: an estimate is never shown as a listed price.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from chipfit.hardware.catalog import Target, load_catalog
 from chipfit.hardware.cross import host_arch
-from chipfit.hardware.detect import cpu_quota, local_machine
+from chipfit.hardware.detect import cpu_quota, local_machine, microarch
 
 __all__ = ["local_target", "match_local"]
 
@@ -37,15 +37,6 @@ _IMPORTANT = {
 }  # a server core's share of socket power under load, when nothing better is known
 
 
-def _llvm_cpu() -> str | None:
-    try:
-        from tvm.target import codegen
-
-        return str(codegen.llvm_get_system_cpu())
-    except Exception:  # tvm missing or broken: match on ISA flags alone
-        return None
-
-
 def match_local(catalog: dict[str, Target] | None = None) -> tuple[Target | None, dict[str, Any]]:
     """The catalogue CPU entry closest to this machine and how it was chosen."""
     catalog = catalog or load_catalog()
@@ -56,14 +47,15 @@ def match_local(catalog: dict[str, Target] | None = None) -> tuple[Target | None
         for t in catalog.values():
             if t.gpu and any(t.gpu.split("-")[0].lower() in g.lower() for g in gpus):
                 return t, {"how": f"GPU '{gpus[0]}' matches {t.name}", "exact": True}
-    llvm = _llvm_cpu()
-    best: tuple[float, Target] | None = None
+    llvm = microarch()
+    best: tuple[tuple[int, int], Target] | None = None
     for t in catalog.values():
         if t.arch != host_arch() or t.gpu or t.kind not in ("cloud-cpu", "laptop-cpu", "edge-cpu"):
             continue
-        score = -len(_IMPORTANT & (isa ^ set(t.isa)))  # each differing flag that matters for speed costs
-        if llvm and t.tvm and t.tvm.get("mcpu") == llvm:
-            score += 10
+        # the ISA flags that matter for speed decide; the microarchitecture's name breaks ties (a virtual CPU
+        # that hides one flag, e.g. waitpkg, is read by archspec as an older generation)
+        same_name = int(bool(llvm and t.tvm and t.tvm.get("mcpu") == llvm))
+        score = (-len(_IMPORTANT & (isa ^ set(t.isa))), same_name)
         if best is None or score > best[0]:
             best = (score, t)
     if best is None:

@@ -12,7 +12,22 @@ from typing import Any, ClassVar
 from chipfit.passes._graph import is_large
 from chipfit.passes.base import PassContext, PassResult
 
-__all__ = ["OrtGraphOpt", "pass_"]
+__all__ = ["OrtGraphOpt", "graph_optimization_level", "pass_"]
+
+
+def graph_optimization_level(level: str) -> Any:
+    """ONNX Runtime's enum for a level name (``disable`` / ``basic`` / ``extended`` / ``all``)."""
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if level not in levels:
+        raise ValueError(f"graph optimization level must be one of {tuple(levels)}; got {level!r}")
+    return levels[level]
 
 
 class OrtGraphOpt:
@@ -22,12 +37,13 @@ class OrtGraphOpt:
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
         import onnxruntime as ort
 
-        from chipfit.backends.onnxruntime import session_options
-
         level = params.get("level", "all")
         if level not in self.params["level"]:
             raise ValueError(f"ort_graph_opt: level must be one of {self.params['level']}; got {level!r}")
-        so = session_options({"graph_optimization_level": level, "intra_op_num_threads": 1})
+        so = ort.SessionOptions()
+        so.graph_optimization_level = graph_optimization_level(level)
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
         so.optimized_model_filepath = str(dst)
         if is_large(src):
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from chipfit.report.plots import _svg
+from chipfit.report.plots import figure_svg
 
 __all__ = ["rung_decisions", "write_explore_report"]
 
@@ -52,7 +52,7 @@ def curves_plot(history: list[dict[str, Any]], metric: str, winner: int | None) 
     ax.set_xlabel("resource (steps / epochs), log")
     ax.set_ylabel(metric)
     ax.set_title("green = completed, grey = stopped by ASHA or the budget, red = rejected; orange = winner", fontsize=9)
-    return _svg(fig)
+    return figure_svg(fig)
 
 
 def cost_plot(history: list[dict[str, Any]]) -> str:
@@ -64,7 +64,7 @@ def cost_plot(history: list[dict[str, Any]]) -> str:
     )
     ax.set_xlabel("trial")
     ax.set_ylabel("$ charged")
-    return _svg(fig)
+    return figure_svg(fig)
 
 
 def latency_plot(history: list[dict[str, Any]], metric: str, max_p99_ms: float | None) -> str | None:
@@ -86,7 +86,7 @@ def latency_plot(history: list[dict[str, Any]], metric: str, max_p99_ms: float |
     ax.set_xscale("log")
     ax.set_xlabel("p99 latency on the target, ms (square = measured, circle = predicted)")
     ax.set_ylabel(f"{metric} (0 = rejected before training)")
-    return _svg(fig)
+    return figure_svg(fig)
 
 
 def rung_decisions(history: list[dict[str, Any]], rungs: list[int]) -> list[dict[str, Any]]:

@@ -6,12 +6,12 @@ import io
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from chipfit.pipeline import FitResult
+    from chipfit.result import FitResult
 
-__all__ = ["batch_plot", "pareto_plot"]
+__all__ = ["batch_plot", "figure_svg", "pareto_plot"]
 
 
-def _svg(fig: object) -> str:
+def figure_svg(fig: object) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
@@ -58,7 +58,7 @@ def pareto_plot(result: FitResult) -> str:
     ax.set_ylabel(qname)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _svg(fig)
+    return figure_svg(fig)
 
 
 def batch_plot(result: FitResult) -> str:
@@ -87,4 +87,4 @@ def batch_plot(result: FitResult) -> str:
     ax2.plot(b, [r.metric("p99_ms") for r in rows], marker="s", color="#e76f51")
     ax2.set_ylabel("p99 (ms)", color="#e76f51")
     ax.grid(alpha=0.3)
-    return _svg(fig)
+    return figure_svg(fig)

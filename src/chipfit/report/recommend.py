@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from chipfit.report.plots import _svg
+from chipfit.report.plots import figure_svg
 
 __all__ = ["cost_latency_plot", "write_recommendation"]
 
@@ -42,7 +42,7 @@ def cost_latency_plot(targets: list[dict[str, Any]], max_p99_ms: float | None) -
     ax.set_xlabel("p99 latency, ms (predicted: bars = expected error)")
     ax.set_ylabel("$ per 1M inferences")
     ax.set_title("square = measured here, circle = predicted; red = misses a bound", fontsize=9)
-    return _svg(fig)
+    return figure_svg(fig)
 
 
 def _table(targets: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from chipfit.testing.reference_models import _model, _w, transformer_block
+from chipfit.testing.reference_models import onnx_model, random_weights, transformer_block
 
 __all__ = ["corpus", "write"]
 
@@ -23,7 +23,7 @@ def _mlp(name: str, widths: list[int], seed: int) -> tuple[str, onnx.ModelProto,
     w: dict[str, np.ndarray] = {}
     nodes, x = [], "x"
     for i, (a, b) in enumerate(itertools.pairwise(widths)):
-        w[f"W{i}"], w[f"b{i}"] = _w(rng, a, b), _w(rng, b, scale=0.1)
+        w[f"W{i}"], w[f"b{i}"] = random_weights(rng, a, b), random_weights(rng, b, scale=0.1)
         nodes += [
             helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"]),
             helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
@@ -33,7 +33,7 @@ def _mlp(name: str, widths: list[int], seed: int) -> tuple[str, onnx.ModelProto,
             nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
             x = f"r{i}"
     nodes[-1].output[0] = "y"
-    return name, _model(nodes, name, ["N", widths[0]], ["N", widths[-1]], w), (widths[0],)
+    return name, onnx_model(nodes, name, ["N", widths[0]], ["N", widths[-1]], w), (widths[0],)
 
 
 def _cnn(name: str, channels: list[int], size: int, seed: int) -> tuple[str, onnx.ModelProto, tuple[int, ...]]:
@@ -41,7 +41,7 @@ def _cnn(name: str, channels: list[int], size: int, seed: int) -> tuple[str, onn
     w: dict[str, np.ndarray] = {}
     nodes, x = [], "x"
     for i, (a, b) in enumerate(itertools.pairwise(channels)):
-        w[f"K{i}"], w[f"c{i}"] = _w(rng, b, a, 3, 3), _w(rng, b, scale=0.1)
+        w[f"K{i}"], w[f"c{i}"] = random_weights(rng, b, a, 3, 3), random_weights(rng, b, scale=0.1)
         nodes += [
             helper.make_node("Conv", [x, f"K{i}", f"c{i}"], [f"v{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
             helper.make_node("Relu", [f"v{i}"], [f"r{i}"]),
@@ -50,14 +50,14 @@ def _cnn(name: str, channels: list[int], size: int, seed: int) -> tuple[str, onn
         if i % 2 == 1:
             nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
             x = f"p{i}"
-    w["Wf"], w["bf"] = _w(rng, channels[-1], 10), _w(rng, 10, scale=0.1)
+    w["Wf"], w["bf"] = random_weights(rng, channels[-1], 10), random_weights(rng, 10, scale=0.1)
     nodes += [
         helper.make_node("GlobalAveragePool", [x], ["g"]),
         helper.make_node("Flatten", ["g"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"]),
     ]
     shape = (channels[0], size, size)
-    return name, _model(nodes, name, ["N", *shape], ["N", 10], w), shape
+    return name, onnx_model(nodes, name, ["N", *shape], ["N", 10], w), shape
 
 
 def corpus(n: int = 12, seed: int = 0) -> Iterator[tuple[str, onnx.ModelProto, tuple[int, ...]]]:

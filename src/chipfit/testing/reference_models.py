@@ -23,6 +23,8 @@ __all__ = [
     "UNSUPPORTED_OP",
     "ReferenceModel",
     "int8_mlp",
+    "onnx_model",
+    "random_weights",
     "reference_models",
     "save_torch_program",
     "torch_module",
@@ -51,7 +53,7 @@ class ReferenceModel:
         return path
 
 
-def _model(nodes: list[Any], name: str, in_shape: list[Any], out_shape: list[Any], weights: dict) -> Any:
+def onnx_model(nodes: list[Any], name: str, in_shape: list[Any], out_shape: list[Any], weights: dict) -> Any:
     graph = helper.make_graph(
         nodes,
         name,
@@ -65,14 +67,19 @@ def _model(nodes: list[Any], name: str, in_shape: list[Any], out_shape: list[Any
     return proto
 
 
-def _w(rng: np.random.Generator, *shape: int, scale: float | None = None) -> np.ndarray:
+def random_weights(rng: np.random.Generator, *shape: int, scale: float | None = None) -> np.ndarray:
     s = scale if scale is not None else 1.0 / math.sqrt(shape[0] if len(shape) == 2 else int(np.prod(shape[1:])))
     return (rng.standard_normal(shape) * s).astype(np.float32)
 
 
 def mlp(seed: int = 0) -> ReferenceModel:
     rng = np.random.default_rng(seed)
-    w = {"W1": _w(rng, 32, 64), "b1": _w(rng, 64, scale=0.1), "W2": _w(rng, 64, 10), "b2": _w(rng, 10, scale=0.1)}
+    w = {
+        "W1": random_weights(rng, 32, 64),
+        "b1": random_weights(rng, 64, scale=0.1),
+        "W2": random_weights(rng, 64, 10),
+        "b2": random_weights(rng, 10, scale=0.1),
+    }
     nodes = [
         helper.make_node("MatMul", ["x", "W1"], ["h0"]),
         helper.make_node("Add", ["h0", "b1"], ["h1"]),
@@ -84,7 +91,7 @@ def mlp(seed: int = 0) -> ReferenceModel:
     def expected(x: np.ndarray) -> np.ndarray:
         return np.maximum(x @ w["W1"] + w["b1"], 0) @ w["W2"] + w["b2"]
 
-    return ReferenceModel("mlp", _model(nodes, "mlp", ["N", 32], ["N", 10], w), (32,), expected, w, "mlp")
+    return ReferenceModel("mlp", onnx_model(nodes, "mlp", ["N", 32], ["N", 10], w), (32,), expected, w, "mlp")
 
 
 def _conv3x3(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -101,12 +108,12 @@ def _conv3x3(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cnn(seed: int = 0) -> ReferenceModel:
     rng = np.random.default_rng(seed)
     w = {
-        "K1": _w(rng, 8, 3, 3, 3),
-        "c1": _w(rng, 8, scale=0.1),
-        "K2": _w(rng, 16, 8, 3, 3),
-        "c2": _w(rng, 16, scale=0.1),
-        "Wf": _w(rng, 16, 10),
-        "bf": _w(rng, 10, scale=0.1),
+        "K1": random_weights(rng, 8, 3, 3, 3),
+        "c1": random_weights(rng, 8, scale=0.1),
+        "K2": random_weights(rng, 16, 8, 3, 3),
+        "c2": random_weights(rng, 16, scale=0.1),
+        "Wf": random_weights(rng, 16, 10),
+        "bf": random_weights(rng, 10, scale=0.1),
     }
     nodes = [
         helper.make_node("Conv", ["x", "K1", "c1"], ["a1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
@@ -126,7 +133,7 @@ def cnn(seed: int = 0) -> ReferenceModel:
         r2 = np.maximum(_conv3x3(p1, w["K2"], w["c2"]), 0)
         return r2.mean(axis=(2, 3)) @ w["Wf"] + w["bf"]
 
-    proto = _model(nodes, "cnn", ["N", 3, 16, 16], ["N", 10], w)
+    proto = onnx_model(nodes, "cnn", ["N", 3, 16, 16], ["N", 10], w)
     return ReferenceModel("cnn", proto, (3, 16, 16), expected, w, "cnn")
 
 
@@ -138,9 +145,14 @@ def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5) 
 
 def transformer_block(seed: int = 0, seq: int = 8, d: int = 32, ff: int = 64) -> ReferenceModel:
     rng = np.random.default_rng(seed)
-    w = {k: _w(rng, d, d) for k in ("Wq", "Wk", "Wv", "Wo")}
-    w |= {"W1": _w(rng, d, ff), "W2": _w(rng, ff, d), "g1": np.ones(d, np.float32), "be1": np.zeros(d, np.float32)}
-    w |= {"g2": (1 + _w(rng, d, scale=0.1)), "be2": _w(rng, d, scale=0.1)}
+    w = {k: random_weights(rng, d, d) for k in ("Wq", "Wk", "Wv", "Wo")}
+    w |= {
+        "W1": random_weights(rng, d, ff),
+        "W2": random_weights(rng, ff, d),
+        "g1": np.ones(d, np.float32),
+        "be1": np.zeros(d, np.float32),
+    }
+    w |= {"g2": (1 + random_weights(rng, d, scale=0.1)), "be2": random_weights(rng, d, scale=0.1)}
     w |= {"scale": np.array(1 / math.sqrt(d), np.float32), "half": np.array(0.5, np.float32)}
     w |= {"one": np.array(1.0, np.float32), "rsqrt2": np.array(1 / math.sqrt(2), np.float32)}
     n = helper.make_node
@@ -179,7 +191,7 @@ def transformer_block(seed: int = 0, seq: int = 8, d: int = 32, ff: int = 64) ->
         f1 = 0.5 * f0 * (1 + np.vectorize(erf)(f0 / math.sqrt(2)))
         return _layer_norm(h + f1 @ w["W2"], w["g2"], w["be2"]).astype(np.float32)
 
-    proto = _model(nodes, "transformer", ["N", seq, d], ["N", seq, d], w)
+    proto = onnx_model(nodes, "transformer", ["N", seq, d], ["N", seq, d], w)
     return ReferenceModel("transformer", proto, (seq, d), expected, w, "transformer")
 
 
@@ -258,14 +270,14 @@ def save_torch_program(ref: ReferenceModel, path: Path) -> Path:
 def int8_mlp(seed: int = 0) -> ReferenceModel:
     """A quantized (QDQ) layer: int8 activations and weights, as ONNX Runtime's static quantizer writes it."""
     rng = np.random.default_rng(seed)
-    wf = _w(rng, 32, 10)
+    wf = random_weights(rng, 32, 10)
     sw = np.float32(np.abs(wf).max() / 127)
     w: dict[str, np.ndarray] = {
         "Wq": np.clip(np.round(wf / sw), -127, 127).astype(np.int8),
         "sw": np.array(sw, np.float32),
         "sx": np.array(4.0 / 127, np.float32),
         "zx": np.array(0, np.int8),
-        "b": _w(rng, 10, scale=0.1),
+        "b": random_weights(rng, 10, scale=0.1),
     }
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
@@ -279,5 +291,5 @@ def int8_mlp(seed: int = 0) -> ReferenceModel:
         xd = np.clip(np.rint(x / w["sx"]), -128, 127) * w["sx"]
         return (xd @ (w["Wq"].astype(np.float32) * w["sw"]) + w["b"]).astype(np.float32)
 
-    proto = _model(nodes, "int8_mlp", ["N", 32], ["N", 10], w)
+    proto = onnx_model(nodes, "int8_mlp", ["N", 32], ["N", 10], w)
     return ReferenceModel("int8_mlp", proto, (32,), expected, w, "mlp")
