@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,11 +109,12 @@ def compile_for_target(
     """Compile ``model`` for catalogue ``target`` into the artifact folder ``out`` and check it where possible."""
     from chipfit import __version__
     from chipfit.backends import get_backend
+    from chipfit.fsutil import atomic_dir, sha256_file
     from chipfit.hardware.catalog import get_target
     from chipfit.hardware.cross import toolchain
     from chipfit.hardware.detect import local_machine
     from chipfit.model import load_model, onnx_files
-    from chipfit.package import MANIFEST, _sha256, _swap_into_place, check_writable
+    from chipfit.package import MANIFEST, check_writable
 
     out = check_writable(Path(out))
     entry = get_target(target, catalog)
@@ -138,8 +138,7 @@ def compile_for_target(
     m = load_model(model)
     order = [t.name for t in m.inputs]
     feeds = _inputs_for_check(m, data, samples, batch) if check else {}
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as staging:  # an interrupted compile keeps the artifact that was there
         for p in onnx_files(m.path):
             shutil.copy2(p, staging / ("model.onnx" if p == m.path else p.name))
         options: dict[str, Any] = {"threads": entry.cores} | ({"batch": batch} if batch else {})
@@ -152,7 +151,7 @@ def compile_for_target(
             if check
             else {"status": "not checked", "reason": "--no-check"}
         )
-        files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         manifest = {
             "format": 1,
             "chipfit_version": __version__,
@@ -169,8 +168,4 @@ def compile_for_target(
             "built_on": {k: local_machine()[k] for k in ("cpu", "os")},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CompileResult(out, target, backend, result, manifest)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -16,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chipfit.errors import ArtifactError, OutputError
+from chipfit.fsutil import atomic_dir, sha256_file
 from chipfit.model import onnx_files
+from chipfit.result import FitResult, batch_profile, constraints_table
 
 if TYPE_CHECKING:
-    from chipfit.pipeline import FitResult
     from chipfit.search.driver import SearchContext
 
 __all__ = ["LoadedModel", "check_writable", "load", "write_artifact"]
@@ -50,31 +50,6 @@ def check_writable(out: Path) -> Path:
     return out
 
 
-def _constraints_table(result: FitResult) -> list[dict[str, Any]]:
-    from chipfit.spec import CONSTRAINTS
-
-    rows = []
-    w = result.winner
-    for name, bound in result.spec.bounds().items():
-        metric = CONSTRAINTS[name].metric
-        value = w.metric(metric) if w else None
-        held = w is not None and not any(v.constraint == name for v in w.violations)
-        rows.append({"constraint": name, "bound": bound, "value": value, "held": held})
-    return rows
-
-
-def _batch_profile(result: FitResult) -> list[dict[str, Any]]:
-    """Latency per batch size of the winner's configuration (what the server's batcher starts from)."""
-    w = result.winner
-    if w is None:
-        return []
-    same = [r for r in result.candidates if r.candidate.config_id == w.candidate.config_id and r.measurement.ok]
-    return [
-        {"batch": r.candidate.batch, **{k: r.metric(k) for k in ("p50_ms", "p90_ms", "p99_ms", "throughput")}}
-        for r in sorted(same, key=lambda r: r.candidate.batch)
-    ]
-
-
 def _manifest(
     result: FitResult, model_file: str | None, files: dict[str, str], runtime_options: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -92,10 +67,10 @@ def _manifest(
         "candidate": w.candidate.to_dict() if w else None,
         "runtime_options": runtime_options,
         "measurements": w.measurement.metrics if w else None,
-        "batch_profile": _batch_profile(result),
+        "batch_profile": batch_profile(result),
         "objective": result.spec.objective,
         "spec": result.spec.model_dump(),
-        "constraints": _constraints_table(result),
+        "constraints": constraints_table(result),
         "reference": result.reference.measurement.metrics if result.reference else None,
         "environment": result.environment,
         "notes": result.notes + (w.measurement.notes if w else []),
@@ -103,12 +78,12 @@ def _manifest(
 
 
 def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
-    """Write the artifact to a staging folder beside ``out`` and swap it in; nothing is half-written."""
+    """Write the artifact to a staging folder beside ``out`` and swap it in (``fsutil.atomic_dir``): nothing
+    is half-written, and a write that fails keeps the artifact that was there."""
     from chipfit.passes import apply_passes
     from chipfit.report import render_report
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as staging:
         files: dict[str, str] = {}
         model_file = None
         runtime_options = None
@@ -124,7 +99,7 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
                 shutil.copy2(p, staging / ("model.onnx" if p == variant else p.name))
             model_file = "model.onnx"
             runtime_options = _package_backend(result.winner.candidate, staging / model_file, variant)
-            files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         with open(staging / "results.jsonl", "w") as f:
             for r in result.candidates:
                 f.write(json.dumps(r.to_dict(), default=_json_default) + "\n")
@@ -132,10 +107,6 @@ def write_artifact(result: FitResult, out: Path, ctx: SearchContext) -> Path:
             json.dumps(_manifest(result, model_file, files, runtime_options), indent=2, default=_json_default)
         )
         (staging / "report.html").write_text(render_report(result))
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -152,26 +123,6 @@ def _package_backend(c: Any, model_file: Path, variant: Path) -> dict[str, Any]:
     if hook is None:
         return options
     return dict(hook(variant, c.target, options, model_file.parent))
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json_default(o: Any) -> Any:
@@ -232,7 +183,7 @@ def load(path: str | Path, threads: int | None = None, serving: bool = False) ->
         f = folder / name
         if not f.is_file():
             raise ArtifactError(f"Artifact '{folder}' lacks '{name}', which its manifest lists.")
-        actual = _sha256(f)
+        actual = sha256_file(f)
         if actual != digest:
             raise ArtifactError(
                 f"'{f}' does not match the sha256 in {MANIFEST} (expected {digest[:12]}…, got {actual[:12]}…): "

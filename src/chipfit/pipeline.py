@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from chipfit.measure.quality import default_metric
 from chipfit.model import Model, load_model
 from chipfit.package import check_writable, write_artifact
 from chipfit.predict.roofline import model_info
+from chipfit.result import FitResult
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
 from chipfit.search.guide import make_guide
 from chipfit.search.mixed_precision import MixedPrecision
-from chipfit.search.select import CandidateResult, choose_winner, evaluate, near_misses, pareto_front
+from chipfit.search.select import choose_winner, evaluate, near_misses, pareto_front
 from chipfit.search.space import SpaceOptions, build_space
 from chipfit.spec import Spec, load_spec
 from chipfit.store import Store, default_url
@@ -29,45 +30,6 @@ from chipfit.workspace import default_home, subdir
 __all__ = ["FitResult", "fit"]
 
 log = logging.getLogger("chipfit")
-
-
-@dataclass
-class FitResult:
-    """What ``fit`` found. ``winner`` is None when nothing met the constraints (see ``near_misses``)."""
-
-    winner: CandidateResult | None
-    pareto: list[CandidateResult]
-    candidates: list[CandidateResult]
-    near_misses: list[CandidateResult]
-    reference: CandidateResult | None
-    spec: Spec
-    model: Model
-    environment: dict[str, Any]
-    elapsed_s: float
-    out_dir: Path | None = None
-    notes: list[str] = field(default_factory=list)
-    mixed_precision: dict[str, Any] | None = None  # the accuracy-aware search's report, when it ran
-
-    @property
-    def feasible(self) -> bool:
-        return self.winner is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "feasible": self.feasible,
-            "winner": self.winner.to_dict() if self.winner else None,
-            "pareto": [r.to_dict() for r in self.pareto],
-            "near_misses": [r.to_dict() for r in self.near_misses],
-            "candidates": [r.to_dict() for r in self.candidates],
-            "reference": self.reference.to_dict() if self.reference else None,
-            "spec": self.spec.model_dump(),
-            "model": self.model.summary(),
-            "environment": self.environment,
-            "elapsed_s": self.elapsed_s,
-            "out_dir": str(self.out_dir) if self.out_dir else None,
-            "notes": self.notes,
-            "mixed_precision": self.mixed_precision,
-        }
 
 
 def _as_spec(spec: Spec | str | Path | dict[str, Any] | None, overrides: dict[str, Any]) -> Spec:

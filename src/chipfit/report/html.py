@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from chipfit.report.plots import batch_plot, pareto_plot
+from chipfit.result import constraints_table
 
 if TYPE_CHECKING:
-    from chipfit.pipeline import FitResult
+    from chipfit.result import FitResult
 
 __all__ = ["render_report"]
 
@@ -33,12 +34,11 @@ def render_report(result: FitResult) -> str:
     )
     env.filters["fmt"] = _fmt
     from chipfit import __version__
-    from chipfit.package import _constraints_table
 
     return env.get_template("template.html.j2").render(
         r=result,
         version=__version__,
-        constraints=_constraints_table(result),
+        constraints=constraints_table(result),
         pareto_svg=pareto_plot(result),
         batch_svg=batch_plot(result),
         pareto_ids={p.candidate.id for p in result.pareto},
