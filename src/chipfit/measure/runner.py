@@ -1,4 +1,4 @@
-"""Run one job in a fresh worker process with a timeout and a memory cap; classify what happened.
+"""Run one ``WorkerJob`` in a fresh worker process with a timeout and a memory cap; classify what happened.
 
 A result file means the worker finished (ok, or failed with the exception's text). No result file means it
 died: killed by us after the timeout (``timeout``), or by a signal / nonzero exit (``failed``, with the
@@ -8,7 +8,6 @@ signal and the last lines of its stderr; ``oom`` when those lines show an alloca
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import resource
 import signal
@@ -18,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chipfit.measure.job import Status, WorkerJob, WorkerProtocolError, WorkerResult
 from chipfit.measure.measurement import Measurement, looks_like_oom
 
-__all__ = ["run_isolated"]
+__all__ = ["run_isolated", "run_worker"]
 
 
 def _limit_memory(limit_mb: int | None) -> Any:
@@ -41,14 +41,21 @@ def _tail(path: Path, n: int = 6) -> str:
 
 
 def run_isolated(
-    job: dict[str, Any], workdir: Path, timeout_s: float, memory_limit_mb: int | None, threads: int
+    job: WorkerJob, workdir: Path, timeout_s: float, memory_limit_mb: int | None, threads: int
 ) -> Measurement:
     """Measure ``job`` in a worker process; never raises for anything the candidate does."""
+    result, wall = run_worker(job, workdir, timeout_s, memory_limit_mb, threads)
+    return result.to_measurement(wall)
+
+
+def run_worker(
+    job: WorkerJob, workdir: Path, timeout_s: float, memory_limit_mb: int | None, threads: int
+) -> tuple[WorkerResult, float]:
+    """Run ``job`` in a worker process: its result (or one that says how the worker died) and the wall time."""
     workdir.mkdir(parents=True, exist_ok=True)
-    job = dict(job, result_path=str(workdir / "result.json"))
-    job_path, err_path = workdir / "job.json", workdir / "stderr.txt"
-    Path(job["result_path"]).unlink(missing_ok=True)
-    job_path.write_text(json.dumps(job))
+    job_path, result_file, err_path = workdir / "job.json", workdir / "result.json", workdir / "stderr.txt"
+    result_file.unlink(missing_ok=True)
+    job_path.write_text(job.to_json())
     env = dict(os.environ)
     src_root = str(Path(__file__).resolve().parents[2])  # so plug-ins and an uninstalled tree import
     env["PYTHONPATH"] = os.pathsep.join(p for p in [src_root, *sys.path, env.get("PYTHONPATH", "")] if p)
@@ -57,7 +64,7 @@ def run_isolated(
     start = time.perf_counter()
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chipfit.measure.worker", str(job_path)],
+            [sys.executable, "-m", "chipfit.measure.worker", str(job_path), str(result_file)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -72,17 +79,16 @@ def run_isolated(
             timed_out = True
             _kill_group(proc)
     wall = time.perf_counter() - start
-    result_file = Path(job["result_path"])
     if result_file.exists():
-        result = json.loads(result_file.read_text())
         _kill_group(proc)  # stray children of a finished worker
-        return Measurement(
-            result["status"], result.get("metrics") or {}, result.get("error"), result.get("notes") or [], wall
-        )
+        try:
+            return WorkerResult.from_json(result_file.read_text()), wall
+        except WorkerProtocolError as exc:
+            return WorkerResult(status="failed", error=str(exc)), wall
     if timed_out:
-        return Measurement(
-            "timeout", error=f"no result within the {timeout_s:.0f}s timeout; worker killed", wall_s=wall
-        )
+        return WorkerResult(
+            status="timeout", error=f"no result within the {timeout_s:.0f}s timeout; worker killed"
+        ), wall
     tail = _tail(err_path)
     code = proc.returncode
     if code is not None and code < 0:
@@ -91,8 +97,8 @@ def run_isolated(
             why += " (killed from outside, e.g. by the kernel's OOM killer)"
     else:
         why = f"worker exited with code {code} without a result"
-    status = "oom" if looks_like_oom(tail) else "failed"
-    return Measurement(status, error=f"{why}. stderr: {tail}" if tail else why, wall_s=wall)
+    status: Status = "oom" if looks_like_oom(tail) else "failed"
+    return WorkerResult(status=status, error=f"{why}. stderr: {tail}" if tail else why), wall
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

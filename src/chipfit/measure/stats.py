@@ -7,9 +7,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_P99_SAMPLES", "TimingPolicy", "is_stable", "latency_summary", "quantile_ci"]
+__all__ = [
+    "MIN_P99_SAMPLES",
+    "TimingPolicy",
+    "is_stable",
+    "latency_summary",
+    "probe_bar",
+    "quantile_ci",
+    "stop_reason",
+]
 
-MIN_P99_SAMPLES = 100  # below this a p99 is reported with p99_reliable = False
+MIN_P99_SAMPLES = 100  # below this a p99 is reported with p99_reliable = False; a stable p50 never stops sooner
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,25 @@ def is_stable(samples_ms: list[float], policy: TimingPolicy) -> bool:
         if value <= 0 or (hi - lo) / 2 > rel * value:
             return False
     return True
+
+
+def stop_reason(samples_ms: list[float], elapsed_s: float, policy: TimingPolicy) -> str | None:
+    """Why timing stops after these samples (None: go on). A stable estimate stops it only once there are
+    ``MIN_P99_SAMPLES`` samples, so a p99 is unreliable only when the time cap (or ``max_samples``) cut it short."""
+    n = len(samples_ms)
+    if n >= policy.max_samples:
+        return "max samples"
+    if elapsed_s >= policy.max_time_s and n >= policy.min_runs:
+        return "time cap"
+    if n >= MIN_P99_SAMPLES and n % 50 == 0 and is_stable(samples_ms, policy):
+        return "stable"
+    return None
+
+
+def probe_bar(beat_ms: float, margin: float) -> float:
+    """The latency probe's bar: the best p50 times the margin, plus 20 µs of process-to-process jitter that
+    matters only for sub-millisecond models."""
+    return beat_ms * margin + 0.02
 
 
 def latency_summary(samples_ms: list[float], batch: int, elapsed_s: float) -> dict[str, object]:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chipfit.measure.job import PROTOCOL, LatencyProbe, QualityJob, SensitivityRequest, WorkerJob
 from chipfit.measure.measurement import Measurement
 from chipfit.measure.runner import run_isolated
-from chipfit.measure.stats import TimingPolicy
-from chipfit.measure.worker import probe_bar
+from chipfit.measure.stats import TimingPolicy, probe_bar
 from chipfit.passes.base import PassContext
 from chipfit.search.guide import Guide
 from chipfit.search.select import CandidateResult, evaluate
@@ -24,8 +24,6 @@ from chipfit.spec import Spec
 from chipfit.store import Store
 
 __all__ = ["MeasureSettings", "SearchContext", "run_search"]
-
-WORKER_PROTOCOL = 2  # bump when the worker's way of measuring changes: stored results are then not reused
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class SearchContext:
             "fidelity": self.fidelity_metric,
             "timing": self.settings.timing.__dict__,
             "eval_limit": self.settings.eval_limit,
-            "protocol": WORKER_PROTOCOL,
+            "protocol": PROTOCOL,  # a new worker protocol measures again instead of reusing stored results
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -85,32 +83,38 @@ class SearchContext:
     def reference_path(self) -> Path:
         return self.refs_dir / f"{self.model_sha256[:16]}-{self.context_hash}.npz"
 
-    def job(self, c: Candidate) -> dict[str, Any]:
-        chunk = max(c.batch, 32) if self.dynamic_batch else c.batch
-        return {
-            "home": str(self.variants_dir.parent),
-            "model_path": str(self.model_path),
-            "model_sha256": self.model_sha256,
-            "passes": [dict(p) for p in c.passes],
-            "backend": c.backend,
-            "target": c.target,
-            "options": dict(c.options),
-            "batch": c.batch,
-            "input_names": self.input_names,
-            "data_dir": str(self.data_dir),
-            "calib_dir": str(self.calib_dir) if self.calib_dir else None,
-            "calib_sha256": self.calib_sha256,
-            "variants_dir": str(self.variants_dir),
-            "timing": self.settings.timing.__dict__,
-            "quality": {
-                "chunk": chunk,
-                "limit": self.settings.eval_limit,
-                "metric": self.metric,
-                "fidelity_metric": self.fidelity_metric,
-                "save_reference": str(self.reference_path) if c.reference else None,
-                "reference": None if c.reference else str(self.reference_path),
-            },
-        }
+    def job(
+        self, c: Candidate, probe: LatencyProbe | None = None, sensitivity: SensitivityRequest | None = None
+    ) -> WorkerJob:
+        """The worker job that measures ``c`` (with a latency probe first, when given), or ranks its nodes'
+        quantization sensitivity."""
+        quality = QualityJob(
+            chunk=max(c.batch, 32) if self.dynamic_batch else c.batch,
+            limit=self.settings.eval_limit,
+            metric=self.metric,
+            fidelity_metric=self.fidelity_metric,
+            save_reference=self.reference_path if c.reference else None,
+            reference=None if c.reference else self.reference_path,
+        )
+        return WorkerJob(
+            home=self.variants_dir.parent,
+            model_path=self.model_path,
+            model_sha256=self.model_sha256,
+            passes=tuple(dict(p) for p in c.passes),
+            backend=c.backend,
+            target=c.target,
+            options=dict(c.options),
+            batch=c.batch,
+            input_names=tuple(self.input_names),
+            data_dir=self.data_dir,
+            calib_dir=self.calib_dir,
+            calib_sha256=self.calib_sha256,
+            variants_dir=self.variants_dir,
+            timing=self.settings.timing,
+            quality=quality,
+            probe=probe,
+            sensitivity=sensitivity,
+        )
 
 
 # callback(event, candidate, result, index, total): event is "start" (result None) or "done"
@@ -120,19 +124,17 @@ Refine = Callable[[list[CandidateResult], Callable[[Candidate], CandidateResult]
 _PROBED_OBJECTIVES = ("latency", "throughput")  # a probe compares p50 at one batch size: only these rank by it
 
 
-def _measure_one(ctx: SearchContext, c: Candidate, probe: dict[str, float] | None) -> tuple[Measurement, str]:
+def _measure_one(ctx: SearchContext, c: Candidate, probe: LatencyProbe | None) -> tuple[Measurement, str]:
     stored = None if ctx.settings.fresh else ctx.store.get(ctx.model_sha256, c, ctx.context_hash, ctx.env_hash)
     if stored is not None and c.reference and stored.ok and not ctx.reference_path.exists():
         stored = None  # the reference outputs are gone: measure the reference again to recreate them
     if stored is not None and stored.status == "pruned":  # pruned against an earlier best: still beaten?
         p50 = stored.metrics.get("probe_p50_ms")
-        if probe is None or p50 is None or p50 <= probe_bar(probe["beat_ms"], probe["margin"]):
+        if probe is None or p50 is None or p50 <= probe_bar(probe.beat_ms, probe.margin):
             stored = None
     if stored is not None and not (ctx.settings.retry_failed and stored.status in ("failed", "timeout", "oom")):
         return stored, "stored"
-    job = ctx.job(c)
-    if probe is not None:
-        job["probe"] = probe
+    job = ctx.job(c, probe)
     timeout = ctx.settings.timeout_s + _build_time(c)
     m = run_isolated(job, ctx.workdir / c.id, timeout, ctx.settings.memory_limit_mb, ctx.threads)
     ctx.store.put(ctx.model_sha256, c, ctx.context_hash, ctx.env, ctx.env_hash, m)
@@ -162,14 +164,14 @@ class _Search:
         evaluate(self.results, self.spec)
         return [r for r in self.results if r.feasible]
 
-    def probe(self, c: Candidate) -> dict[str, float] | None:
+    def probe(self, c: Candidate) -> LatencyProbe | None:
         if c.reference or not self.ctx.settings.probe or self.spec is None:
             return None
         if self.spec.objective not in _PROBED_OBJECTIVES:
             return None
         best = [r.metric("p50_ms") for r in self.feasible() if r.candidate.batch == c.batch]
         best = [v for v in best if v is not None]
-        return {"beat_ms": min(best), "margin": self.ctx.settings.probe_margin} if best else None
+        return LatencyProbe(beat_ms=min(best), margin=self.ctx.settings.probe_margin) if best else None
 
     def fastest(self, top: int, key: Callable[[Candidate], str], batch: int) -> set[str]:
         ok = [r for r in self.feasible() if r.candidate.batch == batch and r.metric("p50_ms") is not None]

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chipfit.measure.runner import run_isolated
-from chipfit.search.driver import WORKER_PROTOCOL
+from chipfit.measure.job import PROTOCOL, SensitivityRanking, SensitivityRequest
+from chipfit.measure.runner import run_worker
 from chipfit.search.select import CandidateResult, evaluate
 from chipfit.search.space import Candidate
 from chipfit.spec import Spec
@@ -82,7 +82,7 @@ class MixedPrecision:
                     out.append(r)
         return min(out, key=lambda r: (r.metric(key), r.candidate.id), default=None)
 
-    def _ranking(self, base: Candidate) -> dict[str, Any] | None:
+    def _ranking(self, base: Candidate) -> SensitivityRanking | None:
         ctx = self.ctx
         qi = max(i for i, p in enumerate(base.passes) if p["name"] in QUANT_PASSES)
         chain = [dict(p) for p in base.passes]
@@ -91,24 +91,25 @@ class MixedPrecision:
             "chain": chain,
             "calib": ctx.calib_sha256,
             "opt": base.options,
-            "protocol": WORKER_PROTOCOL,
+            "protocol": PROTOCOL,
         }
         key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
         cache = ctx.variants_dir / "sensitivity" / f"{key}.json"
         if cache.exists():
-            return dict(json.loads(cache.read_text()))
+            return SensitivityRanking.model_validate_json(cache.read_text())
         left = (self.deadline - time.monotonic()) if self.deadline else ctx.settings.timeout_s
-        job = dict(ctx.job(base), kind="sensitivity", quant_index=qi, time_s=max(5.0, left * 0.5), samples=32)
-        m = run_isolated(
+        request = SensitivityRequest(quant_index=qi, time_s=max(5.0, left * 0.5), samples=32)
+        job = ctx.job(base, sensitivity=request)
+        result, _ = run_worker(
             job, ctx.workdir / f"sens-{base.id}", ctx.settings.timeout_s, ctx.settings.memory_limit_mb, ctx.threads
         )
-        if not m.ok:
-            self._outcome(f"sensitivity ranking failed: {m.error}")
+        if result.status != "ok" or result.sensitivity is None:
+            self._outcome(f"sensitivity ranking failed: {result.error}")
             return None
-        if not m.metrics["unranked"]:
+        if not result.sensitivity.unranked:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(m.metrics))
-        return m.metrics
+            cache.write_text(result.sensitivity.model_dump_json())
+        return result.sensitivity
 
     def _outcome(self, text: str) -> None:
         if self.report is not None:
@@ -124,8 +125,8 @@ class MixedPrecision:
         ranking = self._ranking(base.candidate)
         if ranking is None:
             return []
-        ranked = [r[0] for r in ranking["ranking"]] + list(ranking["unranked"])
-        self.report.ranking, self.report.unranked = ranking["ranking"], len(ranking["unranked"])
+        ranked = [r[0] for r in ranking.ranking] + list(ranking.unranked)
+        self.report.ranking, self.report.unranked = [list(r) for r in ranking.ranking], len(ranking.unranked)
         qi = max(i for i, p in enumerate(base.candidate.passes) if p["name"] in QUANT_PASSES)
         added: list[CandidateResult] = []
         prev_k, prev_p50 = 0, base.metric("p50_ms")
@@ -165,5 +166,5 @@ class MixedPrecision:
         return added
 
 
-def _error_of(ranking: dict[str, Any], node: str) -> float | None:
-    return next((e for n, e in ranking["ranking"] if n == node), None)
+def _error_of(ranking: SensitivityRanking, node: str) -> float | None:
+    return next((e for n, e in ranking.ranking if n == node), None)
