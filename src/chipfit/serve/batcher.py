@@ -10,6 +10,10 @@ the running batch, the rows ahead in batches of the size the queue drains at, th
 deadline is rejected at
 once with a retry hint instead of being served late, and so is a request that is still queued when its
 deadline can no longer be met; the queue is bounded.
+
+Time is read from an injected ``clock`` (default ``time.perf_counter``), and ``start=False`` runs no model
+thread: the caller runs each batch with ``step()``. Together they make every scheduling decision testable
+without sleeping.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import collections
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +71,12 @@ class AdaptiveBatcher:
         max_queue: int | None = None,
         on_batch: Any = None,  # callback(batch_rows, service_s, queue_depth)
         name: str = "model",
+        clock: Callable[[], float] = time.perf_counter,
+        start: bool = True,
     ) -> None:
-        self._run, self._outputs = run, output_names
+        if not slo_s > 0:
+            raise ValueError(f"the batcher's SLO must be a positive number of seconds; got {slo_s!r}.")
+        self._run, self._outputs, self.clock = run, output_names, clock
         self.slo_s, self.max_batch = slo_s, max(1, int(max_batch))
         self.latency = LatencyModel(profile)
         self.cap = self.max_batch if not profile else max(1, min(self.max_batch, 8))  # AIMD cap: grows under load
@@ -79,8 +88,10 @@ class AdaptiveBatcher:
         self._busy_until = 0.0  # when the running batch should end (its typical time), 0 when idle
         self._closed = False
         self.stats = BatcherStats()
-        self._thread = threading.Thread(target=self._loop, name=f"chipfit-batcher-{name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._loop, name=f"chipfit-batcher-{name}", daemon=True)
+            self._thread.start()
 
     # -- called on the event loop -----------------------------------------------------------------------------
     @property
@@ -89,7 +100,7 @@ class AdaptiveBatcher:
 
     def submit(self, feeds: dict[str, np.ndarray], rows: int, deadline_s: float | None = None) -> asyncio.Future[Any]:
         """Queue a request; its future resolves to ``{output name: array}`` or raises ``Overloaded``."""
-        now = time.perf_counter()
+        now = self.clock()
         deadline = now + min(deadline_s if deadline_s is not None else self.slo_s, self.slo_s * 10)
         done = self._predicted_wait(rows)
         if self._rows_queued + rows > self.max_queue:
@@ -109,7 +120,7 @@ class AdaptiveBatcher:
     def _predicted_wait(self, rows: int) -> float:
         """When a request of ``rows`` rows queued now would complete: what is left of the running batch, then the
         rows ahead in batches of the size the model thread will take, then its own batch."""
-        now = time.perf_counter()
+        now = self.clock()
         busy = max(0.0, self._busy_until - now)
         ahead = self._rows_queued
         if ahead == 0:
@@ -126,15 +137,22 @@ class AdaptiveBatcher:
         with self._cv:
             self._closed = True
             self._cv.notify()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     # -- the model thread -------------------------------------------------------------------------------------
     def _take(self) -> list[_Req]:
         """The next batch, as the queue stands (called with the lock held and the queue non-empty)."""
-        now = time.perf_counter()
+        now = self.clock()
         expired = []
         while self._q and self._late(self._q[0], now):
             expired.append(self._q.popleft())  # would most likely finish late: rejected now, not served late
+        # and so are those among the next batch's candidates (a short X-Deadline-Ms behind a long one)
+        window = [self._q.popleft() for _ in range(min(len(self._q), self.cap))]
+        live: list[_Req] = []
+        for r in window:
+            (expired if self._late(r, now) else live).append(r)
+        self._q.extendleft(reversed(live))
         batch = [self._q.popleft() for _ in range(self._best_prefix(now))] if self._q else []
         self._rows_queued -= sum(r.rows for r in batch) + sum(r.rows for r in expired)
         for r in expired:
@@ -172,6 +190,18 @@ class AdaptiveBatcher:
         exc = Overloaded(reason, max(self._predicted_wait(1), 0.001))
         r.loop.call_soon_threadsafe(_set_exception, r.future, exc)
 
+    def step(self) -> int:
+        """Take the next batch as the queue stands and run it on the calling thread (for a batcher made with
+        ``start=False``); the rows run, 0 when nothing was queued or every queued request was rejected as late."""
+        if self._thread is not None:
+            raise RuntimeError("step() drives a batcher made with start=False; this one runs its own model thread.")
+        with self._cv:
+            batch = self._take() if self._q else []
+            more_waiting = bool(self._q)
+        if batch:
+            self._serve(batch, more_waiting)
+        return sum(r.rows for r in batch)
+
     def _loop(self) -> None:
         while True:
             with self._cv:
@@ -186,7 +216,7 @@ class AdaptiveBatcher:
 
     def _serve(self, batch: list[_Req], more_waiting: bool) -> None:
         rows = sum(r.rows for r in batch)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         budget = self.slo_s - (t0 - batch[0].arrival)  # what the oldest request had left for this run
         self._busy_until = t0 + self.latency.typical(rows)
         try:
@@ -201,10 +231,11 @@ class AdaptiveBatcher:
             return
         finally:
             self._busy_until = 0.0
-        service = time.perf_counter() - t0
+        service = self.clock() - t0
         self.latency.observe(rows, service)
-        if service > budget and rows > 1:
-            # the batch itself overran what the SLO left it (not the wait before it): multiplicative decrease
+        if 0 < budget < service and rows > 1:
+            # the batch itself overran what the SLO left it: multiplicative decrease. A batch that started with
+            # nothing left (a long X-Deadline-Ms kept it queued past the SLO) was late by waiting, whatever its size
             self.cap = max(1, math.floor(self.cap * 0.75))
         elif more_waiting and rows >= self.cap:
             self.cap = min(self.max_batch, self.cap + 1)  # additive increase while the queue wants more
