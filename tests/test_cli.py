@@ -123,8 +123,12 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(mlp: Path, mlp_npz: Pat
         "--store",
         f"sqlite:///{db}",
         "--json",
+        "--backends",
+        "onnxruntime",
+        "--passes",
+        "none",  # the fp32 graph levels: 4 variants x 2 execution modes, plus the reference
         "--measure-time",
-        "0.3",
+        "0.15",
         "--batch-sizes",
         "1",
         "--threads",
@@ -137,13 +141,14 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(mlp: Path, mlp_npz: Pat
         [*CHIPFIT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.monotonic() + 120
-    while _rows(db) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    # killed after the first stored result: the rest (several worker processes) cannot finish in one poll
+    while _rows(db) < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; give it more candidates"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = _rows(db)
-    assert done_before >= 3
+    assert done_before >= 1
     p = run(*args)
     assert p.returncode == 0, p.stderr
     sources = [c["source"] for c in json.loads(p.stdout)["candidates"]]
@@ -151,3 +156,4 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(mlp: Path, mlp_npz: Pat
     skipped = sources.count("skipped")  # e.g. fp16 on a CPU without fast fp16; never stored
     assert sources.count("measured") == len(sources) - done_before - skipped
     assert _rows(db) == len(sources) - skipped  # every measured candidate exactly once
+    assert sources.count("measured") >= 3  # the kill came early: most of the run was still to do
