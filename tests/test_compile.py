@@ -134,7 +134,10 @@ def test_cross_compile_for_arm_checked_under_qemu_where_installed(tmp_path: Path
     _needs_tvm()
     chain = toolchain("aarch64")
     if not chain.compiler:
-        pytest.skip(f"no aarch64 cross compiler: {chain.install_hint}")
+        pytest.skip(
+            "no aarch64 cross compiler: run `make sysroot-aarch64` as root (installs g++-aarch64-linux-gnu, "
+            "qemu-user and an aarch64 sysroot with Python and the TVM runtime)"
+        )
     ref = mlp()
     onnx.save(ref.proto, tmp_path / "mlp.onnx")
     np.savez(
