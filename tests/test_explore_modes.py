@@ -1,15 +1,18 @@
 """chipfit explore beyond the budgeted loop: deadline mode (HyperSched: no trial started that cannot finish,
-the leader given the cores of the trials behind it), the hardware bound inside the loop (rejected before
-training by prediction, after the first report by measurement through fit; the winner delivered as an
-artifact), the fine-tune and distillation recipes, trials as Ray tasks, and the report."""
+the leader given the cores of the trials behind it — on a manual clock), the hardware bound inside the loop
+(rejected before training by prediction, after the first report by measurement through fit; the winner
+delivered as an artifact — one real run), the fine-tune and distillation recipes and trials as Ray tasks
+(real training: under the bench marker), and the report."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from chipfit.explore.budget import Budget
+from explore_inline import ManualClock, Plan, run_inline, torch_threads
 
 FAKE = """
 import math, time
@@ -47,53 +50,43 @@ def _strict(text: str) -> dict:  # type: ignore[type-arg]
     return json.loads(text, parse_constant=bad)  # type: ignore[no-any-return]
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the scheduler's core shift needs two cores")
-def test_deadline_mode_starts_only_trials_that_can_finish_and_shifts_cores(tmp_path: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
-    space = _fake(tmp_path)
-    out = _strict(
-        cli_run(
-            "explore",
-            str(space),
-            "--deadline",
-            "14s",
-            "--concurrency",
-            "2",
-            "--no-asha",
-            "--out",
-            str(tmp_path / "o"),
-            "--store",
-            f"sqlite:///{tmp_path}/s.db",
-            "--json",
+def test_deadline_mode_starts_only_trials_that_can_finish_and_gives_the_leader_the_cores(tmp_path: Path) -> None:
+    # 3 cores, 3 trials of 1 core: trial 0 is short, 1 leads, 2 lags. When 0 ends (3 s), a new trial would
+    # need 1 + 6 units × 2 s measured > the 11 s left: none starts, 2 is stopped, 1 gets its cores.
+    plans = {0: Plan(6, 0.5, 0.2), 1: Plan(6, 2.0, 1.0), 2: Plan(6, 2.0, 0.3)}
+    clock = ManualClock()
+    with torch_threads():
+        run = run_inline(
+            tmp_path, Budget(14, "s"), plans, Plan(6, 2.0, 0.5), clock=clock, cores=3, concurrency=3, deadline_s=14
         )
-    )
-    assert out["stopped_by"] == "deadline" and out["unit"] == "s"
-    assert out["spent"] <= 14 * 1.02
-    history = _strict((tmp_path / "o" / "explore.json").read_text())["history"]
-    assert out["trials"].get("complete", 0) >= 2
-    # every trial started before the deadline could train to the end; only the scheduler stopped any
-    for h in history:
-        if h["state"] != "complete":
-            assert "deadline scheduler" in (h["reason"] or ""), h
+    trials = {t.number: t for t in run.study.get_trials(deepcopy=False)}
+    assert run.stopped_by == "deadline" and sorted(trials) == [0, 1, 2]  # no trial that could not finish
+    assert trials[0].state.name == trials[1].state.name == "COMPLETE"
+    assert trials[2].user_attrs["status"] == "stopped"
+    assert "deadline scheduler" in trials[2].user_attrs["reason"] and "behind trial 1" in trials[2].user_attrs["reason"]
+    assert max(trials[2].intermediate_values) < 6  # stopped before its end
+    leader = run.runner.handles[1]
+    assert leader.threads_seen[0] == 1 and leader.threads_seen[-1] == 3  # the leader trained on with 3 cores
+    assert trials[1].user_attrs["threads_used"] == 3
+    assert run.meter.wall_s <= 14 and clock.t <= 14  # done by the deadline
 
 
 def test_the_deadline_scheduler_stops_the_laggard_and_gives_the_leader_its_cores(tmp_path: Path) -> None:
-    import optuna
-
     from chipfit.explore.schedule import DeadlineScheduler
 
-    study = optuna.create_study(direction="maximize")
-    lead, lag = study.ask(), study.ask()
-    for step, (a, b) in enumerate([(0.5, 0.4), (0.7, 0.5), (0.8, 0.55)], start=1):
-        lead.report(a, step)
-        lag.report(b, step)
-    sched = DeadlineScheduler(tmp_path, cores=4, concurrency=2)
-    sched.assign(lead.number, 2)
-    sched.assign(lag.number, 2)
-    running = [{"trial": lead}, {"trial": lag}]
-    stopped = sched.rebalance(study, running)
-    assert [r["trial"].number for r in stopped] == [lag.number]
-    assert "behind trial 0" in stopped[0]["reason"]
-    assert sched.threads_file(lead.number).read_text() == "4"  # the leader now holds every core
+    lead = {1: 0.5, 2: 0.7, 3: 0.8}
+    lag = {1: 0.4, 2: 0.5, 3: 0.55}
+    ahead = {1: 0.6, 2: 0.75}  # better than the leader was at step 2: not behind, kept
+    sched = DeadlineScheduler(tmp_path, cores=6, concurrency=3)
+    for n in (0, 1, 2):
+        sched.assign(n, 2)
+    stopped = sched.rebalance({0: lead, 1: lag, 2: ahead}, maximize=True)
+    assert list(stopped) == [1] and "behind trial 0" in stopped[1]
+    assert sched.threads(0) == 4 and sched.threads(2) == 2  # the laggard's 2 cores went to the leader
+    assert sched.rebalance({0: lead, 1: lag, 2: ahead}, maximize=True) == {}  # told once
+    minimize = DeadlineScheduler(tmp_path / "min", cores=4, concurrency=2)
+    assert list(minimize.rebalance({0: {1: 0.4}, 1: {1: 0.5}}, maximize=False)) == [1]
+    assert minimize.threads(0) == 4
 
 
 BOUND_TRAINABLE = """
@@ -132,7 +125,7 @@ deploy:
   model: trainable.py:model
   inputs: {x: [1, 64]}
   data: trainable.py:eval_data
-  spec: {time_budget: 10s}
+  spec: {time_budget: 2s}
 params:
   hidden: {type: categorical, choices: [8, 16, 100000, 150000]}
 """
@@ -149,7 +142,9 @@ def test_the_hardware_bound_rejects_before_and_after_training_and_delivers_the_w
             "explore",
             str(tmp_path / "space.yaml"),
             "--budget",
-            "25s",
+            "300s",
+            "--max-trials",
+            "2",
             "--max-memory-mb",
             "16",
             "--max-p99-ms",
@@ -223,6 +218,7 @@ def _recipe_files(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.bench  # real training of digits models, ~12 s each: run by `make bench`
 @pytest.mark.parametrize(
     "recipe",
     [
@@ -278,6 +274,7 @@ def test_recipe_and_bound_errors_are_clear(tmp_path: Path, cli_run) -> None:  # 
         load_module(tmp_path / "missing.pt")
 
 
+@pytest.mark.bench  # a local Ray costs ~15 s to start; the accounting is the same loop as above
 def test_trials_run_as_ray_tasks_with_the_same_accounting(tmp_path: Path, cli_run, local_ray) -> None:  # type: ignore[no-untyped-def]
     space = _fake(tmp_path)
     out = _strict(

@@ -70,6 +70,9 @@ def explore(
         str | None, typer.Option(help="Run trials as Ray tasks: a cluster address, 'auto', or 'local'.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    max_trials: Annotated[
+        int | None, typer.Option(min=1, help="Stop once the study holds this many trials (earlier runs included).")
+    ] = None,
     store: Annotated[str | None, typer.Option(help="Database URL of the study (default: the results store).")] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print budget, spent, unit, spent_usd, trials, winner.")
@@ -84,6 +87,8 @@ def explore(
     _setup_logging(quiet)
     with _user_errors():
         from chipfit.explore.budget import CostMeter, parse_budget
+        from chipfit.explore.job import TrialOutcome
+        from chipfit.explore.loop import Running
         from chipfit.explore.space import load_space
         from chipfit.explore.study import explore as run
 
@@ -98,13 +103,13 @@ def explore(
             check_writable(out / "artifact")
         bk = None if backends == "all" else tuple(x.strip() for x in backends.split(",") if x.strip())
 
-        def progress(event: str, r: dict[str, Any], meter: CostMeter) -> None:
-            if quiet or event != "done":
+        def progress(event: str, r: Running, outcome: TrialOutcome | None, meter: CostMeter) -> None:
+            if quiet or event != "done" or outcome is None:
                 return
-            t = r["trial"].number
-            why = f" ({r['reason']})" if r["status"] != "complete" and r.get("reason") else ""
+            why = f" ({outcome.reason})" if outcome.status != "complete" and outcome.reason else ""
+            spent = f"{meter.spent:.4g}/{meter.budget.amount:g} {meter.budget.unit}"
             err_console.print(
-                f"trial {t}: {r['status']}{why} · spent {meter.spent:.4g}/{meter.budget.amount:g} {meter.budget.unit}",
+                f"trial {r.number}: {outcome.status}{why} · spent {spent}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -126,6 +131,7 @@ def explore(
             prune=asha,
             ray=ray,
             seed=seed,
+            max_trials=max_trials,
             callback=progress,
         )
         summary = result.to_dict()

@@ -14,9 +14,13 @@ import math
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chipfit.errors import SpecError
+from chipfit.explore.job import HardwareBound
+
+if TYPE_CHECKING:
+    from chipfit.explore.trial import TrialContext
 
 __all__ = ["check_after_first_report", "check_before_training", "export_model", "prepare_bound"]
 
@@ -31,7 +35,7 @@ def prepare_bound(
     max_memory_mb: float | None,
     store_url: str,
     workdir: Path,
-) -> dict[str, Any] | None:
+) -> HardwareBound | None:
     """The bound a trial checks, with the predictor trained once on the store and saved for the trials."""
     if max_p99_ms is None and max_memory_mb is None:
         return None
@@ -52,16 +56,16 @@ def prepare_bound(
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "predictor.pkl"
     path.write_bytes(pickle.dumps((predictor, target)))
-    return {
-        "target": target.name,
-        "max_p99_ms": max_p99_ms,
-        "max_memory_mb": max_memory_mb,
-        "measure": is_local,
-        "predictor": str(path),
-        "rel_error": rel,
-        "margin": 1.0 + 3.0 * rel if math.isfinite(rel) else math.inf,
-        "store": store_url,
-    }
+    return HardwareBound(
+        target=target.name,
+        max_p99_ms=max_p99_ms,
+        max_memory_mb=max_memory_mb,
+        measure=is_local,
+        predictor=str(path),
+        rel_error=rel,
+        margin=1.0 + 3.0 * rel if math.isfinite(rel) else math.inf,
+        store=store_url,
+    )
 
 
 def _example_inputs(space: Any, batch: int = 2) -> tuple[Any, ...]:
@@ -98,44 +102,50 @@ def _to_onnx(space: Any, module: Any, where: Path) -> Any:
         return load_model(module, _example_inputs(space), input_names=names, home=where)
 
 
-def _predicted(ctx: Any, model: Any) -> dict[str, Any]:
+def _predicted(bound: HardwareBound, model: Any) -> dict[str, Any]:
     from chipfit.predict import model_info
     from chipfit.search.space import Candidate
 
-    predictor, target = pickle.loads(Path(ctx._job["bound"]["predictor"]).read_bytes())
+    predictor, target = pickle.loads(Path(bound.predictor).read_bytes())
     threads = target.threads or target.cores
     cand = Candidate("onnxruntime", options={"graph_optimization_level": "all", "intra_op_num_threads": threads})
     p = predictor.predict(model_info(model.stats), cand.to_dict(), target)
     return {"p99_ms": p.p99_ms, "p50_ms": p.p50_ms, "memory_mb": model.stats.param_bytes / 2**20}
 
 
-def _verdict(bound: dict[str, Any], values: dict[str, Any], margin: float, source: str) -> dict[str, Any]:
+def _verdict(bound: HardwareBound, values: dict[str, Any], margin: float, source: str) -> dict[str, Any]:
     misses = []
     p99 = values.get("p99_ms")
-    if bound.get("max_p99_ms") is not None and p99 is not None and p99 > bound["max_p99_ms"] * margin:
+    if bound.max_p99_ms is not None and p99 is not None and p99 > bound.max_p99_ms * margin:
         beyond = f" (beyond the predictor's margin ×{margin:.2f})" if margin > 1 else ""
-        misses.append(f"p99 {p99:.3g} ms > {bound['max_p99_ms']:g} ms{beyond}")
-    if bound.get("max_memory_mb") is not None and values["memory_mb"] > bound["max_memory_mb"]:
-        misses.append(f"memory {values['memory_mb']:.3g} MB > {bound['max_memory_mb']:g} MB")
-    where = f" on {bound['target']}"
+        misses.append(f"p99 {p99:.3g} ms > {bound.max_p99_ms:g} ms{beyond}")
+    if bound.max_memory_mb is not None and values["memory_mb"] > bound.max_memory_mb:
+        misses.append(f"memory {values['memory_mb']:.3g} MB > {bound.max_memory_mb:g} MB")
+    where = f" on {bound.target}"
     detail = f"{source}{where}: " + ("; ".join(misses) if misses else "meets the bound")
     return {"ok": not misses, "source": source, **values, "detail": detail}
 
 
-def check_before_training(ctx: Any) -> dict[str, Any] | None:
+def _bound(ctx: TrialContext) -> HardwareBound:
+    if ctx.job.bound is None:
+        raise ValueError(f"trial {ctx.number} has no hardware bound to check: its job was built without one.")
+    return ctx.job.bound
+
+
+def check_before_training(ctx: TrialContext) -> dict[str, Any] | None:
     """Predicted check on the untrained model of this config; a miss beyond the error margin rejects it."""
-    bound = ctx._job["bound"]
+    bound = _bound(ctx)
     build = ctx.space.load_function(ctx.space.deploy["model"], "deploy.model")
     module = build(ctx.config)
     weights_mb = _weights_mb(module)
-    if bound.get("max_memory_mb") is not None and weights_mb > bound["max_memory_mb"]:
+    if bound.max_memory_mb is not None and weights_mb > bound.max_memory_mb:
         # the weights alone miss the bound: no export, no prediction (a large model's export takes seconds)
         return _verdict(bound, {"p99_ms": None, "p50_ms": None, "memory_mb": weights_mb}, 1.0, _BEFORE)
     with tempfile.TemporaryDirectory(prefix="chipfit-check-") as tmp:
         model = _to_onnx(ctx.space, module, Path(tmp))
-        values = _predicted(ctx, model)
+        values = _predicted(bound, model)
     # memory is the weights themselves: exact, no margin; latency only beyond the predictor's error margin
-    return _verdict(bound, values, bound["margin"], _BEFORE)
+    return _verdict(bound, values, bound.margin, _BEFORE)
 
 
 def _weights_mb(module: Any) -> float:
@@ -144,9 +154,9 @@ def _weights_mb(module: Any) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def check_after_first_report(ctx: Any, module: Any) -> dict[str, Any]:
+def check_after_first_report(ctx: TrialContext, module: Any) -> dict[str, Any]:
     """Measured through ``fit`` on this machine (the bound's target is this machine)."""
-    bound = ctx._job["bound"]
+    bound = _bound(ctx)
     if module is None:
         build = ctx.space.load_function(ctx.space.deploy["model"], "deploy.model")
         module = build(ctx.config)  # latency and weight size do not depend on the trained values
@@ -174,7 +184,7 @@ def check_after_first_report(ctx: Any, module: Any) -> dict[str, Any]:
                 passes=(),
             ),
             settings=MeasureSettings(predict=False, timeout_s=60.0, option_sweep_top=0, batch_sweep_top=0),
-            store=bound["store"],
+            store=bound.store,
             home=Path(tmp),
         )
     best = min((c for c in result.candidates if c.measurement.ok), key=lambda c: c.metric("p99_ms"), default=None)
@@ -185,11 +195,11 @@ def check_after_first_report(ctx: Any, module: Any) -> dict[str, Any]:
     return _verdict(bound, values, 1.0, "measured after the first report")
 
 
-def export_model(ctx: Any, module: Any) -> str | None:
+def export_model(ctx: TrialContext, module: Any) -> str | None:
     """The trial's trained model as ONNX next to its checkpoint (None when the trainable gave no module)."""
     if module is None or not hasattr(module, "state_dict"):
         return None
-    dest = Path(ctx._job["checkpoint"]).with_suffix(".onnx")
+    dest = Path(ctx.job.checkpoint).with_suffix(".onnx")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="chipfit-export-") as tmp:
         model = _to_onnx(ctx.space, module, Path(tmp))

@@ -27,8 +27,15 @@ def deliver_winner(result: Any, out: Path, store_url: str, target: Any, backends
     from chipfit.pipeline import fit
     from chipfit.search.space import SpaceOptions
 
-    bound = result.bound or {}
+    bound = result.bound
     spec = dict(result.space.deploy.get("spec") or {})  # the space's own fit spec (accuracy drop, time budget)
-    spec.update({k: bound[k] for k in ("max_p99_ms", "max_memory_mb") if bound.get(k) is not None})
+    if bound is not None:
+        spec.update(
+            {
+                k: v
+                for k, v in (("max_p99_ms", bound.max_p99_ms), ("max_memory_mb", bound.max_memory_mb))
+                if v is not None
+            }
+        )
     space = SpaceOptions(backends=backends) if backends else None
     return fit(result.winner["onnx"], _data(result.space), spec or None, out=out, store=store_url, space=space)

@@ -8,25 +8,28 @@ trial's start costs a fork, not an interpreter and a torch import.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from chipfit.errors import SpecError
+from chipfit.explore.job import ProtocolError, TrialJob, TrialOutcome, dumps, load_outcome
 
 __all__ = ["LocalRunner", "RayRunner", "Runner", "make_runner"]
+
+CUT = "cut at the budget's limit"
 
 
 class Runner(Protocol):
     name: str
 
-    def start(self, job: dict[str, Any]) -> Any: ...
+    def start(self, job: TrialJob) -> Any: ...
 
-    def poll(self, handle: Any) -> dict[str, Any] | None:
-        """The outcome once the trial ended (a dict with ``status``), else None."""
+    def poll(self, handle: Any) -> TrialOutcome | None:
+        """The outcome once the trial ended, else None."""
 
     def kill(self, handle: Any) -> None: ...
 
@@ -42,47 +45,45 @@ class LocalRunner:
 
     def __init__(self, space_path: str | None = None) -> None:
         self._ctx = mp.get_context("forkserver")
-        preload = ["chipfit.explore.trial", "optuna", "chipfit.explore._preload"]
         if space_path:
             os.environ["CHIPFIT_EXPLORE_SPACE"] = str(space_path)  # read by _preload in the server
-        try:
-            import importlib.util
-
-            if importlib.util.find_spec("torch") is not None:
-                preload += ["torch", "torch._dynamo"]  # torch.optim's first optimizer imports dynamo (~2 s)
-        except (ImportError, ValueError):
-            pass
-        self._ctx.set_forkserver_preload(preload)
+        # _preload imports the trainable, and torch (with dynamo) only when the trainable uses torch
+        self._ctx.set_forkserver_preload(["chipfit.explore.trial", "optuna", "chipfit.explore._preload"])
         warm = self._ctx.Process(target=_noop)  # starts the server (and its imports) before the budget's clock
         warm.start()
         warm.join()
 
-    def start(self, job: dict[str, Any]) -> Any:
+    def start(self, job: TrialJob) -> Any:
         from chipfit.explore.trial import run_trial_to_file
 
-        out = Path(tempfile.mkstemp(prefix="chipfit-trial-", suffix=".json")[1])
-        job = {**job, "out": str(out)}
-        proc = self._ctx.Process(target=run_trial_to_file, args=(job,), daemon=True)
+        fd, name = tempfile.mkstemp(prefix="chipfit-trial-", suffix=".json")
+        os.close(fd)
+        out = Path(name)
+        proc = self._ctx.Process(
+            target=run_trial_to_file, args=(dumps(replace(job, outcome_file=str(out))),), daemon=True
+        )
         proc.start()
         return {"proc": proc, "out": out, "killed": False}
 
-    def poll(self, handle: Any) -> dict[str, Any] | None:
+    def poll(self, handle: Any) -> TrialOutcome | None:
         if handle["proc"].is_alive():
             return None
         handle["proc"].join()
+        outcome: TrialOutcome | None = None
         try:
-            outcome = json.loads(handle["out"].read_text() or "{}")
-        except (OSError, ValueError):
-            outcome = {}
+            text = handle["out"].read_text()
+            outcome = load_outcome(text) if text else None
+        except (OSError, ProtocolError):
+            outcome = None
         handle["out"].unlink(missing_ok=True)
-        if not outcome:
+        if outcome is None:
             code = handle["proc"].exitcode
             outcome = (
-                {"status": "stopped", "reason": "cut at the budget's limit"}
+                TrialOutcome("stopped", reason=CUT)
                 if handle["killed"]
-                else {"status": "fail", "reason": f"the trial process died (exit {code})"}
+                else TrialOutcome.failed(f"the trial process died (exit {code})")
             )
-        return outcome  # type: ignore[no-any-return]
+        return outcome
 
     def kill(self, handle: Any) -> None:
         if handle["proc"].is_alive():
@@ -120,27 +121,27 @@ class RayRunner:
             self._owned = True
         else:
             self._owned = False
-        from chipfit.explore.trial import run_trial
+        from chipfit.explore.trial import run_trial_json
 
-        self._remote = ray.remote(max_calls=1)(run_trial)
+        self._remote = ray.remote(max_calls=1)(run_trial_json)
 
-    def start(self, job: dict[str, Any]) -> Any:
-        ref = self._remote.options(num_cpus=int(job.get("threads") or 1)).remote(job)
+    def start(self, job: TrialJob) -> Any:
+        ref = self._remote.options(num_cpus=job.threads).remote(dumps(job))
         return {"ref": ref, "killed": False}
 
-    def poll(self, handle: Any) -> dict[str, Any] | None:
+    def poll(self, handle: Any) -> TrialOutcome | None:
         ray = self._ray
         if handle["killed"]:  # force-cancelled: its worker is being killed; the time it is charged ends here
-            return {"status": "stopped", "reason": "cut at the budget's limit"}
+            return TrialOutcome("stopped", reason=CUT)
         done, _ = ray.wait([handle["ref"]], timeout=0)
         if not done:
             return None
         try:
-            return ray.get(done[0])  # type: ignore[no-any-return]
+            return load_outcome(ray.get(done[0]))
+        except ProtocolError as exc:
+            return TrialOutcome.failed(f"the Ray task answered in another format: {exc}")
         except Exception as exc:  # the worker died (killed at the limit, or crashed hard)
-            if handle["killed"]:
-                return {"status": "stopped", "reason": "cut at the budget's limit"}
-            return {"status": "fail", "reason": f"the Ray task died: {type(exc).__name__}: {str(exc)[:300]}"}
+            return TrialOutcome.failed(f"the Ray task died: {type(exc).__name__}: {str(exc)[:300]}")
 
     def kill(self, handle: Any) -> None:
         handle["killed"] = True

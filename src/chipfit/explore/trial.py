@@ -16,17 +16,19 @@ leading trial is given more cores at its next report when others stop.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import pickle
 import sys
-import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BudgetStop", "Rejected", "TrialContext", "run_trial", "run_trial_to_file"]
+from chipfit.explore.clock import SYSTEM_CLOCK, Clock
+from chipfit.explore.job import TrialJob, TrialOutcome, dumps, load_job
+
+__all__ = ["BudgetStop", "Rejected", "TrialContext", "run_trial", "run_trial_json", "run_trial_to_file"]
 
 
 class BudgetStop(Exception):
@@ -38,16 +40,16 @@ class Rejected(Exception):
 
 
 class TrialContext:
-    def __init__(self, trial: Any, job: dict[str, Any], space: Any) -> None:
+    def __init__(self, trial: Any, job: TrialJob, space: Any, clock: Clock = SYSTEM_CLOCK) -> None:
         self.trial = trial
         self.space = space
-        self.config = dict(job["config"])
+        self.job = job  # what the study asked of this trial (its bound, limits, checkpoint path)
+        self.config = dict(job.config)
         self.max_resource = int(space.max_resource)
         self.number = trial.number
-        self._job = job
-        self._ckpt = Path(job["checkpoint"])
-        self._start = time.monotonic()
-        self._deadline = float(job["deadline"])  # wall clock (time.time()) at which this trial's share ends
+        self._clock = clock
+        self._ckpt = Path(job.checkpoint)
+        self._start = clock.monotonic()
         self.threads = 0
         self.reports: list[tuple[int, float]] = []
         self.model: Any = None  # the last model passed to report()
@@ -83,12 +85,12 @@ class TrialContext:
         first = not self.reports
         self.trial.report(value, int(step))
         self.reports.append((int(step), value))
-        self._charge()
-        if first and self._job.get("bound") and self._job["bound"].get("measure"):
+        self.trial.set_user_attr("reported_s", self._clock.monotonic() - self._start)  # the measured pace
+        if first and self.job.bound is not None and self.job.bound.measure:
             self._check_measured(model)
         if int(step) < self.max_resource and self.trial.should_prune():  # trained to the end: complete
             raise optuna.TrialPruned(f"below its rung at step {step}")
-        if time.time() > self._deadline:
+        if self._clock.time() > self.job.deadline:
             raise BudgetStop("the budget left is spent")
         self._apply_threads()
 
@@ -109,15 +111,10 @@ class TrialContext:
             return pickle.load(f)
 
     # -- internals -------------------------------------------------------------------------------------------
-    def _charge(self) -> None:
-        elapsed = time.monotonic() - self._start
-        self.trial.set_user_attr("charged_s", elapsed)  # stored at once: a killed run still counts its cost
-        self.trial.set_user_attr("charged_device_s", elapsed * float(self._job.get("share", 1.0)))
-
     def _apply_threads(self) -> None:
         """Read the cores this trial holds (the scheduler may give it more) and apply them to torch."""
-        n = int(self._job.get("threads") or 1)
-        tf = self._job.get("threads_file")
+        n = self.job.threads
+        tf = self.job.threads_file
         if tf:
             with contextlib.suppress(OSError, ValueError):
                 n = int(Path(tf).read_text().strip() or n)
@@ -138,67 +135,81 @@ class TrialContext:
             raise Rejected(check["detail"])
 
 
-def run_trial(job: dict[str, Any]) -> dict[str, Any]:
-    """Load the study, run the trainable for one trial and return its outcome (never raises)."""
+def _open(job: TrialJob, space: Any) -> Any:
+    """The study's live trial of ``job`` (Optuna's public API: the trial found by its number)."""
+    import optuna
+
+    from chipfit.explore.studies import open_storage, pruner, reopen_trial
+
+    storage = open_storage(job.storage)
+    study = optuna.load_study(study_name=job.study, storage=storage, pruner=pruner(space, job.prune))
+    return reopen_trial(study, storage, job.trial_number)
+
+
+def run_trial(job: TrialJob, trial: Any = None, clock: Clock = SYSTEM_CLOCK) -> TrialOutcome:
+    """Run the trainable for one trial and return its outcome (never raises). ``trial`` is the study's live
+    Optuna trial when the caller has it; otherwise it is opened from the job's storage."""
     import optuna
 
     from chipfit.explore.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if job.get("max_memory_mb"):
+    if job.max_memory_mb:
         import resource
 
-        cap = int(job["max_memory_mb"]) * 2**20
+        cap = int(job.max_memory_mb) * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    out: dict[str, Any] = {"status": "fail"}
     ctx: TrialContext | None = None
     try:
-        space = load_space(job["space"])
-        pruner = (
-            optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=space.min_resource, reduction_factor=space.reduction_factor
-            )
-            if job.get("prune", True)
-            else optuna.pruners.NopPruner()
-        )
-        study = optuna.load_study(study_name=job["study"], storage=job["storage"], pruner=pruner)
-        trial = optuna.trial.Trial(study, job["trial_id"])
-        ctx = TrialContext(trial, job, space)
-        if job.get("bound"):
-            from chipfit.explore.constraint import check_before_training
-
-            check = check_before_training(ctx)
-            if check is not None:
-                trial.set_user_attr("hardware", check)
-                if not check["ok"]:
-                    raise Rejected(check["detail"])
-        returned = space.load_trainable()(ctx)
-        if not ctx.reports:
-            raise ValueError("the trainable returned without calling ctx.report(metric, step)")
-        out = {"status": "complete", "value": ctx.reports[-1][1], "steps": ctx.reports[-1][0]}
-        if job.get("export"):
-            from chipfit.explore.constraint import export_model
-
-            try:
-                out["onnx"] = export_model(ctx, returned if returned is not None else ctx.model)
-            except Exception as exc:  # the trial's result stands; only its delivery is not possible
-                out["reason"] = f"trained, but its model could not be exported to ONNX: {type(exc).__name__}: {exc}"
+        space = load_space(job.space)
+        ctx = TrialContext(trial if trial is not None else _open(job, space), job, space, clock)
+        out = _train(ctx, job)
     except optuna.TrialPruned as exc:
-        out = {"status": "pruned", "reason": str(exc)}
+        out = TrialOutcome("pruned", reason=str(exc))
     except BudgetStop as exc:
-        out = {"status": "stopped", "reason": str(exc)}
+        out = TrialOutcome("stopped", reason=str(exc))
     except Rejected as exc:
-        out = {"status": "rejected", "reason": str(exc)}
+        out = TrialOutcome("rejected", reason=str(exc))
     except MemoryError:
-        out = {"status": "fail", "reason": f"out of memory (trial memory cap {job.get('max_memory_mb')} MB)"}
+        out = TrialOutcome.failed(f"out of memory (trial memory cap {job.max_memory_mb} MB)")
     except BaseException as exc:  # everything a trainable can raise is recorded on its trial
-        out = {"status": "fail", "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-    if ctx is not None:
-        out["threads"] = ctx.threads
-    return out
+        out = TrialOutcome.failed(f"{type(exc).__name__}: {exc}", traceback.format_exc()[-3000:])
+    return replace(out, threads=ctx.threads) if ctx is not None else out
 
 
-def run_trial_to_file(job: dict[str, Any]) -> None:
-    """Child-process entry point: the outcome goes to ``job['out']``."""
-    out = run_trial(job)
-    Path(job["out"]).write_text(json.dumps(out, default=str))
+def _train(ctx: TrialContext, job: TrialJob) -> TrialOutcome:
+    if job.bound is not None:
+        from chipfit.explore.constraint import check_before_training
+
+        check = check_before_training(ctx)
+        if check is not None:
+            ctx.trial.set_user_attr("hardware", check)
+            if not check["ok"]:
+                raise Rejected(check["detail"])
+    returned = ctx.space.load_trainable()(ctx)
+    if not ctx.reports:
+        raise ValueError("the trainable returned without calling ctx.report(metric, step)")
+    steps, value = ctx.reports[-1]
+    onnx, reason = None, ""
+    if job.export:
+        from chipfit.explore.constraint import export_model
+
+        try:
+            onnx = export_model(ctx, returned if returned is not None else ctx.model)
+        except Exception as exc:  # the trial's result stands; only its delivery is not possible
+            reason = f"trained, but its model could not be exported to ONNX: {type(exc).__name__}: {exc}"
+    return TrialOutcome("complete", reason=reason, value=value, steps=steps, onnx=onnx)
+
+
+def run_trial_json(job: str) -> str:
+    """A trial from its serialised job to its serialised outcome (what a Ray task runs)."""
+    return dumps(run_trial(load_job(job)))
+
+
+def run_trial_to_file(job: str) -> None:
+    """Child-process entry point: the outcome goes to the job's ``outcome_file``."""
+    parsed = load_job(job)
+    text = dumps(run_trial(parsed))
+    if parsed.outcome_file is None:
+        raise ValueError("run_trial_to_file needs a job with its outcome_file set (the local runner sets it).")
+    Path(parsed.outcome_file).write_text(text)

@@ -1,0 +1,147 @@
+"""What crosses the process (or Ray task) boundary of one explore trial: the job the study hands a trial, the
+hardware bound it checks, and the outcome it hands back. Frozen, typed, built by their constructors, and
+serialised here only (``dumps`` / ``load_job`` / ``load_outcome``): the JSON carries ``TRIAL_PROTOCOL``, and a
+reader refuses any other version instead of guessing at fields that moved.
+
+Bump ``TRIAL_PROTOCOL`` whenever a field is added, removed or changes meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "TRIAL_PROTOCOL",
+    "HardwareBound",
+    "ProtocolError",
+    "TrialJob",
+    "TrialOutcome",
+    "TrialStatus",
+    "dumps",
+    "load_job",
+    "load_outcome",
+]
+
+TRIAL_PROTOCOL = 1
+TrialStatus = Literal["complete", "pruned", "stopped", "rejected", "fail"]
+_STATUSES: tuple[str, ...] = ("complete", "pruned", "stopped", "rejected", "fail")
+
+
+class ProtocolError(ValueError):
+    """A trial job or outcome written by another version of chipfit (or not one at all)."""
+
+
+@dataclass(frozen=True)
+class HardwareBound:
+    """The bound each trial checks (``--target --max-p99-ms --max-memory-mb``), with where the predictor
+    trained on the store was saved for the trials (``predictor``: a pickle of (Predictor, Target))."""
+
+    target: str
+    max_p99_ms: float | None
+    max_memory_mb: float | None
+    measure: bool  # the target is this machine: measure after the first report
+    predictor: str
+    rel_error: float  # the predictor's relative error (inf when it could not be evaluated)
+    margin: float  # a predicted latency rejects only beyond bound × margin
+    store: str
+
+    def public_dict(self) -> dict[str, Any]:
+        """For reports and strict JSON: no file paths or URLs, no infinities."""
+        out = asdict(self)
+        for k in ("predictor", "store"):
+            out.pop(k)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial to run: which study and trial (by number), its sampled config, and its limits."""
+
+    space: str  # the space file
+    study: str  # the study's name in ``storage``
+    storage: str  # the study's database URL
+    trial_number: int
+    config: dict[str, Any]
+    checkpoint: str  # where ctx.checkpoint() writes
+    deadline: float  # wall clock (seconds since the epoch) at which this trial's share of the budget ends
+    threads: int = 1
+    share: float = 1.0  # the part of the target machine the trial holds (its price share)
+    max_memory_mb: int | None = None
+    threads_file: str | None = None  # deadline mode: where the scheduler writes the cores the trial holds
+    bound: HardwareBound | None = None
+    export: bool = False  # export the trained model to ONNX next to the checkpoint
+    prune: bool = True  # ASHA on (else every trial runs to the end)
+    outcome_file: str | None = None  # the local runner's: where the child writes its outcome
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"TrialJob.threads must be ≥ 1, got {self.threads}.")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"TrialJob.share must be in (0, 1], got {self.share}.")
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended. ``value`` and ``steps`` are set when it completed."""
+
+    status: TrialStatus
+    reason: str = ""
+    value: float | None = None
+    steps: int | None = None
+    onnx: str | None = None  # the exported trained model, when the job asked for it
+    threads: int | None = None  # the cores it held at its end
+    traceback: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in _STATUSES:
+            raise ValueError(f"TrialOutcome.status must be one of {', '.join(_STATUSES)}, got {self.status!r}.")
+        if self.status == "complete" and self.value is None:
+            raise ValueError("a complete TrialOutcome needs its value.")
+
+    @classmethod
+    def failed(cls, reason: str, traceback: str | None = None) -> TrialOutcome:
+        return cls("fail", reason=reason, traceback=traceback)
+
+
+def dumps(obj: TrialJob | TrialOutcome) -> str:
+    """The one serialisation of a job or an outcome (JSON, with its kind and ``TRIAL_PROTOCOL``)."""
+    kind = "job" if isinstance(obj, TrialJob) else "outcome"
+    return json.dumps({"protocol": TRIAL_PROTOCOL, "kind": kind, **asdict(obj)}, default=str)
+
+
+def _read(text: str, kind: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"a trial {kind} must be JSON written by chipfit.explore.job.dumps; {exc}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        raise ProtocolError(f"expected a trial {kind}, got {str(text)[:80]!r}.")
+    if doc.get("protocol") != TRIAL_PROTOCOL:
+        raise ProtocolError(
+            f"trial {kind} protocol {doc.get('protocol')!r} is not this chipfit's ({TRIAL_PROTOCOL}): the driver and "
+            "the trial workers must run the same chipfit version. Install the same version on every node."
+        )
+    doc.pop("kind")
+    doc.pop("protocol")
+    return doc
+
+
+def load_job(text: str) -> TrialJob:
+    doc = _read(text, "job")
+    bound = doc.pop("bound", None)
+    try:
+        return TrialJob(**doc, bound=HardwareBound(**bound) if bound is not None else None)
+    except TypeError as exc:
+        raise ProtocolError(f"a trial job with fields this chipfit does not know: {exc}") from None
+
+
+def load_outcome(text: str) -> TrialOutcome:
+    doc = _read(text, "outcome")
+    try:
+        return TrialOutcome(**doc)
+    except TypeError as exc:
+        raise ProtocolError(f"a trial outcome with fields this chipfit does not know: {exc}") from None

@@ -1,0 +1,102 @@
+"""The Optuna study behind ``chipfit explore``, through Optuna's public API only: opening (or resuming) it,
+finding a trial by its number, and reading its trials back as the run's winner and history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chipfit.explore.space import ExploreSpace
+
+__all__ = ["history", "open_storage", "open_study", "pruner", "reopen_trial", "trial_state", "winner"]
+
+INTERRUPTED = "interrupted (the run was killed); resumed"
+
+
+def open_storage(url: str) -> Any:
+    import optuna
+
+    return optuna.storages.RDBStorage(url)
+
+
+def pruner(space: ExploreSpace, prune: bool) -> Any:
+    import optuna
+
+    if not prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=space.min_resource, reduction_factor=space.reduction_factor
+    )
+
+
+def reopen_trial(study: Any, storage: Any, number: int) -> Any:
+    """The live ``optuna.trial.Trial`` of trial ``number`` (to report to, or set attributes on)."""
+    import optuna
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
+def open_study(space: ExploreSpace, storage: Any, seed: int, prune: bool) -> Any:
+    """Create the study of ``space`` (named after its file's hash) or resume it: trials a killed run left
+    running are failed as interrupted, keeping what they were charged (recorded ahead: see ledger.py)."""
+    import optuna
+
+    name = f"explore-{space.sha256[:16]}"
+    seeded = optuna.samplers.RandomSampler if space.sampler == "random" else optuna.samplers.TPESampler
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize" if space.direction == "maximize" else "minimize",
+        sampler=seeded(seed=seed),
+        pruner=pruner(space, prune),
+    )
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        reopen_trial(study, storage, t.number).set_user_attr("reason", INTERRUPTED)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return study
+
+
+def trial_state(t: Any) -> str:
+    if t.user_attrs.get("status") in ("rejected", "stopped"):
+        return str(t.user_attrs["status"])  # told to Optuna as PRUNED; kept apart here
+    return str(t.state.name.lower())
+
+
+def winner(study: Any) -> dict[str, Any] | None:
+    """The best completed trial (with a bound, completed means it met the bound when checked)."""
+    import optuna
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return None
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    best = max(done, key=lambda t: (sign * t.value, -t.number))
+    return {
+        "trial": best.number,
+        "value": best.value,
+        "params": best.params,
+        "checkpoint": best.user_attrs.get("checkpoint"),
+        "onnx": best.user_attrs.get("onnx"),
+        "hardware": best.user_attrs.get("hardware"),
+        "charged_s": best.user_attrs.get("charged_s"),
+        "charged_usd": best.user_attrs.get("charged_usd"),
+    }
+
+
+def history(study: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "trial": t.number,
+            "state": trial_state(t),
+            "value": t.value,
+            "params": t.params,
+            "curve": sorted((int(k), float(v)) for k, v in t.intermediate_values.items()),
+            "charged_s": t.user_attrs.get("charged_s"),
+            "charged_usd": t.user_attrs.get("charged_usd"),
+            "reason": t.user_attrs.get("reason"),
+            "hardware": t.user_attrs.get("hardware"),
+            "threads": t.user_attrs.get("threads_used", t.user_attrs.get("threads")),
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
