@@ -119,10 +119,81 @@ def test_torch_module_with_dynamic_batch() -> None:
     assert m.stats.op_counts.get("Conv") == 1
 
 
-def test_torchscript_fallback_says_why() -> None:
-    m = load_model(_DataDependent(), (torch.ones(3, 4),))
+class _SameEitherWay(torch.nn.Module):
+    """Data-dependent control flow whose branches compute the same: dynamo refuses it, a trace is faithful."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x)
+        return self.fc(x * 1.0)
+
+
+class _Saturates(torch.nn.Module):
+    """A branch no generated input reaches (values above 10), but evaluation data does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.max() > 10:
+            return self.fc(x).clamp(max=0.0)
+        return self.fc(x)
+
+
+def _trace(module: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (x,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}}, opset_version=17
+        )
+    return path
+
+
+def test_torchscript_fallback_says_why_and_is_checked_against_the_module() -> None:
+    m = load_model(_SameEitherWay(), (torch.ones(3, 4),))
     assert m.notes and "dynamo=True) failed" in m.notes[0] and "TorchScript" in m.notes[0]
+    assert any("TorchScript exporter warned" in n for n in m.notes)  # the tracer's warnings are kept, not silenced
     assert m.dynamic_batch
+
+
+def test_a_trace_of_one_branch_of_data_dependent_control_flow_is_refused() -> None:
+    # traced with a positive sum: the export always takes `fc(x)`, the module negates for a negative sum
+    with pytest.raises(
+        ModelError, match=r"export of _DataDependent computes something else.*negated.*differs by up to"
+    ):
+        load_model(_DataDependent(), (torch.ones(3, 4),))
+
+
+def test_verify_export_compares_the_export_with_the_module(tmp_path: Path) -> None:
+    from chipfit._torch_export import verify_export
+
+    net = _Net().eval()
+    assert verify_export(net, load_model(net, (torch.randn(2, 1, 8, 8),)).path, (torch.randn(2, 1, 8, 8),)) < 1e-4
+    dd = _DataDependent().eval()
+    traced = _trace(dd, torch.ones(3, 4), tmp_path / "dd.onnx")
+    assert verify_export(dd, traced, (torch.ones(3, 4),), generate=False) < 1e-4  # agrees where it was traced
+    with pytest.raises(ModelError, match=r"_DataDependent.*on the example inputs negated.*differs by up to [0-9.]+"):
+        verify_export(dd, traced, (torch.ones(3, 4),))
+    with pytest.raises(ModelError, match=r"_DataDependent.*on the evaluation data"):
+        verify_export(dd, traced, None, data={"x": -np.ones((5, 4), np.float32)})
+
+
+def test_fit_checks_a_torch_export_on_the_evaluation_data_before_measuring(tmp_path: Path) -> None:
+    import chipfit
+
+    module = _Saturates().eval()
+    m = load_model(module, (torch.ones(3, 4),))  # generated inputs stay below 10: the trace passes those
+    assert "TorchScript" in m.notes[0]
+    data = {"x": np.full((8, 4), 20.0, np.float32)}
+    with pytest.raises(ModelError, match=r"_Saturates.*on the evaluation data"):
+        chipfit.fit(m, data, home=tmp_path / "home", store=f"sqlite:///{tmp_path / 's.db'}")
 
 
 def test_exported_program_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chipfit._torch_export import verify_export
 from chipfit.data import Dataset, load_data, split_data, validate_data
 from chipfit.errors import ModelError, SpecError
 from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerprint_hash
@@ -78,6 +79,8 @@ def fit(
     out_dir = check_writable(Path(out)) if out is not None else None
     m = model if isinstance(model, Model) else load_model(model, example_inputs, home=home)
     dataset = validate_data(load_data(data), m)
+    if m.torch_module is not None:  # its export was checked on generated inputs at ingest; now on this data
+        verify_export(m.torch_module, m.path, None, input_names=[t.name for t in m.inputs], data=dataset.inputs)
     calib = validate_data(load_data(calib_data), m) if calib_data is not None else None
     metric = _quality_settings(spec_obj, m, dataset)
     calib_set, eval_set = split_data(dataset, calib)
