@@ -3,6 +3,7 @@ and a private chipfit home per test so nothing touches ~/.cache."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,24 @@ from chipfit.search.space import SpaceOptions
 FAST_TIMING = TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.15)
 
 
+@pytest.fixture(scope="session")
+def peak_rates_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chipfit home holding this machine's measured peak rates: the microbenchmark (1-2 s) runs once per
+    session instead of once in every test's fresh home."""
+    from chipfit.hardware.microbench import peak_rates
+
+    home = tmp_path_factory.mktemp("peak-rates")
+    peak_rates(home)
+    return home
+
+
 @pytest.fixture(autouse=True)
-def chipfit_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def chipfit_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, peak_rates_home: Path
+) -> Path:
     home = tmp_path_factory.mktemp("chipfit-home")
+    for cached in peak_rates_home.iterdir():
+        shutil.copy2(cached, home / cached.name)
     monkeypatch.setenv("CHIPFIT_HOME", str(home))
     return home
 

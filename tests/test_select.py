@@ -107,3 +107,65 @@ def test_nothing_feasible_gives_near_misses_ordered_by_distance() -> None:
     assert [m.candidate.options["name"] for m in misses][:2] == ["close", "ref"]
     assert misses[0].violations[0].describe().startswith("p99_ms 5.5ms > 5ms (by 0.5ms, +10%)")
     assert "dead" not in {m.candidate.options["name"] for m in misses}
+
+
+def _reduced(name: str, passes: tuple = (), **metrics: float) -> CandidateResult:
+    """A candidate with the given passes (or OpenVINO-style precision option) and metrics."""
+    r = _r(name, **metrics)
+    options = {"name": name, **({"precision": "bf16"} if name == "bf16" else {})}
+    return CandidateResult(Candidate("onnxruntime", passes, options), r.measurement)
+
+
+def test_reduced_precision_keeps_the_default_fidelity_floor_without_a_quality_bound() -> None:
+    from chipfit.search.select import precision_of
+    from chipfit.spec import DEFAULT_MIN_FIDELITY
+
+    int8 = ({"name": "int8_dynamic", "params": {}},)
+    results = [
+        _r("ref", reference=True, fidelity=1.0),
+        _reduced("fp32", fidelity=0.95),  # fp32 needs no floor: its drift is not the precision's
+        _reduced("int8-bad", int8, fidelity=0.95),
+        _reduced("int8-good", int8, fidelity=0.995),
+        _reduced("bf16", fidelity=0.95),
+        _reduced("fp16", ({"name": "fp16", "params": {}},), fidelity=0.95),
+    ]
+    assert [precision_of(r.candidate) for r in results] == ["fp32", "fp32", "int8", "int8", "bf16", "fp16"]
+    evaluate(results, load_spec(None, max_p99_ms=100.0))
+    feasible = {r.candidate.options["name"] for r in results if r.feasible}
+    assert feasible == {"ref", "fp32", "int8-good"}
+    bad = results[2]
+    assert [v.constraint for v in bad.violations] == ["min_fidelity"] and bad.violations[
+        0
+    ].bound == DEFAULT_MIN_FIDELITY
+    assert "default floor for int8 without a quality bound" in bad.violations[0].describe()
+    assert bad.to_dict()["quality_floor"] == {
+        "min_fidelity": DEFAULT_MIN_FIDELITY,
+        "default": True,
+        "precision": "int8",
+    }
+    assert results[1].to_dict()["quality_floor"] is None
+    # an explicit quality bound replaces the default: the user's own bound, for every candidate alike
+    evaluate(results, load_spec(None, min_fidelity=0.9))
+    assert all(r.feasible for r in results) and all(r.quality_floor is None for r in results)
+    evaluate(results, load_spec(None, max_accuracy_drop=0.5))
+    assert results[2].feasible
+
+
+def test_a_p99_verdict_from_fewer_than_100_samples_says_so() -> None:
+    results = [
+        _r("ref", reference=True, p99_ms=1.0, samples=500, p99_reliable=True),
+        _r("held-few", p99_ms=4.0, samples=40, p99_reliable=False),
+        _r("missed-few", p99_ms=6.0, samples=40, p99_reliable=False),
+        _r("held-many", p99_ms=4.0, samples=400, p99_reliable=True),
+    ]
+    evaluate(results, load_spec(None, max_p99_ms=5.0))
+    ref, held_few, missed_few, held_many = results
+    assert held_few.feasible and held_many.feasible
+    assert held_few.caveats and "40 samples, fewer than 100: not reliable" in held_few.caveats[0]
+    assert not held_many.caveats and not ref.caveats
+    assert "p99 from only 40 samples, fewer than 100: not reliable" in missed_few.violations[0].describe()
+    row = held_few.to_dict()
+    assert row["p99_reliable"] is False and row["caveats"] == held_few.caveats
+    assert held_many.to_dict()["p99_reliable"] is True
+    evaluate(results, load_spec(None, max_p50_ms=5.0))  # no p99 bound: nothing to caution about
+    assert not held_few.caveats

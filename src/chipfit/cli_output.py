@@ -11,9 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from chipfit.measure.stats import MIN_P99_SAMPLES
+from chipfit.search.select import quality_floor_text
+
 if TYPE_CHECKING:
     from chipfit.pipeline import FitResult
     from chipfit.search.driver import Callback
+    from chipfit.search.select import CandidateResult
 
 __all__ = ["fit_progress", "print_fit_result"]
 
@@ -111,7 +115,7 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             str(r.candidate.batch),
             status,
             p50,
-            _f(r.metric("p99_ms")),
+            _p99(r),
             _f(r.metric("samples")),
             _f(r.metric("throughput"), 4),
             _f(r.metric("usd_per_1m")),
@@ -121,6 +125,13 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             style=style,
         )
     console.print(table)
+    if any(r.p99_reliable is False for r in result.candidates if r.source != "skipped"):
+        console.print(
+            f"[dim]p99* = from fewer than {MIN_P99_SAMPLES} samples (the time cap stopped the timing): not reliable[/]"
+        )
+    floor = quality_floor_text(result.spec)
+    if floor and any(r.quality_floor is not None for r in result.candidates):
+        console.print(f"[dim]{floor}[/]", soft_wrap=True)
     reasons = Counter(r.measurement.error for r in result.candidates if r.source == "skipped")
     for reason, n in reasons.most_common():
         console.print(f"[dim]{n} skipped: {reason}[/]", soft_wrap=True)
@@ -145,24 +156,31 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             )
         console.print(
             f"\n[bold green]winner[/] ({result.spec.objective}): {w.candidate.label()}\n"
-            f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_f(w.metric('p99_ms'))} ms · "
+            f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_p99(w)} ms · "
             f"{_f(w.metric('throughput'), 4)}/s · "
             f"peak {_f(w.metric('peak_memory_mb'))} MB · {qname} {_f(w.quality(), 4)}{speed}\n"
             f"  ${_f(w.metric('usd_per_1m'))} per 1M inferences on {w.metric('cost_target') or 'this machine'} · "
             f"{_f(w.metric('energy_mj'))} mJ per inference ({w.metric('energy_method') or 'not known'})"
         )
+        for caveat in w.caveats:
+            console.print(f"[yellow]  caution:[/] {caveat}", soft_wrap=True)
         local = _local_note()
         if local:
             console.print(f"[dim]  {local}[/]", soft_wrap=True)
     else:
         console.print("\n[bold red]no candidate meets every constraint.[/] Nearest misses:")
         for r in result.near_misses:
-            console.print(f"  {r.candidate.label()}: " + "; ".join(v.describe() for v in r.violations))
+            console.print(f"  {r.candidate.label()}: " + "; ".join(v.describe() for v in r.violations), soft_wrap=True)
     if result.out_dir:
         console.print(
             f"artifact: {result.out_dir}/ (manifest.json, results.jsonl, report.html"
             + (", model)" if result.winner else ")")
         )
+
+
+def _p99(r: CandidateResult) -> str:
+    """The p99, marked * when it comes from fewer than MIN_P99_SAMPLES samples."""
+    return _f(r.metric("p99_ms")) + ("*" if r.p99_reliable is False else "")
 
 
 def _local_note() -> str:

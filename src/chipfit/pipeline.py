@@ -22,7 +22,7 @@ from chipfit.result import FitResult
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
 from chipfit.search.guide import make_guide
 from chipfit.search.mixed_precision import MixedPrecision
-from chipfit.search.select import choose_winner, evaluate, near_misses, pareto_front
+from chipfit.search.select import choose_winner, evaluate, near_misses, pareto_front, quality_floor_text
 from chipfit.search.space import SpaceOptions, build_space
 from chipfit.spec import Spec, load_spec
 from chipfit.store import Store, default_url
@@ -135,6 +135,9 @@ def fit(
         ]
         if refine.report is not None:
             notes.append(f"mixed precision on {refine.report.base}: {refine.report.outcome}")
+        floor = quality_floor_text(spec_obj)
+        if floor and any(r.quality_floor is not None for r in results):
+            notes.append(floor)
         result = FitResult(
             winner=choose_winner(feasible, spec_obj.objective),
             pareto=pareto_front(results),

@@ -52,20 +52,40 @@ class FitResult:
             "out_dir": str(self.out_dir) if self.out_dir else None,
             "notes": self.notes,
             "mixed_precision": self.mixed_precision,
+            "quality_floor": _floor(self),
         }
 
 
+def _floor(result: FitResult) -> dict[str, Any] | None:
+    """The default quality floor, when one applied to a candidate (reduced precision, no quality bound)."""
+    from chipfit.search.select import default_quality_floor, quality_floor_text
+
+    floor = default_quality_floor(result.spec)
+    if floor is None or not any(r.quality_floor is not None for r in result.candidates):
+        return None
+    return {"min_fidelity": floor, "metric": result.spec.fidelity_metric, "text": quality_floor_text(result.spec)}
+
+
 def constraints_table(result: FitResult) -> list[dict[str, Any]]:
-    """One row per bound of the spec: its value on the winner and whether the winner held it."""
+    """One row per bound of the spec (and the default quality floor, when the winner was held to it): its value
+    on the winner, whether the winner held it, and a note when the verdict rests on too few samples."""
     from chipfit.spec import CONSTRAINTS
 
     rows = []
     w = result.winner
-    for name, bound in result.spec.bounds().items():
+    bounds = result.spec.bounds()
+    if w is not None and w.quality_floor is not None:
+        bounds["min_fidelity"] = w.quality_floor
+    for name, bound in bounds.items():
         metric = CONSTRAINTS[name].metric
         value = w.metric(metric) if w else None
         held = w is not None and not any(v.constraint == name for v in w.violations)
-        rows.append({"constraint": name, "bound": bound, "value": value, "held": held})
+        row: dict[str, Any] = {"constraint": name, "bound": bound, "value": value, "held": held}
+        if name == "min_fidelity" and w is not None and w.quality_floor is not None:
+            row["note"] = "default floor for reduced precision"
+        if name == "max_p99_ms" and w is not None and w.p99_reliable is False:
+            row["note"] = f"p99 from {w.metric('samples')} samples: not reliable"
+        rows.append(row)
     return rows
 
 

@@ -19,12 +19,23 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from chipfit.errors import SpecError
 
-__all__ = ["CONSTRAINTS", "OBJECTIVES", "Constraint", "Spec", "load_spec", "parse_duration"]
+__all__ = [
+    "CONSTRAINTS",
+    "DEFAULT_MIN_FIDELITY",
+    "OBJECTIVES",
+    "Constraint",
+    "Spec",
+    "load_spec",
+    "parse_duration",
+]
 
 Objective = Literal["latency", "throughput", "memory", "size", "accuracy", "cost", "energy"]
 OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "memory", "size", "accuracy", "cost", "energy")
 FIDELITY_METRICS = ("cosine", "agreement", "max_rel_error")
 ACCURACY_METRIC_RE = re.compile(r"^(top[1-9][0-9]*|mse|f1)$")
+# Without --max-accuracy-drop or --min-fidelity, a reduced-precision variant (int8, fp16, bf16) must still keep
+# this fidelity (in --fidelity-metric, cosine by default) to the fp32 reference outputs; fp32 variants need none.
+DEFAULT_MIN_FIDELITY = 0.99
 
 
 @dataclass(frozen=True)

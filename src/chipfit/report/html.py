@@ -34,6 +34,8 @@ def render_report(result: FitResult) -> str:
     )
     env.filters["fmt"] = _fmt
     from chipfit import __version__
+    from chipfit.measure.stats import MIN_P99_SAMPLES
+    from chipfit.search.select import quality_floor_text
 
     return env.get_template("template.html.j2").render(
         r=result,
@@ -42,5 +44,7 @@ def render_report(result: FitResult) -> str:
         pareto_svg=pareto_plot(result),
         batch_svg=batch_plot(result),
         pareto_ids={p.candidate.id for p in result.pareto},
+        min_p99_samples=MIN_P99_SAMPLES,
+        quality_floor=quality_floor_text(result.spec),
         quality_name="accuracy" if result.reference and result.reference.metric("accuracy") is not None else "fidelity",
     )
