@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from commentary import backends_commentary
 from interleave import interleaved
 
 import chipfit
@@ -38,7 +39,10 @@ def _configs(tune_trials: int, tune_time_s: float) -> list[tuple[str, str, dict[
     return out
 
 
-def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple[int, float]) -> list[str]:
+def bench_model(
+    title: str, model: Any, feeds_for: Any, peak: float, tune: tuple[int, float]
+) -> tuple[list[str], dict[str, Any]]:
+    """The model's table, and its numbers for `commentary.backends_commentary`."""
     cores = os.cpu_count() or 1
     flops = model.stats.flops
     lines = [f"### {title}", "", f"{flops / 1e6:.1f} MFLOP per sample (from the ONNX graph).", ""]
@@ -68,6 +72,7 @@ def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple
         r = interleaved(fns, feeds_for(batch), max_round_s=0.3)
         for key, v in r.items():
             results.setdefault(key, {})[batch] = v
+    rows = []
     for key, per in results.items():
         name, label = key.split(" · ", 1)
         best = max(per, key=lambda bb: bb / per[bb]["p50_ms"])
@@ -75,7 +80,9 @@ def bench_model(title: str, model: Any, feeds_for: Any, peak: float, tune: tuple
         gflops = flops * thr / 1e9
         row = [name, label, f"{per[1]['p50_ms']:.4f}", str(best), f"{thr:.0f}", f"{gflops:.1f}"]
         lines.append("| " + " | ".join([*row, f"{100 * gflops / peak:.1f}%"]) + " |")
-    return [*lines, ""]
+        p50 = {bb: v["p50_ms"] for bb, v in per.items()}
+        rows.append({"backend": name, "label": label, "p50": p50, "best": best, "pct": 100 * gflops / peak})
+    return [*lines, ""], {"title": title, "mflop": flops / 1e6, "rows": rows}
 
 
 def section(work: Path, tune_trials: int = 16, tune_time_s: float = 300.0) -> list[str]:
@@ -95,9 +102,10 @@ def section(work: Path, tune_trials: int = 16, tune_time_s: float = 300.0) -> li
     ex = ROOT / "examples" / "digits"
     digits = chipfit.load_model(ex / "model.onnx")
     x = np.load(ex / "eval.npz")["image"]
-    lines += bench_model(
+    table, cnn = bench_model(
         "digits CNN (ONNX)", digits, lambda b: {"image": np.ascontiguousarray(x[:b])}, peak, (tune_trials, tune_time_s)
     )
+    lines += table
     from chipfit.testing.models import bert_inputs, bert_like
 
     module = bert_like(layers=2, hidden=256, heads=4, seq=64)
@@ -108,25 +116,7 @@ def section(work: Path, tune_trials: int = 16, tune_time_s: float = 300.0) -> li
     def feeds(b: int) -> dict[str, np.ndarray]:
         return {k: np.ascontiguousarray(v[:b]) for k, v in data.items()}
 
-    lines += bench_model(
+    table, encoder = bench_model(
         "BERT-like encoder, 2 × 256, seq 64 (torch module)", model, feeds, peak, (tune_trials, tune_time_s)
     )
-    return lines + READING
-
-
-READING = """
-#### Reading the backend numbers
-
-- ONNX Runtime's default session is the fastest at batch 1 on both models; on the BERT-like encoder ORT,
-  OpenVINO (LATENCY) and torch reach 78–86% of the measured SGEMM roof at batch 32: the GEMMs dominate and
-  every backend calls a good BLAS-like kernel, so the roof, not the backend, is the limit.
-- The digits CNN is tiny (0.7 MFLOP): per-call overhead decides; OpenVINO's per-inference overhead makes it
-  ≈7× slower than ORT at batch 1.
-- TVM untuned runs naive loops (≈1% of the roof); a tuning budget of ≤16 trials per task and ≤100 s per batch
-  size brings it to 18–24% of the roof, still 3× (CNN) and 3.5× (encoder, batch 8) behind ORT. More trials
-  help (the database is kept and reused across runs), but on this 2-core AVX2 CPU tuned TVM does not catch
-  ONNX Runtime within a budget that fits `make bench`; `fit` lists TVM and lets the probe prune it.
-- `fit` with every backend therefore picks ONNX Runtime here: its winner is never slower than ORT's default
-  session at the batch size it was chosen for (1.06× at batch 1 on digits, first section).
-
-""".splitlines()
+    return lines + table + backends_commentary([cnn, encoder])

@@ -14,6 +14,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
+from commentary import fit_commentary  # noqa: E402
 from interleave import interleaved  # noqa: E402
 
 import chipfit  # noqa: E402
@@ -52,45 +53,18 @@ def bench_digits(work: Path) -> list[str]:
         "interleaved rounds, IQR) |",
         "|---|---|---|---|---|---|",
     ]
+    speedups = {}
     for batch in (1, 32):
         feeds = {"image": np.ascontiguousarray(x[:batch])}
         r = interleaved({"default": _ort_default(ex / "model.onnx"), "winner": winner.run}, feeds)
         d, w = r["default"], r["winner"]
+        speedups[batch] = w
         lines.append(
             f"| {batch} | {d['p50_ms']:.4f} | {w['p50_ms']:.4f} | {d['p99_ms']:.4f} | {w['p99_ms']:.4f} | "
             f"{w['speedup_median']:.2f}× ({w['speedup_q25']:.2f}–{w['speedup_q75']:.2f}) |"
         )
-    lines += [
-        "",
-        f"The winner was chosen for batch {result.winner.candidate.batch} (objective "
-        f"`{result.spec.objective}`) with runtime options `{result.winner.candidate.options}`; batch 32 shows "
-        "that same session at a larger batch, where a configuration chosen for batch-1 latency need not be the "
-        "best: `fit` measures each batch size as its own candidate, and `--objective throughput` picks for that.",
-        "",
-    ]
-    return lines
-
-
-READING = [
-    "## Reading the precision numbers",
-    "",
-    "- The transformer's gain comes from int8 and fusion: ONNX Runtime's default fp32 session already runs this "
-    "encoder near the machine's fp32 peak. On this AVX2 CPU without VNNI, int8 GEMMs go through u8·s8 "
-    "`vpmaddubsw` with reduced-range (7-bit) weights to avoid its int16 saturation, activations are quantized "
-    "at run time, and softmax, LayerNorm and GELU stay fp32, so int8 buys about 1.5×, not the 2–4× of VNNI/AMX "
-    "CPUs. fp16 is skipped here (no fast fp16 on this CPU), and static QDQ int8 is pruned by the probe: slower "
-    "than fp32 on this CPU.",
-    "- Random weights quantize gently. The outlier case scales a few LayerNorm channels ×100 (and divides the "
-    "weights that read them), as pretrained transformers have; with every quantized node chosen by name the "
-    "fidelity stays ≥ 0.999 because the channels' consumers are weight-quantized per output channel and the "
-    "classifier (a Gemm) is left fp32. Quantizing that classifier too (what ONNX Runtime's quantizer does by "
-    "default) dropped cosine to 0.71 on this model, which is why the int8 passes now quantize only the nodes "
-    "they can rank and keep fp32.",
-    "- The digits CNN is 0.03 ms per image: int8 QDQ adds quantize/dequantize work larger than the arithmetic "
-    "it saves, so the fp32 graph wins and the unmodified model stays the baseline the winner must beat.",
-    "- PyTorch eager (fp32, same weights, `inference_mode`) is the slowest runner on both models.",
-    "",
-]
+    c = result.winner.candidate
+    return [*lines, "", *fit_commentary(c.batch, result.spec.objective, c.options, c.backend, speedups)]
 
 
 def main() -> None:
@@ -110,19 +84,23 @@ def main() -> None:
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ".",
         "",
-        "Ratios are measured side by side in one process, alternating A and B in 20 rounds of 200 runs, so that "
-        "drift on a shared machine hits both; absolute times vary from run to run.",
+        "Ratios are measured side by side in one process, alternating the runners round by round (each table "
+        "says how many rounds), so that drift on a shared machine hits all of them alike; absolute times vary "
+        "from run to run. The commentary under each table is computed from that table's run.",
         "",
     ]
     from backends import section as backends_section
-    from precision import bench_digits_cnn, bench_transformer
+    from precision import bench_digits_cnn, bench_transformer, reading
 
     with tempfile.TemporaryDirectory() as tmp:
         body = bench_digits(Path(tmp))
-        body += bench_transformer(Path(tmp), 0.0)
-        body += bench_transformer(Path(tmp), 100.0)
-        body += bench_digits_cnn(Path(tmp))
-        body += READING
+        runs = []
+        for outliers in (0.0, 100.0):
+            lines, run = bench_transformer(Path(tmp), outliers)
+            body += lines
+            runs.append(run)
+        lines, run = bench_digits_cnn(Path(tmp))
+        body += lines + reading([*runs, run])
         body += backends_section(Path(tmp), tune_trials=args.tune_trials, tune_time_s=args.tune_time)
         from predictor import section as predictor_section
 

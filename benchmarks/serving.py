@@ -2,7 +2,7 @@
 memory-bound at batch 1 like a fraud-scoring model), at an SLO of four times each model's batch-1 p99, the
 highest request rate whose p99 stays within the SLO with at most 1% rejected — adaptive batching
 (`--max-batch 64`) against the same server with `--max-batch 1` — driven by wrk (closed loop, the best of
-1–64 connections) and by `chipfit loadtest` (open loop, Poisson arrivals, the rate found by bisection).
+1–32 connections) and by `chipfit loadtest` (open loop, Poisson arrivals, the rate found by bisection).
 Also: the server's own time per request at low load, and 10× overload.
 
     python benchmarks/serving.py --append BENCHMARKS.md      (also a section of `make bench`)
@@ -22,8 +22,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from commentary import serving_commentary, serving_goal  # noqa: E402
 
 import chipfit  # noqa: E402
+from chipfit.hardware.detect import cpu_quota  # noqa: E402
 from chipfit.search.space import SpaceOptions  # noqa: E402
 from chipfit.serve.loadtest import run_load  # noqa: E402
 from chipfit.testing.serving import ServeProcess  # noqa: E402
@@ -31,6 +35,9 @@ from chipfit.testing.serving import ServeProcess  # noqa: E402
 HEADER = "## Serving: adaptive batching vs one request at a time (issue 7)"
 CONNS = (1, 2, 4, 8, 12, 16, 24, 32)
 ROUNDS = 3  # wrk runs per (server, connections), interleaved between the two servers
+PROBE_S = (3.0, 15.0)  # an open-loop probe's duration: at least, at most
+PROBE_REQUESTS = 300  # requests per open-loop probe where PROBE_S allows
+COST_BATCHES = (1, 8, 32)  # in-process p50 per batch size: what a batch costs against one row
 
 
 def wide_mlp(path: Path) -> Path:
@@ -110,6 +117,28 @@ def b1_p99_ms(folder: Path, data: dict[str, np.ndarray], n: int = 2000) -> tuple
     return float(np.quantile(t, 0.5) * 1e3), float(np.quantile(t, 0.99) * 1e3)
 
 
+def batch_p50_ms(folder: Path, data: dict[str, np.ndarray], n: int = 100) -> dict[int, float]:
+    """In-process p50 per batch size of `COST_BATCHES`, the batch sizes interleaved run by run."""
+    m = chipfit.runtime.load(folder)
+    feeds = {b: {k: np.ascontiguousarray(v[:b]) for k, v in data.items()} for b in COST_BATCHES}
+    t: dict[int, list[float]] = {b: [] for b in COST_BATCHES}
+    for i in range(n + 5):
+        for b in COST_BATCHES:
+            t0 = time.perf_counter()
+            m.run(feeds[b])
+            if i >= 5:  # the first runs warm up
+                t[b].append(time.perf_counter() - t0)
+    m.close()
+    return {b: float(np.median(v) * 1e3) for b, v in t.items()}
+
+
+def weights_mb(model: Path) -> float:
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(model)).graph.initializer) / 1e6
+
+
 def serve(folder: Path, slo_ms: float, max_batch: int) -> ServeProcess:
     """`chipfit serve` of one artifact as model `m`, its output discarded (no pipe to fill under load)."""
     args = [f"m={folder}", "--slo-p99-ms", f"{slo_ms:.4f}", "--max-batch", str(max_batch), "--no-access-log"]
@@ -168,7 +197,8 @@ def best_wrk_pair(urls: dict[str, str], body: Path, slo: float) -> dict[str, dic
 def best_open_loop(url: str, body: bytes, slo: float, start: float) -> tuple[float, dict | None]:
     def ok(rate: float) -> tuple[bool, dict]:
         # at least ~300 requests per probe, so that its p99 is not simply its slowest request
-        r = run_load(url, "m", body, "application/json", rate, min(15.0, max(3.0, 300 / rate)), "poisson").to_dict()
+        seconds = min(PROBE_S[1], max(PROBE_S[0], PROBE_REQUESTS / rate))
+        r = run_load(url, "m", body, "application/json", rate, seconds, "poisson").to_dict()
         good = r["p99_ms"] is not None and r["p99_ms"] <= slo and (r["rejected"] + r["errors"]) <= 0.01 * r["sent"]
         return good, r
 
@@ -194,7 +224,7 @@ def bench_model(name: str, folder: Path, data: dict[str, np.ndarray], work: Path
     body = orjson.dumps({"inputs": feeds}, option=orjson.OPT_SERIALIZE_NUMPY)
     body_file = work / f"{folder.name}.json"
     body_file.write_bytes(body)
-    res: dict = {"name": name, "b1_p50": p50, "b1_p99": p99, "slo": slo}
+    res: dict = {"name": name, "b1_p50": p50, "b1_p99": p99, "slo": slo, "batch_p50": batch_p50_ms(folder, data)}
     servers = {"adaptive": serve(folder, slo, 64), "one": serve(folder, slo, 1)}
     try:
         if shutil.which("wrk"):
@@ -224,7 +254,7 @@ def bench_model(name: str, folder: Path, data: dict[str, np.ndarray], work: Path
         finally:
             s.stop()
     else:
-        res["overhead_ms"] = None
+        res["overhead_ms"] = res["low_load_p50"] = None
     return res
 
 
@@ -242,17 +272,17 @@ def section(work: Path) -> list[str]:
         print(f"fitting {name}", file=sys.stderr, flush=True)
         folder = artifact(name, model, data, work)
         print(f"serving {name}", file=sys.stderr, flush=True)
-        rows.append(bench_model(name, folder, data, work))
+        rows.append({**bench_model(name, folder, data, work), "weights_mb": weights_mb(model)})
     lines = [
         HEADER,
         "",
-        "Loopback on this machine (2 cores: the server, its model threads and the load generator share them). "
-        "SLO = 4 × the model's batch-1 p99 measured in-process. Throughput = the highest rate with p99 ≤ SLO and "
-        "≤ 1% rejected or failed: wrk at its best connection count (1–32; both servers up, "
-        f"{ROUNDS} rounds of 3 s alternating between them, the median per connection count), and "
-        "`chipfit loadtest` with open-loop Poisson arrivals (rate found by doubling then bisection; 3–15 s per "
-        "probe, ≥ 300 requests where 15 s allows). "
-        "JSON bodies of one row.",
+        f"Loopback on this machine ({cpu_quota()} cores in the CPU quota: the server, its model threads and the "
+        "load generator share them). SLO = 4 × the model's batch-1 p99 measured in-process. Throughput = the "
+        "highest rate with p99 ≤ SLO and ≤ 1% rejected or failed: wrk at its best connection count "
+        f"({CONNS[0]}–{CONNS[-1]}; both servers up, {ROUNDS} rounds of 3 s alternating between them, the median "
+        "per connection count), and `chipfit loadtest` with open-loop Poisson arrivals (rate found by doubling "
+        f"then bisection; {PROBE_S[0]:g}–{PROBE_S[1]:g} s per probe, ≥ {PROBE_REQUESTS} requests where "
+        f"{PROBE_S[1]:g} s allows). JSON bodies of one row.",
         "",
         "| model | batch-1 p50 / p99 ms | SLO ms | wrk: adaptive req/s (conns) | wrk: max-batch 1 | wrk ratio | "
         "loadtest: adaptive req/s | loadtest: max-batch 1 | loadtest ratio |",
@@ -295,40 +325,14 @@ def section(work: Path) -> list[str]:
             "yes" if o["alive"] else "NO",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    wide = rows[-1]
-    ratio = (wide["adaptive_wrk"]["rps"] / wide["one_wrk"]["rps"]) if wide["adaptive_wrk"] and wide["one_wrk"] else None
-    verdict = "reached" if ratio and ratio >= 3 else "not reached"
-    lines += [
+    wide = next(r for r in rows if r["name"].startswith("wide MLP"))
+    return [
+        *lines,
         "",
-        f"Goal (≥ 3× on the wide MLP under wrk): **{verdict}** ({ratio:.2f}×)."
-        if ratio
-        else "Goal (≥ 3× on the wide MLP under wrk): not measured (wrk missing: apt-get install wrk).",
+        serving_goal(wide, shutil.which("wrk") is not None),
         "",
-        READING,
+        *serving_commentary(rows, cpu_quota()),
     ]
-    return lines
-
-
-READING = """#### Reading the serving numbers
-
-- One machine with 2 cores runs the server's event loop, the model's threads and the load generator. wrk (C)
-  takes little of it and is the main measure; `chipfit loadtest` is Python on the same cores and measures each
-  latency from the request's scheduled send time, so at high rates its own lateness counts: its rates and the
-  10× overload latencies are lower bounds on the server, not the server's limit.
-- The wide MLP gains most from batching: its 84 MB of weights are read once per run, so a batch of 32 costs
-  about 4× one row. What caps the gain here is the Python per request (HTTP, JSON of 1024 numbers) on the
-  cores the model also needs. The BERT-like encoder is compute-bound (a batch of 8 costs about 8× one row) and
-  gains little; at batch 1 it already fills both cores.
-- The open-loop (`chipfit loadtest`) ratios are the noisier measure: the Python generator's own floor is a few
-  milliseconds, and near the SLO its p99 swings by ±30% from probe to probe. Checked once side by side on the
-  BERT-like encoder: at 150 and 250 req/s, adaptive and `--max-batch 1` servers, up at once and probed
-  alternately, had p99s of 20–34 ms against a 24 ms SLO, in no consistent order.
-- The digits CNN's SLO (4 × its batch-1 p99: about half a millisecond) is shorter than one HTTP round trip on
-  loopback; no rate meets it (0 / n/a), with or without batching.
-- ONNX Runtime's pool threads are told not to spin in the server (a spinning pool takes the event loop's
-  core); that costs a few tenths of a millisecond per run against the in-process p50 and is counted in the
-  overhead column.
-"""
 
 
 def main() -> None:
