@@ -45,6 +45,12 @@ def _fragile_mlp(path: Path, width: int = 64) -> Path:
     return path
 
 
+# ONNX Runtime's int8_dynamic variants at batch 1, one thread: what the accuracy-aware search works on
+_INT8_ONLY = dict(
+    batch_sizes=(1,), threads=(1,), opt_levels=("none",), execution_modes=("sequential",), passes=("int8_dynamic",)
+)
+
+
 def test_schedule_adds_nodes_back_gradually() -> None:
     assert _schedule(3) == [1, 2]
     assert _schedule(20) == [1, 2, 3, 4, 6, 9, 13, 19]
@@ -55,9 +61,7 @@ def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path: Path, fast_setti
     x = np.abs(np.random.default_rng(1).normal(size=(96, 64))).astype(np.float32)
     x[:, :] *= 0.05
     np.savez(tmp_path / "data.npz", x=x)
-    space = SpaceOptions(
-        batch_sizes=(1,), threads=(1,), opt_levels=("none",), execution_modes=("sequential",), passes=("int8_dynamic",)
-    )
+    space = SpaceOptions(backends=("onnxruntime",), **_INT8_ONLY)
     result = chipfit.fit(
         model,
         tmp_path / "data.npz",
@@ -92,14 +96,21 @@ def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path: Path, fast_setti
     assert nodes.get("fc2") == "MatMul"
 
 
-def test_no_mixed_precision_without_a_quality_bound(tmp_path: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
+def test_without_a_quality_bound_no_mixed_precision_but_the_default_floor(tmp_path: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
     model = _fragile_mlp(tmp_path / "fragile.onnx")
     np.savez(tmp_path / "data.npz", x=np.ones((40, 64), np.float32))
-    space = SpaceOptions(
-        batch_sizes=(1,), threads=(1,), opt_levels=("none",), execution_modes=("sequential",), passes=("int8_dynamic",)
-    )
+    space = SpaceOptions(backends=("onnxruntime",), **_INT8_ONLY)
     result = chipfit.fit(model, tmp_path / "data.npz", space=space, settings=fast_settings, objective="size")
     assert result.mixed_precision is None
+    # int8 is the smallest but breaks the model: without a quality bound the default floor still keeps it out
+    from chipfit.search.select import precision_of
+    from chipfit.spec import DEFAULT_MIN_FIDELITY
+
+    int8 = [r for r in result.candidates if r.measurement.ok and precision_of(r.candidate) == "int8"]
+    assert int8 and all(r.quality_floor == DEFAULT_MIN_FIDELITY and not r.feasible for r in int8)
+    assert all("default floor for int8" in r.violations[0].describe() for r in int8)
+    assert result.winner is not None and precision_of(result.winner.candidate) == "fp32"
+    assert any("default quality floor" in n for n in result.notes)
 
 
 @pytest.mark.parametrize("flag", ["--passes"])
