@@ -22,11 +22,13 @@ StoreOpt = Annotated[
 def predict_eval_cmd(
     store: StoreOpt = None,
     folds: Annotated[int, typer.Option(min=2, help="Folds of the grouped k-fold (models are never split).")] = 5,
-    json_out: Annotated[bool, typer.Option("--json", help="Print n, within_10pct, mape, spearman as JSON.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print n, within_10pct, median_ape, spearman as JSON.")
+    ] = False,
 ) -> None:
     """Evaluate the latency predictor on the measurements in the store: trained on some models, scored on the
     others' measured p50 (grouped k-fold). Reports the share within ±10%, the median absolute percentage
-    error (mape) and Spearman's rank correlation."""
+    error (median_ape) and Spearman's rank correlation."""
     with _user_errors():
         from chipfit.predict import predict_eval, training_rows
         from chipfit.store import Store
@@ -45,12 +47,12 @@ def predict_eval_cmd(
         for col in ("model", "n", "within ±10%", "median |error|", "Spearman"):
             table.add_column(col, justify="right")
         for name, m in report["per_model"].items():
-            table.add_row(name, str(m["n"]), f"{m['within_10pct']:.0%}", f"{m['mape']:.1%}", _fmt(m["spearman"]))
+            table.add_row(name, str(m["n"]), f"{m['within_10pct']:.0%}", f"{m['median_ape']:.1%}", _fmt(m["spearman"]))
         table.add_row(
             "[bold]all[/]",
             str(report["n"]),
             f"[bold]{report['within_10pct']:.0%}[/]",
-            f"[bold]{report['mape']:.1%}[/]",
+            f"[bold]{report['median_ape']:.1%}[/]",
             f"[bold]{_fmt(report['spearman'])}[/]",
         )
         out_console.print(table)
@@ -163,7 +165,8 @@ def print_recommendation(rec: Any) -> None:
     if p.get("n"):
         out_console.print(
             f"[dim]predictor: trained on {p['trained_on']} measurements; on held-out models of this machine "
-            f"{p['within_10pct']:.0%} within ±10%, median |error| {p['mape']:.1%}, Spearman {_fmt(p['spearman'])}. "
+            f"{p['within_10pct']:.0%} within ±10%, median |error| {p['median_ape']:.1%}, "
+            f"Spearman {_fmt(p['spearman'])}. "
             "Other targets: the same correction applied to their roofline, not validated there.[/]"
         )
     else:

@@ -118,7 +118,7 @@ def recommend(
     rows = training_rows(store)
     predictor = Predictor().fit(rows)
     evaluation = predict_eval(rows) if rows else {"n": 0}
-    predictor.rel_error = evaluation.get("mape") or math.inf
+    predictor.rel_error = evaluation.get("median_ape") or math.inf
     info = model_info(result.model.stats)
     local, match = local_target()
     out: list[dict[str, Any]] = []
@@ -162,5 +162,5 @@ def recommend(
         )
         out.append(pick)
     out.sort(key=lambda r: (not r["meets"], _objective_value(r, objective)))
-    summary = {k: evaluation.get(k) for k in ("n", "models", "within_10pct", "mape", "spearman")}
+    summary = {k: evaluation.get(k) for k in ("n", "models", "within_10pct", "median_ape", "spearman")}
     return Recommendation(out, objective, spec.model_dump(), result, {**summary, "trained_on": predictor.n_train})

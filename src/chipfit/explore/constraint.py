@@ -51,7 +51,7 @@ def prepare_bound(
     predictor = Predictor().fit(rows)
     rel = math.inf
     if len({r["model_hash"] for r in rows}) >= 2:
-        rel = float(predict_eval(rows).get("mape") or math.inf)
+        rel = float(predict_eval(rows).get("median_ape") or math.inf)
     predictor.rel_error = rel
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "predictor.pkl"

@@ -1,10 +1,10 @@
 """Training rows from the store, and the predictor's honest evaluation: trained on some models' measurements,
-scored on the others' (grouped k-fold over models), never on the rows it learned from."""
+scored on the others' (scikit-learn's ``GroupKFold`` over models), never on the rows it learned from."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 from chipfit.hardware.catalog import Target
 from chipfit.predict.model import Predictor
 
-__all__ = ["predict_eval", "target_for_env", "training_rows"]
+__all__ = ["model_folds", "predict_eval", "target_for_env", "training_rows"]
 
 
 def target_for_env(env: Mapping[str, Any], local: Target, local_cpu: Mapping[str, Any]) -> Target:
@@ -51,36 +51,47 @@ def training_rows(store: Any, local: Target | None = None) -> list[dict[str, Any
     return out
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    if len(a) < 2 or ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (scipy: tied values share their average rank); None when undefined."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    rho = float(spearmanr(a, b).statistic)
+    return None if math.isnan(rho) else rho
+
+
+def model_folds(rows: Sequence[Mapping[str, Any]], folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) row indices of scikit-learn's ``GroupKFold`` grouped by model: every row of a model is in
+    the test set of exactly one fold and in no fold's training set beside it. ``folds`` is capped at the number
+    of models."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.array([r["model_hash"] for r in rows])
+    k = min(folds, len(set(groups.tolist())))
+    return list(GroupKFold(n_splits=k).split(np.zeros((len(rows), 1)), groups=groups))
 
 
 def predict_eval(rows: list[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
     """Grouped k-fold by model: ``n``, ``within_10pct`` (share of held-out predictions within ±10%),
-    ``mape`` (median absolute percentage error), ``spearman`` (rank correlation), and the same per model."""
+    ``median_ape`` (median absolute percentage error, as a fraction), ``spearman`` (rank correlation), and the
+    same per model."""
     groups = sorted({r["model_hash"] for r in rows})
     if len(groups) < 2:
         return {
             "n": 0,
             "models": len(groups),
             "within_10pct": None,
-            "mape": None,
+            "median_ape": None,
             "spearman": None,
             "note": "needs measurements of at least two models (held-out evaluation is by model); run fit on more",
         }
-    k = min(folds, len(groups))
-    fold_of = {g: i % k for i, g in enumerate(groups)}
+    splits = model_folds(rows, folds)
     pred = np.zeros(len(rows))
-    for f in range(k):
-        train = [r for r in rows if fold_of[r["model_hash"]] != f]
-        test_idx = [i for i, r in enumerate(rows) if fold_of[r["model_hash"]] == f]
-        model = Predictor().fit(train)
+    for train_idx, test_idx in splits:
+        model = Predictor().fit([rows[i] for i in train_idx])
         preds = model.predict_many([(rows[i]["info"], rows[i]["candidate"], rows[i]["target"]) for i in test_idx])
-        for i, p in zip(test_idx, preds, strict=True):
-            pred[i] = p.p50_ms
+        pred[test_idx] = [p.p50_ms for p in preds]
     actual = np.array([r["metrics"]["p50_ms"] for r in rows])
     ape = np.abs(pred - actual) / actual
     per_model = {}
@@ -89,16 +100,15 @@ def predict_eval(rows: list[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
         per_model[g[:12]] = {
             "n": len(idx),
             "within_10pct": float(np.mean(ape[idx] <= 0.10)),
-            "mape": float(np.median(ape[idx])),
+            "median_ape": float(np.median(ape[idx])),
             "spearman": _spearman(pred[idx], actual[idx]),
         }
-    sp = _spearman(pred, actual)
     return {
         "n": len(rows),
         "models": len(groups),
-        "folds": k,
+        "folds": len(splits),
         "within_10pct": float(np.mean(ape <= 0.10)),
-        "mape": float(np.median(ape)),
-        "spearman": None if math.isnan(sp) else sp,
+        "median_ape": float(np.median(ape)),
+        "spearman": _spearman(pred, actual),
         "per_model": per_model,
     }

@@ -122,18 +122,25 @@ class Predictor:
         if len(usable) < min_rows:
             return self
         from sklearn.ensemble import HistGradientBoostingRegressor
+        from threadpoolctl import threadpool_limits
 
         x = np.array([features(r["info"], r["candidate"], r["target"]) for r in usable])
         y = np.log([r["metrics"]["p50_ms"] for r in usable]) - x[:, 0]
-        self._gbm = HistGradientBoostingRegressor(
-            max_iter=400, learning_rate=0.05, min_samples_leaf=max(3, min(20, len(usable) // 20)), random_state=0
-        ).fit(x, y)
+        # one thread: a store holds thousands of rows at most, where OpenMP's threads only spin against each
+        # other and against the measurements running beside it (20x slower on a busy 2-core machine)
+        with threadpool_limits(1):
+            self._gbm = HistGradientBoostingRegressor(
+                max_iter=400, learning_rate=0.05, min_samples_leaf=max(3, min(20, len(usable) // 20)), random_state=0
+            ).fit(x, y)
         return self
 
     def correction(self, x: np.ndarray) -> np.ndarray:
         if self._gbm is None:
             return np.full(len(x), DEFAULT_CORRECTION)
-        return np.asarray(self._gbm.predict(x))
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            return np.asarray(self._gbm.predict(x))
 
     def predict_many(self, items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], Target]]) -> list[Prediction]:
         if not items:

@@ -75,7 +75,7 @@ def write_recommendation(rec: Any, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     p = rec.predictor
     pred = (
-        f"Predictor held-out on this machine: {p['within_10pct']:.0%} within ±10%, median error {p['mape']:.1%} "
+        f"Predictor held-out on this machine: {p['within_10pct']:.0%} within ±10%, median error {p['median_ape']:.1%} "
         f"over {p['n']} measurements of {p['models']} models."
         if p.get("n")
         else "Too few measured models for a held-out predictor error."

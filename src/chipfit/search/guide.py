@@ -78,7 +78,7 @@ def make_guide(model_info: dict[str, Any], store: Any) -> Guide | None:
     if len(models) >= 2:  # a held-out error needs other models; with one, the correction is not trusted to skip
         from chipfit.predict import predict_eval
 
-        rel = predict_eval(rows).get("mape") or math.inf
+        rel = predict_eval(rows).get("median_ape") or math.inf
     else:
         rel = math.inf
     cache: dict[str, Any] = {}
