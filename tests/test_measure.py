@@ -75,8 +75,8 @@ def test_a_worker_that_kills_itself_is_recorded(tmp_path: Path) -> None:
 
 
 def test_a_hang_hits_the_timeout(tmp_path: Path) -> None:
-    m = run_isolated(_job(tmp_path, "fault_backends:hang"), tmp_path / "w", 4, None, 1)
-    assert m.status == "timeout" and "4s timeout" in (m.error or "")
+    m = run_isolated(_job(tmp_path, "fault_backends:hang"), tmp_path / "w", 2, None, 1)
+    assert m.status == "timeout" and "2s timeout" in (m.error or "")
     assert m.wall_s < 30
 
 
