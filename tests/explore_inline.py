@@ -107,6 +107,9 @@ class InlineRunner:
     def kill(self, h: _Handle) -> None:
         h.killed = h.outcome is None
 
+    def ready(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -40,7 +40,15 @@ def test_energy_meter_reads_rapl_packages_and_survives_wraparound(tmp_path: Path
     (tmp_path / "intel-rapl:0" / "energy_uj").write_text("3000000")  # +2 J
     (tmp_path / "intel-rapl:1" / "energy_uj").write_text("1000000")  # wrapped: +6 J
     assert meter.read() == pytest.approx(8.0)
-    assert not EnergyMeter(tmp_path / "absent").available or EnergyMeter(tmp_path / "absent").method
+    # no powercap tree, or a domain whose counter cannot be read: no RAPL counter is claimed (only a GPU's
+    # NVML counter may remain), and the package domains read above are not affected
+    broken = tmp_path / "broken" / "intel-rapl:0"
+    broken.mkdir(parents=True)
+    (broken / "energy_uj").write_text("n/a")
+    for root in (tmp_path / "absent", tmp_path / "broken"):
+        m = EnergyMeter(root)
+        assert (m.method or "NVML").startswith("NVML") and (m.available == (m.method is not None)), m.method
+    assert "2 package domain(s)" in (EnergyMeter(tmp_path).method or "")
 
 
 def test_this_machine_is_matched_to_the_catalogue_and_says_how() -> None:

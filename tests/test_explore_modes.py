@@ -295,3 +295,29 @@ def test_trials_run_as_ray_tasks_with_the_same_accounting(tmp_path: Path, cli_ru
     assert out["trials"].get("complete", 0) >= 1, out
     assert out["spent"] <= 20 * 1.02
     assert sum(out["trials"].values()) >= 2
+
+
+def test_the_winner_export_is_checked_against_the_module(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import optuna
+
+    from chipfit.errors import ModelError
+    from chipfit.explore.constraint import export_model
+    from chipfit.explore.job import TrialJob
+    from chipfit.explore.space import load_space
+    from chipfit.explore.trial import TrialContext
+
+    class Branchy(torch.nn.Module):  # a trace records one branch of this
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.sum() > 0 else x - 1
+
+    (tmp_path / "trainable.py").write_text("def train(ctx):\n    pass\n\ndef model(cfg):\n    pass\n")
+    (tmp_path / "space.yaml").write_text(FAKE_SPACE + "deploy: {model: trainable.py:model, inputs: {x: [1, 4]}}\n")
+    trial = optuna.create_study().ask()
+    job = TrialJob(str(tmp_path / "space.yaml"), "s", "none", trial.number, {}, str(tmp_path / "t.pkl"), 0.0)
+    with torch_threads():
+        ctx = TrialContext(trial, job, load_space(tmp_path / "space.yaml"))
+        with pytest.raises(ModelError, match=r"export of Branchy .*differs by up to .*Python boolean"):
+            export_model(ctx, Branchy())
+        good = export_model(ctx, torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()))
+    assert good is not None and good.endswith("t.onnx") and Path(good).stat().st_size > 0

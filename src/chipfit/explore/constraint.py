@@ -22,7 +22,7 @@ from chipfit.explore.job import HardwareBound
 if TYPE_CHECKING:
     from chipfit.explore.trial import TrialContext
 
-__all__ = ["check_after_first_report", "check_before_training", "export_model", "prepare_bound"]
+__all__ = ["DEPLOY_DATA", "check_after_first_report", "check_before_training", "export_model", "prepare_bound"]
 
 _BEFORE = "predicted before training"
 
@@ -74,32 +74,39 @@ def _example_inputs(space: Any, batch: int = 2) -> tuple[Any, ...]:
     return tuple(torch.randn(batch, *shape[1:]) for shape in space.deploy["inputs"].values())
 
 
-def _to_onnx(space: Any, module: Any, where: Path) -> Any:
+def _to_onnx(space: Any, module: Any, where: Path, data: dict[str, Any] | None = None) -> Any:
     """Export with the TorchScript exporter first (milliseconds, where dynamo takes seconds: a check runs per
-    trial), then chipfit's usual ingest (dynamo first) when that fails."""
+    trial), then chipfit's usual ingest (dynamo first) when that fails. Either way the ONNX model is checked
+    against the module's own outputs (the example inputs, generated ones, and ``data`` when given) before it
+    is used: a trace that baked in one branch of the module's control flow is an error naming the module and
+    the largest difference, never a different model measured or delivered."""
     import warnings
 
     import torch
 
+    from chipfit._torch_export import verify_export
     from chipfit.model import load_model
 
     module.eval()
     names = list(space.deploy["inputs"])
     path = where / "trial.onnx"
+    example = _example_inputs(space)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             torch.onnx.export(
                 module,
-                _example_inputs(space),
+                example,
                 str(path),
                 dynamo=False,
                 input_names=names,
                 dynamic_axes={n: {0: "batch"} for n in names},
             )
-        return load_model(path, home=where)
-    except Exception:  # any exporter failure: the slower path says why if it fails too
-        return load_model(module, _example_inputs(space), input_names=names, home=where)
+    except Exception:  # any exporter failure: the slower path (which checks its export too) says why if it fails
+        return load_model(module, example, input_names=names, home=where)
+    hint = "; ".join(sorted({str(w.message).splitlines()[0][:200] for w in caught if "Tracer" in w.category.__name__}))
+    verify_export(module, path, example, input_names=names, data=data, hint=hint)
+    return load_model(path, home=where)
 
 
 def _predicted(bound: HardwareBound, model: Any) -> dict[str, Any]:
@@ -195,15 +202,41 @@ def check_after_first_report(ctx: TrialContext, module: Any) -> dict[str, Any]:
     return _verdict(bound, values, 1.0, "measured after the first report")
 
 
+DEPLOY_DATA = "deploy-data.npz"  # the space's evaluation data, saved by the first trial that exports
+
+
+def _deploy_data(ctx: TrialContext, folder: Path) -> dict[str, Any] | None:
+    """The space's ``deploy.data`` arrays, saved once next to the checkpoints, so that the winner's fit reads
+    them without importing the trainable (and torch) in the driver."""
+    import numpy as np
+
+    ref = ctx.space.deploy.get("data")
+    if not ref:
+        return None
+    path = folder / DEPLOY_DATA
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    arrays: dict[str, Any] = {
+        str(k): np.asarray(v) for k, v in dict(ctx.space.load_function(ref, "deploy.data")()).items()
+    }
+    tmp = folder / f".{DEPLOY_DATA}.{ctx.number}.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(path)  # atomic: trials running at once each write a whole file
+    return arrays
+
+
 def export_model(ctx: TrialContext, module: Any) -> str | None:
-    """The trial's trained model as ONNX next to its checkpoint (None when the trainable gave no module)."""
+    """The trial's trained model as ONNX next to its checkpoint (None when the trainable gave no module),
+    checked against the module on the space's evaluation data too."""
+    import shutil
+
     if module is None or not hasattr(module, "state_dict"):
         return None
     dest = Path(ctx.job.checkpoint).with_suffix(".onnx")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    data = _deploy_data(ctx, dest.parent)
     with tempfile.TemporaryDirectory(prefix="chipfit-export-") as tmp:
-        model = _to_onnx(ctx.space, module, Path(tmp))
-        import shutil
-
+        model = _to_onnx(ctx.space, module, Path(tmp), data)
         shutil.copyfile(model.path, dest)
     return str(dest)

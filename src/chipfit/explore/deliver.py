@@ -14,8 +14,14 @@ import numpy as np
 __all__ = ["deliver_winner"]
 
 
-def _data(space: Any) -> Any:
+def _data(space: Any, onnx: Path) -> Any:
+    from chipfit.explore.constraint import DEPLOY_DATA
+
     deploy = space.deploy
+    saved = onnx.parent / DEPLOY_DATA  # written by the trials: no import of the trainable (and torch) here
+    if deploy.get("data") and saved.exists():
+        with np.load(saved) as f:
+            return {k: f[k] for k in f.files}
     if deploy.get("data"):
         return space.load_function(deploy["data"], "deploy.data")()
     rng = np.random.default_rng(0)
@@ -38,4 +44,5 @@ def deliver_winner(result: Any, out: Path, store_url: str, target: Any, backends
             }
         )
     space = SpaceOptions(backends=backends) if backends else None
-    return fit(result.winner["onnx"], _data(result.space), spec or None, out=out, store=store_url, space=space)
+    onnx = Path(result.winner["onnx"])
+    return fit(onnx, _data(result.space, onnx), spec or None, out=out, store=store_url, space=space)

@@ -88,6 +88,7 @@ def run_loop(
             left = (meter.seconds_left() - ledger.running_device_s()) / (s.share * max(1, n))
         return min(left, s.deadline_s - ledger.wall()) if s.deadline_s is not None else left
 
+    runner.ready()
     ledger.begin()
     try:
         while True:

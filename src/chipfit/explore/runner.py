@@ -33,6 +33,9 @@ class Runner(Protocol):
 
     def kill(self, handle: Any) -> None: ...
 
+    def ready(self) -> None:
+        """Block until trials can start at once (called before the budget's clock starts)."""
+
     def close(self) -> None: ...
 
 
@@ -49,9 +52,15 @@ class LocalRunner:
             os.environ["CHIPFIT_EXPLORE_SPACE"] = str(space_path)  # read by _preload in the server
         # _preload imports the trainable, and torch (with dynamo) only when the trainable uses torch
         self._ctx.set_forkserver_preload(["chipfit.explore.trial", "optuna", "chipfit.explore._preload"])
-        warm = self._ctx.Process(target=_noop)  # starts the server (and its imports) before the budget's clock
-        warm.start()
-        warm.join()
+        # starts the server (and its imports) now, alongside the study's set-up, and before the budget's clock
+        self._warm: Any = self._ctx.Process(target=_noop)
+        self._warm.start()
+
+    def ready(self) -> None:
+        """Wait until the server has its imports (the budget's clock starts after)."""
+        if self._warm is not None:
+            self._warm.join()
+            self._warm = None
 
     def start(self, job: TrialJob) -> Any:
         from chipfit.explore.trial import run_trial_to_file
@@ -91,7 +100,7 @@ class LocalRunner:
             handle["killed"] = True
 
     def close(self) -> None:
-        pass
+        self.ready()  # never leave the warm-up process unjoined
 
 
 class RayRunner:
@@ -146,6 +155,9 @@ class RayRunner:
     def kill(self, handle: Any) -> None:
         handle["killed"] = True
         self._ray.cancel(handle["ref"], force=True)
+
+    def ready(self) -> None:
+        pass
 
     def close(self) -> None:
         if self._owned:

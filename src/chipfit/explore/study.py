@@ -130,40 +130,40 @@ def explore(
         raise SpecError("Give --budget (200usd, 5gpu-h, 10cpu-h, 2h) or --deadline (3h), or both.")
     if deadline_s is not None and not (deadline_s > 0 and math.isfinite(deadline_s)):
         raise SpecError(f"--deadline must be a positive time such as 3h or 20m, got {deadline_s!r} seconds.")
-    local = local_target(measure=False)[0]
-    tgt = get_target(target) if target else local
-    meter = CostMeter(budget or Budget(deadline_s or 0.0, "s"), tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu")
-    cores = max(1, int(tgt.threads or tgt.cores or os.cpu_count() or 1))
-    url = store or default_url()
-    Store(url)  # creates the file and its folder, with a clear error when it cannot
-    work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="chipfit-explore-"))
-    bound = prepare_bound(space, tgt, tgt.name == local.name, max_p99_ms, max_memory_mb, url, work / "checks")
-    study = open_study(space, open_storage(url), seed, prune)
-    threads = max(1, cores // concurrency)
-    ledger = Ledger(study, meter, threads / cores, clock)  # what earlier runs spent is on the meter
-    if space.seconds_per_unit is not None and not study.trials:
-        full = STARTUP_S + space.max_resource * space.seconds_per_unit
-        if full > meter.seconds_left():
-            raise SpecError(
-                f"--budget {meter.budget} buys {meter.seconds_left():.0f}s of {tgt.name}, less than one "
-                f"full-fidelity trial ({full:.0f}s at {space.seconds_per_unit:g}s per unit × "
-                f"{space.max_resource}); raise the budget or lower resource.max. Nothing was spent."
-            )
-    settings = LoopSettings(
-        concurrency=concurrency,
-        threads=threads,
-        share=threads / cores,
-        deadline_s=deadline_s,
-        max_trial_s=max_trial_s,
-        max_trials=max_trials,
-        trial_memory_mb=trial_memory_mb,
-        bound=bound,
-        export=(out is not None or bound is not None) and bool(space.deploy),
-        prune=prune,
-    )
-    runner = make_runner(ray, str(space.path))
-    sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
+    runner = make_runner(ray, str(space.path))  # its trial server imports while the study is set up
     try:
+        local = local_target(measure=False)[0]
+        tgt = get_target(target) if target else local
+        meter = CostMeter(budget or Budget(deadline_s or 0.0, "s"), tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu")
+        cores = max(1, int(tgt.threads or tgt.cores or os.cpu_count() or 1))
+        url = store or default_url()
+        Store(url)  # creates the file and its folder, with a clear error when it cannot
+        work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="chipfit-explore-"))
+        bound = prepare_bound(space, tgt, tgt.name == local.name, max_p99_ms, max_memory_mb, url, work / "checks")
+        study = open_study(space, open_storage(url), seed, prune)
+        threads = max(1, cores // concurrency)
+        ledger = Ledger(study, meter, threads / cores, clock)  # what earlier runs spent is on the meter
+        if space.seconds_per_unit is not None and not study.trials:
+            full = STARTUP_S + space.max_resource * space.seconds_per_unit
+            if full > meter.seconds_left():
+                raise SpecError(
+                    f"--budget {meter.budget} buys {meter.seconds_left():.0f}s of {tgt.name}, less than one "
+                    f"full-fidelity trial ({full:.0f}s at {space.seconds_per_unit:g}s per unit × "
+                    f"{space.max_resource}); raise the budget or lower resource.max. Nothing was spent."
+                )
+        settings = LoopSettings(
+            concurrency=concurrency,
+            threads=threads,
+            share=threads / cores,
+            deadline_s=deadline_s,
+            max_trial_s=max_trial_s,
+            max_trials=max_trials,
+            trial_memory_mb=trial_memory_mb,
+            bound=bound,
+            export=(out is not None or bound is not None) and bool(space.deploy),
+            prune=prune,
+        )
+        sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
         stopped_by = run_loop(
             study,
             space,

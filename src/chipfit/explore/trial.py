@@ -141,7 +141,7 @@ def _open(job: TrialJob, space: Any) -> Any:
 
     from chipfit.explore.studies import open_storage, pruner, reopen_trial
 
-    storage = open_storage(job.storage)
+    storage = open_storage(job.storage, created=True)
     study = optuna.load_study(study_name=job.study, storage=storage, pruner=pruner(space, job.prune))
     return reopen_trial(study, storage, job.trial_number)
 
