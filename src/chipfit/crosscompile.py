@@ -60,8 +60,7 @@ def _check(
     lib: Path, model_path: Path, feeds: dict[str, np.ndarray], order: list[str], chain: Any, entry: Any
 ) -> dict[str, Any]:
     """Run the module (under qemu for a foreign architecture) and compare with ONNX Runtime here."""
-    import onnxruntime as ort
-
+    from chipfit.backends import get_backend
     from chipfit.backends.tvm import run_module
     from chipfit.hardware.detect import local_machine
 
@@ -71,7 +70,12 @@ def _check(
         why = f"the target's instructions {', '.join(missing)} are not on this CPU, so the module cannot run here"
     if why:
         return {"status": "not checked", "reason": why}
-    expected = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    ort = get_backend("onnxruntime")
+    session = ort.compile(model_path, "cpu", {})
+    try:
+        expected = session.run(feeds)
+    finally:
+        session.close()
     how = "natively" if chain.native else f"under {Path(chain.qemu).name} with sysroot {chain.sysroot}"
     try:
         got = run_module(lib, feeds, order)
@@ -90,7 +94,7 @@ def _check(
         "how": how,
         "samples": int(next(iter(feeds.values())).shape[0]),
         "max_rel_error": worst,
-        "reference": f"onnxruntime {ort.__version__} on this machine",
+        "reference": f"onnxruntime {ort.version()} on this machine",
     }
 
 
@@ -122,6 +126,11 @@ def compile_for_target(
         raise SpecError(f"--backend: '{backend}' cannot compile for other targets; use one of {_CROSS_BACKENDS}.")
     if batch is not None and batch < 1:
         raise SpecError(f"--batch must be ≥ 1, got {batch}.")
+    # The user's input is validated before the environment: a missing model is "does not exist" whatever
+    # toolchain is absent here.
+    m = load_model(model)
+    order = [t.name for t in m.inputs]
+    feeds = _inputs_for_check(m, data, samples, batch) if check else {}
     impl = get_backend(backend)
     cross = getattr(impl, "cross_compile", None)
     reason = impl.unavailable_reason()
@@ -135,9 +144,6 @@ def compile_for_target(
     chain = toolchain(entry.arch, str(entry.tvm.get("mtriple", "")))
     if not chain.compiler:
         raise SpecError(f"--target: compiling for {entry.arch} needs a cross compiler here: {chain.install_hint}.")
-    m = load_model(model)
-    order = [t.name for t in m.inputs]
-    feeds = _inputs_for_check(m, data, samples, batch) if check else {}
     with atomic_dir(out) as staging:  # an interrupted compile keeps the artifact that was there
         for p in onnx_files(m.path):
             shutil.copy2(p, staging / ("model.onnx" if p == m.path else p.name))
@@ -155,7 +161,7 @@ def compile_for_target(
         manifest = {
             "format": 1,
             "chipfit_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "feasible": True,
             "kind": "cross-compiled",
             "model": {"file": "model.onnx", "sha256": files, "source": m.summary()},

@@ -59,7 +59,7 @@ def _manifest(
     return {
         "format": FORMAT_VERSION,
         "chipfit_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "feasible": result.feasible,
         "model": {"file": model_file, "sha256": files, "source": result.model.summary()},
         "backend": w.candidate.backend if w else None,
