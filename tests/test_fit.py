@@ -238,7 +238,7 @@ def test_a_p99_bound_held_on_fewer_than_100_samples_is_flagged_everywhere(
 
     from rich.console import Console
 
-    from chipfit.cli_output import print_fit_result
+    from chipfit.cli.output import print_fit_result
     from chipfit.search.driver import MeasureSettings
     from conftest import FAST_TIMING
 

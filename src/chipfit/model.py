@@ -6,7 +6,6 @@ input/output specs, a content hash, and graph statistics from shape inference.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -21,9 +20,10 @@ from onnx import helper
 
 from chipfit.errors import ModelError
 from chipfit.graph_stats import GraphStats, compute_stats
+from chipfit.onnx_files import onnx_file_hash, onnx_files
 from chipfit.workspace import subdir
 
-__all__ = ["Model", "TensorSpec", "load_model", "onnx_file_hash"]
+__all__ = ["Model", "TensorSpec", "load_model", "onnx_file_hash", "onnx_files"]
 
 log = logging.getLogger("chipfit")
 Dim = int | str | None
@@ -80,38 +80,6 @@ class Model:
             "size_bytes": self.size_bytes,
             "stats": self.stats.summary(),
         }
-
-
-def onnx_files(path: Path) -> list[Path]:
-    """The model file and every external-data file it references (sorted, deduplicated)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    extra: set[str] = set()
-    for t in _all_tensors(proto):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc:
-                extra.add(loc)
-    return [path] + [path.parent / loc for loc in sorted(extra)]
-
-
-def _all_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
-    tensors = list(proto.graph.initializer)
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                tensors.append(attr.t)
-    return tensors
-
-
-def onnx_file_hash(path: Path) -> str:
-    """sha256 over the model file and its external data files, in a fixed order."""
-    h = hashlib.sha256()
-    for p in onnx_files(path):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _tensor_spec(vi: onnx.ValueInfoProto) -> TensorSpec:

@@ -89,7 +89,7 @@ def measure(job: WorkerJob) -> WorkerResult:
     from chipfit.measure import quality
     from chipfit.measure.measurement import looks_like_oom
     from chipfit.measure.memory import MemoryProbe
-    from chipfit.model import onnx_files
+    from chipfit.onnx_files import onnx_files
     from chipfit.passes import PassContext, apply_passes
 
     phase = "setup"

@@ -45,7 +45,7 @@ def apply_passes(
     model_path: Path, model_hash: str, steps: list[dict[str, Any]], variants_dir: Path, ctx: PassContext
 ) -> tuple[Path, list[str]]:
     """Apply ``steps`` in order; returns the variant's path and the passes' notes."""
-    from chipfit.model import onnx_files
+    from chipfit.onnx_files import onnx_files
 
     path, key, notes = model_path, model_hash, []
     for step in steps:

@@ -27,7 +27,7 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 def is_large(path: Path) -> bool:
     """True when the model's weights are (or must be) external data: it has some, or it nears 2 GB."""
-    from chipfit.model import onnx_files
+    from chipfit.onnx_files import onnx_files
 
     files = onnx_files(path)
     return len(files) > 1 or sum(p.stat().st_size for p in files) > LARGE_MODEL_BYTES

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from chipfit.cli import _setup_logging, _user_errors, app, err_console, out_console
+from chipfit.cli.common import app, err_console, out_console, setup_logging, user_errors
 
 
 def _serve_deps() -> None:
@@ -55,8 +55,8 @@ def serve(
     """Serve fitted models over HTTP with SLO-aware adaptive batching: POST /v1/models/NAME/predict with
     {"inputs": {...}} (or an .npz body). Batches grow under load only as far as the p99 SLO allows; requests
     that cannot meet it are rejected at once (429, Retry-After). Metrics at /metrics, API docs at /docs."""
-    _setup_logging(False)
-    with _user_errors():
+    setup_logging(False)
+    with user_errors():
         _serve_deps()
         from chipfit.serve.server import ServeOptions, run_server
 
@@ -95,7 +95,7 @@ def cascade(
     """Put a fast model before an accurate one: pick, on half of the labelled data, the confidence threshold
     below which queries go on to the accurate model, minimising expected latency within the accuracy bound;
     report its accuracy on the other half."""
-    with _user_errors():
+    with user_errors():
         from chipfit.serve.cascade import build_cascade
 
         r = build_cascade(fast, accurate, data, max_accuracy_drop, out)
@@ -120,7 +120,7 @@ def loadtest(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Drive a chipfit server with open-loop arrivals and report throughput, p50/p90/p99, rejections, errors."""
-    with _user_errors():
+    with user_errors():
         from chipfit.errors import SpecError
         from chipfit.serve.client import request_body
         from chipfit.serve.loadtest import run_load

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from chipfit.cli import _setup_logging, _user_errors, app, err_console, out_console
-from chipfit.cli_args import MaxCost, MaxEnergy
+from chipfit.cli.args import MaxCost, MaxEnergy
+from chipfit.cli.common import app, err_console, out_console, setup_logging, user_errors
 
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help="Results store URL (default: the SQLite file in the chipfit home).")
@@ -29,7 +29,7 @@ def predict_eval_cmd(
     """Evaluate the latency predictor on the measurements in the store: trained on some models, scored on the
     others' measured p50 (grouped k-fold). Reports the share within ±10%, the median absolute percentage
     error (median_ape) and Spearman's rank correlation."""
-    with _user_errors():
+    with user_errors():
         from chipfit.predict import predict_eval, training_rows
         from chipfit.store import Store
 
@@ -90,10 +90,10 @@ def recommend(
     """Which hardware fits MODEL best under the constraints: measured on this machine, predicted (with the
     predictor's held-out error) on every catalogue target, ranked by cost, latency or energy. Exit 1 when
     no target meets every bound."""
-    _setup_logging(quiet)
-    with _user_errors():
+    setup_logging(quiet)
+    with user_errors():
         from chipfit.backends import parse_backends
-        from chipfit.cli_output import fit_progress
+        from chipfit.cli.output import fit_progress
         from chipfit.errors import SpecError
         from chipfit.recommend import recommend as run
         from chipfit.search.space import SpaceOptions

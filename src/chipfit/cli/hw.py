@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from chipfit.cli import _setup_logging, _user_errors, app, out_console
+from chipfit.cli.common import app, out_console, setup_logging, user_errors
 
 CatalogOpt = Annotated[
     list[Path] | None,
@@ -26,7 +26,7 @@ def targets(
 ) -> None:
     """List the hardware catalogue: peak rates per dtype, memory bandwidth and capacity, $/hour (with the
     price's source and date) and power, each row with its source."""
-    with _user_errors():
+    with user_errors():
         from chipfit.hardware.catalog import load_catalog
 
         rows = [t for t in load_catalog(catalog or ()).values() if kind is None or t.kind == kind]
@@ -80,8 +80,8 @@ def compile_cmd(
     deployable folder that `chipfit.runtime.load` opens on the target. The module is checked against ONNX
     Runtime by running it here — natively, or under qemu-user with a sysroot (`make sysroot-aarch64`) — and
     the manifest says whether it was. Exit 1 when the check fails."""
-    _setup_logging(quiet)
-    with _user_errors():
+    setup_logging(quiet)
+    with user_errors():
         from chipfit.crosscompile import compile_for_target
 
         result = compile_for_target(

@@ -32,7 +32,7 @@ MaxEnergy = Annotated[
 ]
 
 
-def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
+def ints(value: str | None, flag: str) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
@@ -46,7 +46,7 @@ def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
     return out
 
 
-def _words(value: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+def words(value: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
     if value is None:
         return None
     out = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -56,9 +56,9 @@ def _words(value: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str,
     return out
 
 
-def _passes(value: str | None) -> tuple[str, ...] | None:
+def passes_list(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     if value.strip() == "none":
         return ()
-    return _words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "fp16"))
+    return words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "fp16"))

@@ -1,55 +1,19 @@
-"""The ``chipfit`` command line. Every command is a thin wrapper over the Python API."""
+"""``chipfit version``, ``chipfit fit`` and ``chipfit backends``: thin wrappers over the Python API."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 
-from chipfit.cli_args import MaxCost, MaxEnergy, Predict, _ints, _passes, _words
+from chipfit.cli.args import MaxCost, MaxEnergy, Predict, ints, passes_list, words
+from chipfit.cli.common import app, err_console, out_console, setup_logging, user_errors
 from chipfit.errors import ChipfitError
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="chipfit",
-    help="Fit a trained model to a chip under your constraints: latency, memory, accuracy.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
-out_console = Console(width=None if sys.stdout.isatty() else 190)
-err_console = Console(stderr=True)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Print chipfit's own errors as one message, without a traceback, and exit with their code."""
-    try:
-        yield
-    except ChipfitError as exc:
-        from rich.markup import escape
-
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: measurements taken so far are stored; rerun to resume.")
-        raise typer.Exit(130) from None
-
-
-def _setup_logging(quiet: bool) -> None:
-    log = logging.getLogger("chipfit")
-    if not log.handlers:
-        log.addHandler(RichHandler(console=err_console, show_time=False, show_path=False))
-    log.setLevel(logging.ERROR if quiet else logging.INFO)
+__all__ = ["backends", "fit", "version"]
 
 
 @app.command()
@@ -261,10 +225,10 @@ def fit(
     Exit code 0: a winner was delivered; 1: no candidate met the constraints (the nearest misses are listed);
     2: bad input (the message says what to fix).
     """
-    _setup_logging(quiet)
-    with _user_errors():
+    setup_logging(quiet)
+    with user_errors():
         from chipfit.backends import parse_backends
-        from chipfit.cli_output import fit_progress, print_fit_result
+        from chipfit.cli.output import fit_progress, print_fit_result
         from chipfit.measure.stats import TimingPolicy
         from chipfit.pipeline import fit as run_fit
         from chipfit.search.driver import MeasureSettings
@@ -279,11 +243,11 @@ def fit(
             backends=parse_backends(backends),
             tune_trials=tune_trials,
             tune_time_s=tune_time_s,
-            batch_sizes=_ints(batch_sizes, "--batch-sizes") or (1,),
-            threads=_ints(threads, "--threads"),
-            opt_levels=_words(opt_levels, "--opt-levels", ("none", "basic", "extended", "all")),
-            execution_modes=_words(execution_modes, "--execution-modes", ("sequential", "parallel")),
-            passes=_passes(passes),
+            batch_sizes=ints(batch_sizes, "--batch-sizes") or (1,),
+            threads=ints(threads, "--threads"),
+            opt_levels=words(opt_levels, "--opt-levels", ("none", "basic", "extended", "all")),
+            execution_modes=words(execution_modes, "--execution-modes", ("sequential", "parallel")),
+            passes=passes_list(passes),
         )
         settings = MeasureSettings(
             timing=TimingPolicy(max_time_s=measure_time),
@@ -337,7 +301,7 @@ def backends(
 ) -> None:
     """List every backend: available here or not and why (what to install, which device is missing), its
     version and the devices it sees."""
-    with _user_errors():
+    with user_errors():
         from chipfit.backends import BUILTIN, backend_info
 
         infos = [backend_info(n) for n in BUILTIN]
@@ -362,15 +326,3 @@ def backends(
                 note,
             )
         out_console.print(table)
-
-
-def main() -> None:
-    app()
-
-
-from chipfit import cli_explore, cli_hw, cli_predict, cli_serve  # noqa: E402, F401  (register the other commands)
-
-if __name__ == "__main__":  # `python -m chipfit.cli`: run the imported module's app, where every command is
-    from chipfit.cli import main as _main
-
-    _main()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chipfit.cli import _setup_logging, _user_errors, app, err_console, out_console
+from chipfit.cli.common import app, err_console, out_console, setup_logging, user_errors
 
 
 def _seconds(text: str | None, flag: str) -> float | None:
@@ -84,8 +84,8 @@ def explore(
     stored, so the same command resumes after an interruption with nothing completed lost and the money spent
     counted. With --max-p99-ms the budget goes only to models that meet it on the target, and the winner is
     delivered through `fit` as a deployable artifact."""
-    _setup_logging(quiet)
-    with _user_errors():
+    setup_logging(quiet)
+    with user_errors():
         from chipfit.explore.budget import CostMeter, parse_budget
         from chipfit.explore.job import TrialOutcome
         from chipfit.explore.loop import Running
