@@ -251,9 +251,10 @@ def test_a_real_run_records_failures_and_after_kill_9_the_same_command_resumes(t
     study = optuna.load_study(study_name=None, storage=store)
     first = study.trials[0]
     assert first.intermediate_values and first.state.name == "RUNNING"
-    assert first.user_attrs["charged_s"] >= first.user_attrs["reported_s"] + 1.0  # the time since its report
+    # charged the time since its last report (1.5 s; the bounds leave 3x for a stalled machine), recorded ahead
+    assert first.user_attrs["charged_s"] >= first.user_attrs["reported_s"] + 0.5
     wall_killed = float(study.user_attrs["wall_s"])
-    assert wall_killed >= 1.5  # the wall time spent was recorded as it went
+    assert wall_killed >= 1.0  # the wall time spent was recorded as it went (old code: only at a clean end)
     before = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
     assert len(before) >= 2
 
