@@ -212,3 +212,20 @@ def test_bad_parameters_are_rejected(wide_mlp: Path, tmp_path: Path) -> None:
         get_pass("int8_static").apply(wide_mlp, tmp_path / "q.onnx", {"samples": 0}, PassContext())
     with pytest.raises(ValueError, match="'exclude' must be a list of node names"):
         get_pass("int8_dynamic").apply(wide_mlp, tmp_path / "q.onnx", {"exclude": "fc1"}, PassContext())
+
+
+def test_preparing_for_quantization_does_not_import_torch(tmp_path: Path) -> None:
+    """onnxruntime.tools' __init__ imports torch when installed (~3 s per int8 worker); prepare skips it."""
+    import subprocess
+    import sys
+
+    from chipfit.testing.reference_models import mlp
+
+    path = mlp().save(tmp_path)
+    code = (
+        "import sys, tempfile; from pathlib import Path; from chipfit.passes._quant import prepare; "
+        f"prepare(Path({str(path)!r}), Path(tempfile.mkdtemp())); print('torch' in sys.modules)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"

@@ -10,7 +10,9 @@ tensor type. What still fails is raised with the pass's name and the reason, and
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,19 @@ from chipfit.passes._graph import is_large, name_nodes
 __all__ = ["CalibrationReader", "check_params", "prepare", "quantize_error"]
 
 log = logging.getLogger("chipfit")
+
+
+def _register_ort_tools_without_torch() -> None:
+    """``onnxruntime/tools/__init__.py`` imports torch whenever torch is installed, for PyTorch export helpers
+    that quantization never uses; its symbolic shape inference lives in that package, so every int8 pass paid
+    ~3 s of torch import per worker process. Register the package without running its ``__init__`` (the
+    submodules import as usual); a process that already imported it keeps it as it is."""
+    if "onnxruntime.tools" in sys.modules:
+        return
+    spec = importlib.util.find_spec("onnxruntime.tools")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    sys.modules["onnxruntime.tools"] = importlib.util.module_from_spec(spec)
 
 
 def check_params(pass_name: str, params: dict[str, Any], allowed: dict[str, tuple[Any, ...]]) -> None:
@@ -51,6 +66,7 @@ def prepare(src: Path, workdir: Path) -> tuple[Path, list[str]]:
     plain = workdir / "plain.onnx"
     onnx.save_model(model, str(plain), save_as_external_data=large, location="plain.onnx.data")
     out = workdir / "prepared.onnx"
+    _register_ort_tools_without_torch()
     try:
         quant_pre_process(
             str(plain),
