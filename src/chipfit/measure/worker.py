@@ -48,7 +48,7 @@ def time_executable(
         why = stop_reason(samples, (t1 - start) / 1e9, policy)
         if why is not None:
             break
-    out = latency_summary(samples, batch, (clock() - start) / 1e9)
+    out = latency_summary(samples, batch)
     out["stopped_by"] = why
     if meter.available:
         out["energy_j_per_inf"] = (meter.read() - joules0) / (len(samples) * batch)
