@@ -40,8 +40,10 @@ demo: $(VENV)/.core
 	$(BIN)/chipfit fit examples/digits/model.onnx --data examples/digits/eval.npz \
 		--spec examples/digits/chipfit.yaml --out out/demo
 
+# Two workers, one test file at a time each: the tests' verdicts do not depend on the machine's load.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.dev sysdeps
-	$(BIN)/python -m pytest -q -m "not bench" --durations=5
+	$(BIN)/python -m pytest -q -m "not bench" -n $(PYTEST_WORKERS) --dist loadfile --durations=5
 
 bench: $(VENV)/.dev sysdeps
 	$(BIN)/python -m pytest -q -m bench

@@ -154,7 +154,14 @@ def test_an_operator_a_backend_cannot_compile_fails_that_candidate_only(tmp_path
 
     model = _celu_model(tmp_path / "celu.onnx")
     x = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
-    space = SpaceOptions(backends=("onnxruntime", "tvm"), batch_sizes=(1,), threads=(1,), passes=())
+    space = SpaceOptions(
+        backends=("onnxruntime", "tvm"),
+        batch_sizes=(1,),
+        threads=(1,),
+        opt_levels=("none",),
+        execution_modes=("sequential",),
+        passes=(),
+    )
     result = fit(model, {"x": x}, space=space, settings=fast_settings, home=tmp_path / "home")
     tvm = [r for r in result.candidates if r.candidate.backend == "tvm" and r.measurement.status == "failed"]
     assert tvm and all("Celu" in (r.measurement.error or "") for r in tvm)

@@ -141,7 +141,7 @@ def test_predict_eval_json(synthetic_store: Store, cli_run) -> None:  # type: ig
 
 
 def test_recommend_measures_here_and_labels_predictions(mlp: Path, mlp_npz: Path, tmp_path: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
-    args = ["recommend", str(mlp), "--data", str(mlp_npz), "--backends", "onnxruntime", "--time-budget", "4s"]
+    args = ["recommend", str(mlp), "--data", str(mlp_npz), "--backends", "onnxruntime", "--time-budget", "2s"]
     targets = "aws-c7g.xlarge,aws-g4dn.xlarge,raspberry-pi-5"
     out = json.loads(
         cli_run(*args, "--targets", targets, "--min-throughput", "100", "--out", str(tmp_path / "r"), "--json", "-q")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from chipfit.explore.loop import STARTUP_S, Callback, LoopSettings, run_loop
 from chipfit.explore.schedule import DeadlineScheduler
 from chipfit.explore.space import ExploreSpace, load_space
 from chipfit.explore.studies import history, open_storage, open_study, trial_state, winner
+from chipfit.hardware.detect import cpu_quota
 
 __all__ = ["ExploreResult", "explore", "preview"]
 
@@ -135,7 +135,7 @@ def explore(
         local = local_target(measure=False)[0]
         tgt = get_target(target) if target else local
         meter = CostMeter(budget or Budget(deadline_s or 0.0, "s"), tgt.usd_per_hour, "gpu" if tgt.gpu else "cpu")
-        cores = max(1, int(tgt.threads or tgt.cores or os.cpu_count() or 1))
+        cores = max(1, int(tgt.threads or tgt.cores or cpu_quota()))
         url = store or default_url()
         Store(url)  # creates the file and its folder, with a clear error when it cannot
         work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="chipfit-explore-"))
