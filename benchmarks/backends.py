@@ -14,6 +14,7 @@ from interleave import interleaved
 
 import chipfit
 from chipfit.backends import backend_info, get_backend
+from chipfit.hardware.detect import cpu_quota
 from chipfit.hardware.microbench import peak_rates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def bench_model(
     title: str, model: Any, feeds_for: Any, peak: float, tune: tuple[int, float]
 ) -> tuple[list[str], dict[str, Any]]:
     """The model's table, and its numbers for `commentary.backends_commentary`."""
-    cores = os.cpu_count() or 1
+    cores = cpu_quota()
     flops = model.stats.flops
     lines = [f"### {title}", "", f"{flops / 1e6:.1f} MFLOP per sample (from the ONNX graph).", ""]
     lines += [

@@ -192,3 +192,25 @@ def test_compile_errors_exit_2_and_write_nothing(tmp_path: Path, cli_run) -> Non
         "compile", str(tmp_path / "no.onnx"), "--target", "raspberry-pi-5", "--out", str(out), code=2
     )
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_a_missing_model_is_reported_whatever_toolchain_is_absent(
+    tmp_path: Path, cli_run, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The user's input is validated before the environment: no cross compiler, no TVM, and still the answer
+    to a missing file is that it does not exist."""
+    import chipfit.hardware.cross as cross
+    from chipfit.backends import get_backend
+
+    monkeypatch.setattr(
+        cross, "toolchain", lambda arch, mtriple="": cross.Toolchain(arch, None, "apt-get x", None, None)
+    )
+    monkeypatch.setattr(get_backend("tvm"), "unavailable_reason", lambda: "apache-tvm is not installed")
+    out = tmp_path / "out"
+    message = cli_run("compile", str(tmp_path / "no.onnx"), "--target", "raspberry-pi-5", "--out", str(out), code=2)
+    assert "does not exist" in message and "cross compiler" not in message and "apache-tvm" not in message
+    onnx.save(mlp().proto, tmp_path / "mlp.onnx")  # an existing model gets to the environment's errors
+    assert "apache-tvm is not installed" in cli_run(
+        "compile", str(tmp_path / "mlp.onnx"), "--target", "raspberry-pi-5", "--out", str(out), code=2
+    )
+    assert not out.exists()

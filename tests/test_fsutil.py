@@ -68,3 +68,18 @@ def test_fit_keeps_the_previous_artifact_when_writing_the_new_one_fails(
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
     assert np.load(mlp_npz)  # the inputs are untouched too
+
+
+def test_delivered_folders_and_files_get_the_users_permissions_not_a_temp_files(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "art") as staging:
+            (staging / "x").write_text("x")
+        atomic_write_text(tmp_path / "f.txt", "y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "art").stat().st_mode) == 0o755  # mkdtemp alone gives 0o700
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644  # mkstemp alone gives 0o600

@@ -175,7 +175,7 @@ def test_a_trace_of_one_branch_of_data_dependent_control_flow_is_refused() -> No
 
 
 def test_verify_export_compares_the_export_with_the_module(tmp_path: Path) -> None:
-    from chipfit._torch_export import verify_export
+    from chipfit.torch_export import verify_export
 
     net = _Net().eval()
     assert verify_export(net, load_model(net, (torch.randn(2, 1, 8, 8),)).path, (torch.randn(2, 1, 8, 8),)) < 1e-4
@@ -218,3 +218,16 @@ def test_torch_module_without_inputs_and_bad_pt2(tmp_path: Path) -> None:
     bad.write_bytes(b"junk")
     with pytest.raises(ModelError, match=r"bad.pt2' is not a loadable ExportedProgram"):
         load_model(bad)
+
+
+def test_ingest_and_the_export_check_leave_the_module_in_its_training_mode() -> None:
+    from chipfit.torch_export import verify_export
+
+    net = _Net().train()
+    m = load_model(net, (torch.randn(2, 1, 8, 8),))
+    assert net.training  # the export ran in eval mode and put the module back
+    verify_export(net, m.path, (torch.randn(2, 1, 8, 8),))
+    assert net.training
+    frozen = _Net().eval()
+    load_model(frozen, (torch.randn(2, 1, 8, 8),))
+    assert not frozen.training  # and a module in eval mode stays there

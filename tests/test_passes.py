@@ -223,7 +223,7 @@ def test_preparing_for_quantization_does_not_import_torch(tmp_path: Path) -> Non
 
     path = mlp().save(tmp_path)
     code = (
-        "import sys, tempfile; from pathlib import Path; from chipfit.passes._quant import prepare; "
+        "import sys, tempfile; from pathlib import Path; from chipfit.passes.quant_common import prepare; "
         f"prepare(Path({str(path)!r}), Path(tempfile.mkdtemp())); print('torch' in sys.modules)"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

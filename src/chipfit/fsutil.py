@@ -1,9 +1,11 @@
 """Atomic writes, shared by everything chipfit delivers (``fit``'s artifact, ``cascade``, ``compile``).
 
 A folder is written into a staging folder beside its destination and renamed into place; a file is written
-to a temporary file beside it and ``os.replace``-d. A reader sees the old version or the new one, never a
-half-written one, and a write interrupted by an exception (or a crash) leaves the old version as it was.
-Staging beside the destination keeps the rename on one file system, where it is atomic.
+to a temporary file beside it and ``os.replace``-d. A reader never sees a half-written version, and a write
+interrupted by an exception (or a crash) leaves the old version as it was. Staging beside the destination
+keeps the renames on one file system, where each is atomic. Replacing an existing folder takes two renames
+(old aside, new in), so for that instant the path is absent; a file is replaced in one. What is delivered gets
+the permissions of anything else the user creates (umask), not the private ones of a temporary file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["atomic_dir", "atomic_write_bytes", "atomic_write_text", "sha256_file", "swap_into_place"]
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (os.umask would set it for a
+    moment, for every thread); 0o022 elsewhere if that fails."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def sha256_file(path: Path) -> str:
@@ -36,6 +50,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     ``out`` is left untouched and the exception propagates."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
         swap_into_place(staging, out)
@@ -67,6 +82,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it (flushed to disk, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -178,9 +178,9 @@ def load_model(
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.suffix in (".pt2", ".pt", ".pth") and path.exists():
-            from chipfit import _torch_export
+            from chipfit import torch_export
 
-            exported, notes = _torch_export.export_saved_program(path)
+            exported, notes = torch_export.export_saved_program(path)
             stored = _store_exported(exported, home)
             shutil.rmtree(exported.parent, ignore_errors=True)
             return _load_onnx(stored, f"exported program {path}", notes=notes)
@@ -192,14 +192,14 @@ def load_model(
             p = Path(tmp) / "model.onnx"
             onnx.save_model(source, str(p))
             return _load_onnx(_store_exported(p, home), "onnx ModelProto")
-    from chipfit import _torch_export
+    from chipfit import torch_export
 
-    if not _torch_export.is_torch_module(source):
+    if not torch_export.is_torch_module(source):
         raise ModelError(
             f"Cannot ingest a {type(source).__name__}: pass an .onnx/.pt2 path, an onnx.ModelProto, "
             "or a torch.nn.Module with example_inputs."
         )
-    exported, notes = _torch_export.export_module(source, example_inputs, input_names)
+    exported, notes = torch_export.export_module(source, example_inputs, input_names)
     stored = _store_exported(exported, home)
     shutil.rmtree(exported.parent, ignore_errors=True)
     model = _load_onnx(stored, f"torch module {type(source).__name__}", source, notes)

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from chipfit._torch_export import verify_export
 from chipfit.data import Dataset, load_data, split_data, validate_data
 from chipfit.errors import ModelError, SpecError
 from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerprint_hash
@@ -26,6 +25,7 @@ from chipfit.search.select import choose_winner, evaluate, near_misses, pareto_f
 from chipfit.search.space import SpaceOptions, build_space
 from chipfit.spec import Spec, load_spec
 from chipfit.store import Store, default_url
+from chipfit.torch_export import verify_export
 from chipfit.workspace import default_home, subdir
 
 __all__ = ["FitResult", "fit"]

@@ -20,7 +20,10 @@ __all__ = ["LEVELS", "OnnxRuntimeBackend", "backend", "precision_variants", "thr
 
 LEVELS = ("disable", "basic", "extended", "all")
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-GPU_INSTALL = "pip install onnxruntime-gpu (on a machine with an NVIDIA GPU and its driver)"
+GPU_INSTALL = (
+    "pip uninstall -y onnxruntime && pip install onnxruntime-gpu, which replaces it (on a machine with an NVIDIA "
+    "GPU and its driver; README: GPUs)"
+)
 
 
 def gpu_targets() -> list[str]:

@@ -79,15 +79,22 @@ def _to_onnx(space: Any, module: Any, where: Path, data: dict[str, Any] | None =
     trial), then chipfit's usual ingest (dynamo first) when that fails. Either way the ONNX model is checked
     against the module's own outputs (the example inputs, generated ones, and ``data`` when given) before it
     is used: a trace that baked in one branch of the module's control flow is an error naming the module and
-    the largest difference, never a different model measured or delivered."""
+    the largest difference, never a different model measured or delivered. The module's training mode is
+    left as it was (the check runs in the middle of a trial's training)."""
+    from chipfit.torch_export import eval_mode
+
+    with eval_mode(module):
+        return _export_checked(space, module, where, data)
+
+
+def _export_checked(space: Any, module: Any, where: Path, data: dict[str, Any] | None) -> Any:
     import warnings
 
     import torch
 
-    from chipfit._torch_export import verify_export
     from chipfit.model import load_model
+    from chipfit.torch_export import verify_export
 
-    module.eval()
     names = list(space.deploy["inputs"])
     path = where / "trial.onnx"
     example = _example_inputs(space)

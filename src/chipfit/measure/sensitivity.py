@@ -39,8 +39,8 @@ def rank(job: WorkerJob, request: SensitivityRequest) -> WorkerResult:
     from chipfit.backends import get_backend
     from chipfit.data import Dataset
     from chipfit.passes import PassContext, apply_passes, get_pass
-    from chipfit.passes._quant import prepare
     from chipfit.passes.base import QuantizingPass
+    from chipfit.passes.quant_common import prepare
 
     deadline = time.monotonic() + request.time_s
     try:

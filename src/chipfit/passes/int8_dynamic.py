@@ -35,7 +35,7 @@ class Int8Dynamic:
         return quantizable_nodes(load_graph(src), OP_TYPES, need_weight=True)
 
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
-        from chipfit.passes._quant import check_params, prepare
+        from chipfit.passes.quant_common import check_params, prepare
 
         check_params(self.name, params, self.params)
         targets = self.quantizable(src)
@@ -57,7 +57,7 @@ class Int8Dynamic:
         """Quantize a model ``prepare`` made ready (the accuracy-aware search calls this once per node)."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from chipfit.passes._quant import quantize_error
+        from chipfit.passes.quant_common import quantize_error
 
         try:
             quantize_dynamic(

@@ -42,7 +42,7 @@ class Int8Static:
         return quantizable_nodes(load_graph(src), OP_TYPES, need_weight=True)
 
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
-        from chipfit.passes._quant import check_params, prepare
+        from chipfit.passes.quant_common import check_params, prepare
 
         check_params(self.name, params, self.params)
         if int(params.get("samples", 128)) < 1:
@@ -73,7 +73,7 @@ class Int8Static:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         from chipfit.data import Dataset
-        from chipfit.passes._quant import CalibrationReader, quantize_error
+        from chipfit.passes.quant_common import CalibrationReader, quantize_error
 
         samples = int(params.get("samples", 128))
         data = Dataset.load_saved(Path(str(ctx.calib_dir)), ctx.input_names).inputs

@@ -15,7 +15,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,31 @@ def _names(module: Any, n: int, input_names: list[str] | None) -> list[str]:
     return names if len(names) == n else [f"input_{i}" for i in range(n)]
 
 
+@contextlib.contextmanager
+def eval_mode(module: Any) -> Iterator[Any]:
+    """The module in eval mode for the block, then back in the mode it was in (a user's module, or a trainable
+    in the middle of training, must not come back with dropout and batch-norm updates switched off)."""
+    was_training = bool(getattr(module, "training", False))
+    with contextlib.suppress(NotImplementedError, AttributeError):  # an ExportedProgram's module() has no eval()
+        module.eval()
+    try:
+        yield module
+    finally:
+        if was_training:
+            module.train(True)
+
+
 def export_module(module: Any, example_inputs: Any, input_names: list[str] | None) -> tuple[Path, list[str]]:
-    """Export with a dynamic batch dimension: dynamo first, then the TorchScript exporter."""
+    """Export with a dynamic batch dimension: dynamo first, then the TorchScript exporter; the module's
+    training mode is left as it was."""
+    with eval_mode(module):
+        return _export_module(module, example_inputs, input_names)
+
+
+def _export_module(module: Any, example_inputs: Any, input_names: list[str] | None) -> tuple[Path, list[str]]:
     torch = _torch()
     args = _as_tuple(example_inputs)
     names = _names(module, len(args), input_names)
-    module = module.eval()
     out = Path(tempfile.mkdtemp(prefix="chipfit-export-")) / "model.onnx"
     notes: list[str] = []
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -217,11 +236,10 @@ def verify_export(
             if missing:
                 raise ModelError(f"Checking the export of {name}: the evaluation data lacks inputs {missing}.")
             sets.append(("the evaluation data", tuple(torch.as_tensor(np.asarray(data[n][:max_rows])) for n in order)))
-        with contextlib.suppress(NotImplementedError):  # an ExportedProgram's module() has no eval()
-            module = module.eval()
         worst = 0.0
-        for label, args in sets:
-            worst = max(worst, _compare(torch, module, exe, names, input_names, label, args, hint))
+        with eval_mode(module):
+            for label, args in sets:
+                worst = max(worst, _compare(torch, module, exe, names, input_names, label, args, hint))
         return worst
     finally:
         exe.close()
