@@ -129,8 +129,21 @@ def test_trial_job_and_outcome_cross_processes_in_one_versioned_format(tmp_path:
         load_outcome(json.dumps(old))
     with pytest.raises(ProtocolError, match="expected a trial outcome"):
         load_outcome(dumps(job))  # a job is not an outcome
-    with pytest.raises(ProtocolError, match="fields this chipfit does not know"):
+    with pytest.raises(ProtocolError, match="gpus: Unexpected keyword argument"):
         load_job(json.dumps(json.loads(dumps(job)) | {"gpus": 2}))
+    with pytest.raises(ProtocolError, match="threads: Input should be a valid integer"):
+        load_job(json.dumps(json.loads(dumps(job)) | {"threads": "many"}))  # types are checked on reading
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        dumps(TrialJob("s.yaml", "st", "sqlite://", 3, {"lr": object()}, "/c.pkl", 1.7e9))  # never a silent str()
+
+
+def test_the_trial_protocol_follows_the_schema() -> None:
+    from chipfit.explore.job import SCHEMAS, schema_fingerprint
+
+    assert SCHEMAS.get(TRIAL_PROTOCOL) == schema_fingerprint(), (
+        "TrialJob/HardwareBound/TrialOutcome changed: bump explore.job.TRIAL_PROTOCOL and record the new "
+        "schema_fingerprint() in SCHEMAS"
+    )
     with pytest.raises(ValueError, match="needs its value"):
         TrialOutcome("complete")
     with pytest.raises(ValueError, match="status must be one of"):

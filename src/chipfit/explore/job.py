@@ -3,15 +3,21 @@ hardware bound it checks, and the outcome it hands back. Frozen, typed, built by
 serialised here only (``dumps`` / ``load_job`` / ``load_outcome``): the JSON carries ``TRIAL_PROTOCOL``, and a
 reader refuses any other version instead of guessing at fields that moved.
 
-Bump ``TRIAL_PROTOCOL`` whenever a field is added, removed or changes meaning.
+Bump ``TRIAL_PROTOCOL`` whenever a field is added, removed or changes meaning: ``schema_fingerprint`` (the
+fields' names and types) must then match the new entry of ``SCHEMAS``, and a test checks that it does. Reading
+validates every field's type (pydantic), so a job or outcome that does not match this schema is refused by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 __all__ = [
     "TRIAL_PROTOCOL",
@@ -23,11 +29,16 @@ __all__ = [
     "dumps",
     "load_job",
     "load_outcome",
+    "schema_fingerprint",
 ]
 
-TRIAL_PROTOCOL = 1
+TRIAL_PROTOCOL = 2  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome
+SCHEMAS = {2: "19c341d30843d029"}  # TRIAL_PROTOCOL -> schema_fingerprint(); a test keeps them in step
 TrialStatus = Literal["complete", "pruned", "stopped", "rejected", "fail"]
 _STATUSES: tuple[str, ...] = ("complete", "pruned", "stopped", "rejected", "fail")
+
+
+_STRICT = ConfigDict(extra="forbid")  # read by pydantic when it validates the dataclasses below
 
 
 class ProtocolError(ValueError):
@@ -38,6 +49,8 @@ class ProtocolError(ValueError):
 class HardwareBound:
     """The bound each trial checks (``--target --max-p99-ms --max-memory-mb``), with where the predictor
     trained on the store was saved for the trials (``predictor``: a pickle of (Predictor, Target))."""
+
+    __pydantic_config__ = _STRICT
 
     target: str
     max_p99_ms: float | None
@@ -59,6 +72,8 @@ class HardwareBound:
 @dataclass(frozen=True)
 class TrialJob:
     """One trial to run: which study and trial (by number), its sampled config, and its limits."""
+
+    __pydantic_config__ = _STRICT
 
     space: str  # the space file
     study: str  # the study's name in ``storage``
@@ -87,6 +102,8 @@ class TrialJob:
 class TrialOutcome:
     """How a trial ended. ``value`` and ``steps`` are set when it completed."""
 
+    __pydantic_config__ = _STRICT
+
     status: TrialStatus
     reason: str = ""
     value: float | None = None
@@ -94,7 +111,6 @@ class TrialOutcome:
     onnx: str | None = None  # the exported trained model, when the job asked for it
     threads: int | None = None  # the cores it held at its end
     traceback: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
@@ -110,7 +126,7 @@ class TrialOutcome:
 def dumps(obj: TrialJob | TrialOutcome) -> str:
     """The one serialisation of a job or an outcome (JSON, with its kind and ``TRIAL_PROTOCOL``)."""
     kind = "job" if isinstance(obj, TrialJob) else "outcome"
-    return json.dumps({"protocol": TRIAL_PROTOCOL, "kind": kind, **asdict(obj)}, default=str)
+    return json.dumps({"protocol": TRIAL_PROTOCOL, "kind": kind, **asdict(obj)})  # no default=str: fail loudly
 
 
 def _read(text: str, kind: str) -> dict[str, Any]:
@@ -130,18 +146,32 @@ def _read(text: str, kind: str) -> dict[str, Any]:
     return doc
 
 
-def load_job(text: str) -> TrialJob:
-    doc = _read(text, "job")
-    bound = doc.pop("bound", None)
+_JOB = TypeAdapter(TrialJob)
+_OUTCOME = TypeAdapter(TrialOutcome)
+
+
+def _validated(adapter: TypeAdapter[Any], doc: dict[str, Any], kind: str) -> Any:
     try:
-        return TrialJob(**doc, bound=HardwareBound(**bound) if bound is not None else None)
-    except TypeError as exc:
-        raise ProtocolError(f"a trial job with fields this chipfit does not know: {exc}") from None
+        return adapter.validate_python(doc)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise ProtocolError(f"a trial {kind} this chipfit cannot read ({problems}).") from None
+
+
+def load_job(text: str) -> TrialJob:
+    job: TrialJob = _validated(_JOB, _read(text, "job"), "job")
+    return job
 
 
 def load_outcome(text: str) -> TrialOutcome:
-    doc = _read(text, "outcome")
-    try:
-        return TrialOutcome(**doc)
-    except TypeError as exc:
-        raise ProtocolError(f"a trial outcome with fields this chipfit does not know: {exc}") from None
+    outcome: TrialOutcome = _validated(_OUTCOME, _read(text, "outcome"), "outcome")
+    return outcome
+
+
+def schema_fingerprint() -> str:
+    """A hash of the fields (names and declared types) of the job, the bound and the outcome."""
+    fields = {
+        c.__name__: [(f.name, str(f.type)) for f in dataclasses.fields(c)]
+        for c in (TrialJob, HardwareBound, TrialOutcome)
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
