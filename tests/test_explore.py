@@ -189,9 +189,10 @@ def test_a_kill_9_loses_no_spending_and_the_resumed_run_stays_in_budget(tmp_path
     while clock.t < 6.0:  # the driver's loop runs on; the trial trains on without reporting
         clock.sleep(0.05)
         ledger.tick()
-    # kill -9 at 6 s: no finish, no close. Later the same command resumes on the same study:
-    clock.sleep(100.0)
-    study = open_study(space, storage, seed=0, prune=True)
+    # kill -9 at 6 s: no finish, no close. While its record is current the trial looks alive to another run:
+    assert open_study(space, storage, seed=0, prune=True, now=clock.time()).get_trials()[0].state.name == "RUNNING"
+    clock.sleep(100.0)  # later the same command resumes on the same study
+    study = open_study(space, storage, seed=0, prune=True, now=clock.time())
     meter = CostMeter(Budget(20, "s"), 3.6)
     ledger = Ledger(study, meter, share=0.5, clock=clock)
     (killed,) = study.get_trials(deepcopy=False)

@@ -6,7 +6,13 @@ database *ahead* of time: every half ``every_s`` the ledger records each running
 run's wall time as they will be ``every_s`` from now. A run killed with ``kill -9`` has therefore already
 recorded at least what it spent — each trial's time since its last report included — and the same command
 resumes from there, so a resumed ``--budget 2h`` never spends more than two hours (it may count up to
-``every_s`` per trial more than was spent; it never counts less).
+``every_s`` per trial more than was spent). That holds while the driver's loop calls ``tick`` at least every
+half ``every_s`` (it polls far more often); a loop stalled longer than that (a blocked database, a slow
+callback) at the moment of a ``kill -9`` can leave up to the stall's length uncounted.
+
+Each record also says until when it counts (``recorded_until``, wall-clock seconds since the epoch): a
+running trial whose record is still current belongs to a live run, one whose record ran out was left
+running by a killed one (``studies.open_study``).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from typing import Any
 from chipfit.explore.budget import CostMeter
 from chipfit.explore.clock import Clock
 
-__all__ = ["Ledger", "charged_device_s"]
+__all__ = ["RECORDED_UNTIL", "Ledger", "charged_device_s"]
 
 WALL_ATTR = "wall_s"  # the study's user attribute: wall seconds spent by all runs so far
+RECORDED_UNTIL = "recorded_until"  # a trial's user attribute: its record counts until then (epoch seconds)
 
 
 def charged_device_s(trial: Any) -> float:
@@ -62,7 +69,7 @@ class Ledger:
 
     def start(self, trial: Any) -> None:
         self._t0[trial.number] = (trial, self.clock.monotonic())
-        self._record(trial, self.every_s)  # charged ahead: a kill before the next tick still counts it
+        self._record(trial, self.every_s, ahead=self.every_s)  # a kill before the next tick still counts it
 
     def tick(self) -> None:
         """Record the spending ahead, when what is recorded runs out within half of ``every_s``."""
@@ -73,7 +80,7 @@ class Ledger:
         self._covered = now + self.every_s
         self.study.set_user_attr(WALL_ATTR, self.wall() + self.every_s)
         for trial, t0 in self._t0.values():
-            self._record(trial, now - t0 + self.every_s)
+            self._record(trial, now - t0 + self.every_s, ahead=self.every_s)
 
     def finish(self, trial: Any) -> float:
         """Charge a trial that ended its exact time; returns its seconds."""
@@ -88,8 +95,9 @@ class Ledger:
         self.meter.wall_s = self.wall()
         self.study.set_user_attr(WALL_ATTR, self.meter.wall_s)
 
-    def _record(self, trial: Any, seconds: float) -> None:
+    def _record(self, trial: Any, seconds: float, ahead: float = 0.0) -> None:
         device_s = seconds * self.share
+        trial.set_user_attr(RECORDED_UNTIL, self.clock.time() + ahead)
         trial.set_user_attr("charged_s", seconds)
         trial.set_user_attr("charged_device_s", device_s)
         trial.set_user_attr("charged_usd", device_s / 3600.0 * self.meter.usd_per_hour)

@@ -3,12 +3,15 @@ finding a trial by its number, and reading its trials back as the run's winner a
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from chipfit.explore.space import ExploreSpace
 
 __all__ = ["history", "open_storage", "open_study", "pruner", "reopen_trial", "trial_state", "winner"]
 
+log = logging.getLogger("chipfit")
 INTERRUPTED = "interrupted (the run was killed); resumed"
 
 
@@ -38,10 +41,14 @@ def reopen_trial(study: Any, storage: Any, number: int) -> Any:
     return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
-def open_study(space: ExploreSpace, storage: Any, seed: int, prune: bool) -> Any:
+def open_study(space: ExploreSpace, storage: Any, seed: int, prune: bool, now: float | None = None) -> Any:
     """Create the study of ``space`` (named after its file's hash) or resume it: trials a killed run left
-    running are failed as interrupted, keeping what they were charged (recorded ahead: see ledger.py)."""
+    running are failed as interrupted, keeping what they were charged (recorded ahead: see ledger.py). A
+    running trial whose record is still current (``now``, default the wall clock) belongs to another run of
+    the same study that is alive, and is left to it."""
     import optuna
+
+    from chipfit.explore.ledger import RECORDED_UNTIL
 
     name = f"explore-{space.sha256[:16]}"
     seeded = optuna.samplers.RandomSampler if space.sampler == "random" else optuna.samplers.TPESampler
@@ -53,7 +60,11 @@ def open_study(space: ExploreSpace, storage: Any, seed: int, prune: bool) -> Any
         sampler=seeded(seed=seed),
         pruner=pruner(space, prune),
     )
+    now = time.time() if now is None else now
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if float(t.user_attrs.get(RECORDED_UNTIL, 0.0)) > now:
+            log.warning("trial %d is running in another explore run of this study; left to it", t.number)
+            continue
         reopen_trial(study, storage, t.number).set_user_attr("reason", INTERRUPTED)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return study
