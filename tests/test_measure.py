@@ -101,7 +101,9 @@ def test_quantile_ci_brackets_and_summary() -> None:
 def test_the_worker_contract_round_trips_through_json_and_pickle(tmp_path: Path) -> None:
     import pickle
 
-    from chipfit.measure.job import LatencyProbe, SensitivityRequest, WorkerMetrics, WorkerResult
+    import json
+
+    from chipfit.measure.job import LatencyProbe, SensitivityRequest, WorkerMetrics, WorkerProtocolError, WorkerResult
 
     job = _job(tmp_path, "onnxruntime", reference=str(tmp_path / "ref.npz")).model_copy(
         update={"probe": LatencyProbe(beat_ms=1.5, margin=1.15), "sensitivity": SensitivityRequest(quant_index=0)}
@@ -115,6 +117,16 @@ def test_the_worker_contract_round_trips_through_json_and_pickle(tmp_path: Path)
     assert m.metrics == {"p50_ms": 1.0, "p99_ms": 2.0, "samples": 40, "p99_reliable": False} and m.notes == ["n"]
     with pytest.raises(Exception, match="frozen"):
         job.batch = 8  # type: ignore[misc]
+    from chipfit.measure.job import PassStep
+
+    step = PassStep.of({"name": "int8_dynamic", "params": {"per_channel": True}})
+    chained = job.model_copy(update={"passes": (step,)})
+    assert WorkerJob.from_json(chained.to_json()).passes == (step,)
+    assert step.as_dict() == {"name": "int8_dynamic", "params": {"per_channel": True}}
+    envelope = json.loads(chained.to_json())
+    envelope["body"]["passes"] = [{"pass": "int8_dynamic"}]  # a step without its name is refused, not guessed at
+    with pytest.raises(WorkerProtocolError, match="passes"):
+        WorkerJob.from_json(json.dumps(envelope))
 
 
 def test_a_job_of_another_protocol_or_shape_is_refused_by_name(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from chipfit.measure.stats import TimingPolicy
 __all__ = [
     "PROTOCOL",
     "LatencyProbe",
+    "PassStep",
     "QualityJob",
     "SensitivityRanking",
     "SensitivityRequest",
@@ -37,8 +39,8 @@ __all__ = [
 ]
 
 PROTOCOL = 4  # 3: typed job/result, timing runs to 100 samples before a stable estimate may stop it;
-# 4: throughput over the time spent running, not the timing loop's wall time
-SCHEMAS = {3: "04433398a58b1217", 4: "04433398a58b1217"}  # PROTOCOL -> schema_fingerprint(); a test keeps them in step
+# 4: throughput over the time spent running, not the timing loop's wall time; pass steps typed (PassStep)
+SCHEMAS = {3: "04433398a58b1217", 4: "02bf38e5ff73a8f9"}  # PROTOCOL -> schema_fingerprint(); a test keeps them in step
 
 Status = Literal["ok", "failed", "timeout", "oom", "skipped", "pruned"]
 
@@ -80,12 +82,28 @@ class SensitivityRequest(_Frozen):
     samples: int = Field(default=32, gt=0)
 
 
+class PassStep(_Frozen):
+    """One step of a candidate's pass chain: the pass's registered name and its parameters."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, step: Mapping[str, Any]) -> PassStep:
+        """From a candidate's ``{"name": ..., "params": {...}}`` step."""
+        return cls(name=str(step["name"]), params=dict(step.get("params") or {}))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The step as ``passes.apply_passes`` takes it (and as cache keys are computed from)."""
+        return {"name": self.name, "params": dict(self.params)}
+
+
 class WorkerJob(_Frozen):
     """One candidate to measure (or, with ``sensitivity``, to rank node by node)."""
 
     model_path: Path
     model_sha256: str
-    passes: tuple[dict[str, Any], ...] = ()  # each {"name": pass, "params": {...}}, as in Candidate.passes
+    passes: tuple[PassStep, ...] = ()
     backend: str
     target: str = "cpu"
     options: dict[str, Any] = Field(default_factory=dict)

@@ -45,7 +45,7 @@ def rank(job: WorkerJob, request: SensitivityRequest) -> WorkerResult:
     deadline = time.monotonic() + request.time_s
     try:
         ctx = PassContext(job.calib_dir, job.calib_sha256, list(job.input_names))
-        chain, qi = [dict(p) for p in job.passes], request.quant_index
+        chain, qi = [p.as_dict() for p in job.passes], request.quant_index
         base, _ = apply_passes(job.model_path, job.model_sha256, chain[:qi], job.variants_dir, ctx)
         source = job.calib_dir if job.calib_dir is not None else job.data_dir
         full = Dataset.load_saved(source, list(job.input_names)).inputs

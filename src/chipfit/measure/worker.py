@@ -101,7 +101,7 @@ def measure(job: WorkerJob) -> WorkerResult:
         data = Dataset.load_saved(job.data_dir, list(job.input_names))
         phase = "passes"
         ctx = PassContext(job.calib_dir, job.calib_sha256, list(job.input_names))
-        passes = [dict(p) for p in job.passes]
+        passes = [p.as_dict() for p in job.passes]
         variant, notes = apply_passes(job.model_path, job.model_sha256, passes, job.variants_dir, ctx)
         metrics["size_mb"] = sum(p.stat().st_size for p in onnx_files(variant)) / 2**20
         phase = "compile"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chipfit.measure.job import PROTOCOL, LatencyProbe, QualityJob, SensitivityRequest, WorkerJob
+from chipfit.measure.job import PROTOCOL, LatencyProbe, PassStep, QualityJob, SensitivityRequest, WorkerJob
 from chipfit.measure.measurement import Measurement
 from chipfit.measure.runner import run_isolated
 from chipfit.measure.stats import TimingPolicy, probe_bar
@@ -100,7 +100,7 @@ class SearchContext:
             home=self.variants_dir.parent,
             model_path=self.model_path,
             model_sha256=self.model_sha256,
-            passes=tuple(dict(p) for p in c.passes),
+            passes=tuple(PassStep.of(p) for p in c.passes),
             backend=c.backend,
             target=c.target,
             options=dict(c.options),
