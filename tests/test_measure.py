@@ -99,9 +99,8 @@ def test_quantile_ci_brackets_and_summary() -> None:
 
 
 def test_the_worker_contract_round_trips_through_json_and_pickle(tmp_path: Path) -> None:
-    import pickle
-
     import json
+    import pickle
 
     from chipfit.measure.job import LatencyProbe, SensitivityRequest, WorkerMetrics, WorkerProtocolError, WorkerResult
 
