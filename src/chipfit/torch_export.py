@@ -80,12 +80,14 @@ def eval_mode(module: Any) -> Iterator[Any]:
     """The module in eval mode for the block, then back in the mode it was in (a user's module, or a trainable
     in the middle of training, must not come back with dropout and batch-norm updates switched off)."""
     was_training = bool(getattr(module, "training", False))
+    switched = False
     with contextlib.suppress(NotImplementedError, AttributeError):  # an ExportedProgram's module() has no eval()
         module.eval()
+        switched = True
     try:
         yield module
     finally:
-        if was_training:
+        if was_training and switched:
             module.train(True)
 
 
