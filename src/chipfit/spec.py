@@ -22,17 +22,22 @@ from chipfit.errors import SpecError
 __all__ = [
     "CONSTRAINTS",
     "DEFAULT_MIN_FIDELITY",
+    "MAX_YAML_BYTES",
     "OBJECTIVES",
     "Constraint",
     "Spec",
     "load_spec",
     "parse_duration",
+    "read_yaml",
 ]
 
 Objective = Literal["latency", "throughput", "memory", "size", "accuracy", "cost", "energy"]
 OBJECTIVES: tuple[str, ...] = ("latency", "throughput", "memory", "size", "accuracy", "cost", "energy")
 FIDELITY_METRICS = ("cosine", "agreement", "max_rel_error")
 ACCURACY_METRIC_RE = re.compile(r"^(top[1-9][0-9]*|mse|f1)$")
+# A spec or search-space file is a few hundred bytes; anything near this is not one (and bounds parsing time).
+MAX_YAML_BYTES = 64 * 1024
+_MAX_YAML_DEPTH = 32
 # Without --max-accuracy-drop or --min-fidelity, a reduced-precision variant (int8, fp16, bf16) must still keep
 # this fidelity (in --fidelity-metric, cosine by default) to the fp32 reference outputs; fp32 variants need none.
 DEFAULT_MIN_FIDELITY = 0.99
@@ -157,21 +162,88 @@ def _label(field: str, source: str | None) -> str:
     return f"'{field}' in {source}"
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A value for an error message, never formatted whole: containers are named by type and length."""
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def build_spec(values: dict[str, Any], source: str | None = None) -> Spec:
     """Validate ``values`` into a Spec; errors name the flag (or the key and file) and the allowed values."""
     for key in values:
         if key not in Spec.model_fields:
-            near = difflib.get_close_matches(key, list(Spec.model_fields), n=1)
+            near = difflib.get_close_matches(str(key)[:64], list(Spec.model_fields), n=1)
             hint = f" Did you mean '{near[0]}'?" if near else ""
             where = f" in {source}" if source else ""
-            raise SpecError(f"Unknown spec key '{key}'{where}.{hint} Allowed keys: {', '.join(Spec.model_fields)}.")
+            name = _shown(key) if not isinstance(key, str) or len(key) > 60 else f"'{key}'"
+            raise SpecError(f"Unknown spec key {name}{where}.{hint} Allowed keys: {', '.join(Spec.model_fields)}.")
+    for key, value in values.items():  # every field is one scalar: a list or mapping is refused unformatted
+        if value is not None and not isinstance(value, (str, int, float)):
+            raise SpecError(f"{_label(key, source)} must be {_ALLOWED.get(key, 'valid')}; got {_shown(value)}.")
     try:
         return Spec(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         given = values.get(field, err.get("input"))
-        raise SpecError(f"{_label(field, source)} must be {_ALLOWED.get(field, 'valid')}; got {given!r}.") from None
+        raise SpecError(
+            f"{_label(field, source)} must be {_ALLOWED.get(field, 'valid')}; got {_shown(given)}."
+        ) from None
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (``*name``: a few hundred bytes of them expand to gigabytes) and
+    with a bound on nesting (PyYAML composes recursively)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted; write the value out instead of referring to it", mark
+            )
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > _MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_yaml(path: str | Path, what: str = "Spec file", max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """Parse a user's YAML file safely: at most ``max_bytes``, plain tags only, no aliases, bounded nesting.
+
+    Errors are :class:`SpecError` naming ``what`` and the file; a missing file is the caller's to report.
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise SpecError(f"{what} '{p}' cannot be read ({exc.strerror or exc}). Pass a readable YAML file.") from None
+    if len(raw) > max_bytes:
+        raise SpecError(
+            f"{what} '{p}' is larger than {max_bytes // 1024} KiB; a chipfit YAML file is a few lines. "
+            "Pass the right file."
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{what} '{p}' is not UTF-8 text. Pass a YAML file.") from None
+    loader = None
+    try:
+        loader = _SafeLoader(text)
+        loader.name = p.name  # PyYAML's messages say where: in "spec.yaml", line 3, column 9
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())  # one line: PyYAML's message spans several
+        raise SpecError(f"{what} '{p}' is not valid YAML: {problem}. Fix it and retry.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def load_spec(path: str | Path | None = None, **overrides: Any) -> Spec:
@@ -183,25 +255,24 @@ def load_spec(path: str | Path | None = None, **overrides: Any) -> Spec:
             raise SpecError(
                 f"Spec file '{p}' does not exist. Pass the path of a YAML file with keys such as max_p99_ms."
             )
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"Spec file '{p}' is not valid YAML: {exc}. Fix the syntax and retry.") from None
+        loaded = read_yaml(p, "Spec file") or {}
         if not isinstance(loaded, dict):
             raise SpecError(
                 f"Spec file '{p}' must hold a mapping of keys (max_p99_ms: 20, ...); got a {type(loaded).__name__}."
             )
-        values.update(_flatten(loaded))
+        values.update(_flatten(loaded, str(p)))
         spec_from_file = build_spec(values, source=str(p))  # file errors name the file
         values = spec_from_file.model_dump(exclude_unset=True)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return build_spec(values)
 
 
-def _flatten(loaded: dict[str, Any]) -> dict[str, Any]:
+def _flatten(loaded: dict[str, Any], source: str) -> dict[str, Any]:
     """Accept both a flat file and one with a ``constraints:`` section."""
     out = dict(loaded)
     nested = out.pop("constraints", None)
     if isinstance(nested, dict):
         out.update(nested)
+    elif nested is not None:
+        raise SpecError(f"'constraints' in {source} must be a mapping (max_p99_ms: 20, ...); got {_shown(nested)}.")
     return out
