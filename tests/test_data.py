@@ -65,7 +65,7 @@ def test_unreadable_sources(tmp_path: Path) -> None:
         load_data(tmp_path / "nope.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match=r"not a readable .npz"):
+    with pytest.raises(DataError, match=r"not an .npz archive"):
         load_data(bad)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -103,21 +103,69 @@ def load_data(source: Any) -> Dataset:
     if not path.exists():
         raise DataError(f"Data file '{path}' does not exist. Pass an .npz file or a folder of .npy files.")
     if path.is_dir():
-        files = sorted(path.glob("*.npy"))
+        try:
+            files = sorted(path.glob("*.npy"))
+        except OSError as exc:
+            raise DataError(f"Data folder '{path}' cannot be read ({exc.strerror or exc}).") from None
         if not files:
             raise DataError(f"Data folder '{path}' holds no .npy files. Save one <input name>.npy per model input.")
-        try:
-            return _from_mapping({f.stem: np.load(f, allow_pickle=False) for f in files}, str(path))
-        except ValueError as exc:
-            raise DataError(f"Data folder '{path}' has an unreadable .npy file: {exc}.") from None
+        return _from_mapping({f.stem: _read_npy(f) for f in files}, str(path))
+    return _from_mapping(_read_npz(path), str(path))
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(8)
+    except OSError as exc:
+        raise DataError(f"Data file '{path}' cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+
+
+def _why(exc: BaseException) -> str:
+    """numpy's reason, except its advice to unpickle: chipfit never loads pickled (object) arrays."""
+    text = " ".join(str(exc).split())[:200]
+    if "pickle" in text.lower():
+        return "it holds an object array, which only unpickling could read; save numeric arrays instead"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    if not _head(path).startswith(_NPY_MAGIC):
+        raise DataError(f"Data file '{path}' is not an .npy array (no NumPy header). Write it with np.save.")
+    try:
+        arr: np.ndarray = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"Data file '{path}' is not a readable .npy array ({_why(exc)}).") from None
+    return arr
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    head = _head(path)
+    if head.startswith(_NPY_MAGIC):
+        raise DataError(
+            f"Data file '{path}' is a single .npy array, not an .npz archive. Save the arrays by input name with "
+            "np.savez(path, <input name>=array, labels=...), or pass a folder of <input name>.npy files."
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        raise DataError(
+            f"Data file '{path}' is not an .npz archive (it does not start with a zip header). "
+            "Write it with np.savez(path, <input name>=array, labels=...)."
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DataError(f"Data file '{path}' is a single array; save a .npz with np.savez(path, input=...).")
             arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"Data file '{path}' is not a readable .npz file ({exc}). Write it with np.savez.") from None
-    return _from_mapping(arrays, str(path))
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise DataError(
+            f"Data file '{path}' is not a readable .npz file ({_why(exc)}). Write it with np.savez."
+        ) from None
+    for k, v in arrays.items():
+        if not isinstance(v, np.ndarray):  # numpy hands back the raw bytes of a zip member that is not .npy
+            raise DataError(f"Data file '{path}' holds '{k}', which is not an .npy array. Write it with np.savez.")
+    return arrays
 
 
 def _check_input(name: str, arr: np.ndarray, spec: TensorSpec, source: str) -> tuple[np.ndarray, str | None]:
