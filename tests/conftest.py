@@ -38,6 +38,7 @@ def chipfit_home(
     for cached in peak_rates_home.iterdir():
         shutil.copy2(cached, home / cached.name)
     monkeypatch.setenv("CHIPFIT_HOME", str(home))
+    monkeypatch.setenv("CHIPFIT_BACKENDS", "fault_backends")  # the faulty plug-ins of tests/fault_backends.py, opted in
     return home
 
 

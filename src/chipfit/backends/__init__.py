@@ -3,12 +3,16 @@
 ``get_backend("onnxruntime")`` imports ``chipfit.backends.onnxruntime`` and returns its ``backend``
 object. A backend module never imports its runtime library at import time, so every backend can be listed
 (and say what to install) on any machine. A third-party backend is named ``"package.module:attribute"``
-(a Backend instance or class).
+(a Backend instance or class) and is an explicit opt-in: only names registered with
+:func:`register_backend` or listed in the ``CHIPFIT_BACKENDS`` environment variable (comma-separated
+``module:attribute`` names, or a bare ``module`` for every attribute of it) are imported, so a name read
+from a flag or a manifest can never import an arbitrary module.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,13 +29,17 @@ __all__ = [
     "available_backends",
     "backend_info",
     "get_backend",
+    "is_registered",
     "parse_backends",
+    "register_backend",
+    "registered_plugins",
 ]
 
 # measured by default, in this order (the reference session comes from the first available one);
 # "null" (ONNX's reference interpreter) is listed but only used when asked for
 BUILTIN: tuple[str, ...] = ("onnxruntime", "openvino", "tvm", "torch", "null")
 DEFAULT_EXCLUDED = ("null",)
+PLUGINS_ENV = "CHIPFIT_BACKENDS"
 
 
 @dataclass(frozen=True)
@@ -50,15 +58,48 @@ class BackendInfo:
         return asdict(self)
 
 
+def registered_plugins() -> tuple[str, ...]:
+    """The opted-in plug-in backends: ``module:attribute`` names, or bare modules (any attribute of them)."""
+    return tuple(dict.fromkeys(n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()))
+
+
+def register_backend(name: str) -> None:
+    """Opt in the plug-in backend ``"package.module:attribute"`` for this process and the measurement workers
+    it starts (they inherit the environment). Importing it runs its code: register only code you trust."""
+    module_name, _, attr = name.partition(":")
+    if not (module_name and attr) or not all(p.isidentifier() for p in (*module_name.split("."), attr)):
+        raise BackendUnavailableError(f"register_backend: '{name}' is not a 'package.module:attribute' name.")
+    if name not in registered_plugins():
+        os.environ[PLUGINS_ENV] = ",".join((*registered_plugins(), name))
+
+
+def _unknown(name: str, what: str) -> BackendUnavailableError:
+    plugins = registered_plugins()
+    listed = f"; opted-in plug-ins: {', '.join(plugins)}" if plugins else ""
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    return BackendUnavailableError(
+        f"{what}unknown backend '{shown}'. Built-in backends: {', '.join(BUILTIN)}{listed}. A plug-in backend "
+        f"'package.module:attribute' must be opted in first: {PLUGINS_ENV}=package.module:attribute in the "
+        "environment, or chipfit.backends.register_backend() in Python."
+    )
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a built-in backend or an opted-in plug-in (nothing is imported)."""
+    if name in BUILTIN:
+        return True
+    module_name, _, attr = name.partition(":")
+    plugins = registered_plugins()
+    return bool(module_name and attr) and (name in plugins or module_name in plugins)
+
+
 def get_backend(name: str) -> Backend:
-    """The backend called ``name``; raises BackendUnavailableError with the fix when it cannot be found."""
+    """The backend called ``name``; raises BackendUnavailableError with the fix when it cannot be found.
+    Only built-in names and opted-in plug-ins are accepted: nothing else is ever imported."""
+    if not is_registered(name):
+        raise _unknown(name, "")
     module_name, _, attr = name.partition(":")
     if not attr:
-        if name not in BUILTIN:
-            raise BackendUnavailableError(
-                f"Unknown backend '{name}'. Built-in backends: {', '.join(BUILTIN)}; "
-                "a plug-in backend is named 'package.module:attribute'."
-            )
         module_name, attr = f"chipfit.backends.{name}", "backend"
     try:
         module = importlib.import_module(module_name)
@@ -101,11 +142,8 @@ def parse_backends(text: str | None) -> tuple[str, ...] | None:
         return None
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     for n in names:
-        if ":" not in n and n not in BUILTIN:
-            raise BackendUnavailableError(
-                f"--backends: unknown backend '{n}'. Built-in backends: {', '.join(BUILTIN)} "
-                "(or 'all'); a plug-in backend is named 'package.module:attribute'."
-            )
+        if not is_registered(n):
+            raise _unknown(n, "--backends: ")
         info = backend_info(n)
         if not info.available:
             raise BackendUnavailableError(f"--backends: backend '{n}' is not available here: {info.reason}")
