@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -13,7 +14,7 @@ from typing import Any
 from chipfit.data import Dataset, load_data, split_data, validate_data
 from chipfit.errors import ModelError, SpecError
 from chipfit.hardware.detect import cpu_quota, environment_fingerprint, fingerprint_hash
-from chipfit.measure.quality import default_metric
+from chipfit.measure.quality import check_labels, default_metric
 from chipfit.model import Model, load_model
 from chipfit.package import check_writable, write_artifact
 from chipfit.predict.roofline import model_info
@@ -28,7 +29,7 @@ from chipfit.store import Store, default_url
 from chipfit.torch_export import verify_export
 from chipfit.workspace import default_home, subdir
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "check_reference_session", "fit"]
 
 log = logging.getLogger("chipfit")
 
@@ -52,7 +53,54 @@ def _quality_settings(spec: Spec, model: Model, data: Dataset) -> str | None:
             raise SpecError(f"--metric {spec.metric} needs labels: add a 'labels' array to --data.")
         return None
     out_shape = tuple(d if isinstance(d, int) else 2 for d in model.outputs[0].shape) if model.outputs else ()
-    return spec.metric or default_metric(data.labels, out_shape)
+    metric = spec.metric or default_metric(data.labels, out_shape)
+    known = tuple(d if isinstance(d, int) else None for d in model.outputs[0].shape) if model.outputs else ()
+    check_labels(data.labels, metric, known, data.source)
+    return metric
+
+
+_UNKNOWN_OP = re.compile(r"([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op")
+_OPSET = re.compile(r"Opset (\d+) is under development.*support for domain ([\w.]+) is till opset (\d+)", re.S)
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+
+
+def _session_error(model: Model, exc: Exception) -> str:
+    text = str(exc)
+    head = f"The model ({model.source}) cannot be run by ONNX Runtime, the reference every candidate is compared with"
+    if m := _UNKNOWN_OP.search(text):
+        domain = m.group(1) or "ai.onnx"
+        return (
+            f"{head}: it uses op '{m.group(2)}' of domain '{domain}', which ONNX Runtime does not know. "
+            "Export the model with standard ONNX ops only (no custom ops)."
+        )
+    if m := _OPSET.search(text):
+        top = m.group(3)
+        return (
+            f"{head}: it imports opset {m.group(1)} of domain '{m.group(2)}'; this ONNX Runtime supports up to "
+            f"opset {top}. Re-export with opset {top} or lower (torch.onnx.export(..., opset_version={top}))."
+        )
+    if m := _NO_KERNEL.search(text):
+        return (
+            f"{head}: it has no implementation of op '{m.group(1)}' (opset {m.group(2)}) for node "
+            f"'{m.group(3)}' with its input types. Re-export with other dtypes or another opset."
+        )
+    detail = " ".join(text.split("failed:", 1)[-1].split())[:300]
+    return f"{head}: {type(exc).__name__}: {detail}"
+
+
+def check_reference_session(model: Model) -> None:
+    """Open ONNX Runtime's CPU session on ``model`` once, unoptimised, before any measurement: an op, domain or
+    opset it does not know is reported now, by name, rather than after every candidate has been measured."""
+    from chipfit.backends import get_backend
+
+    ort = get_backend("onnxruntime")
+    if ort.unavailable_reason() is not None:  # the reference then comes from another backend
+        return
+    try:
+        exe = ort.compile(model.path, "cpu", {"graph_optimization_level": "disable", "threads": 1})
+    except Exception as exc:  # ONNX Runtime raises its own exception types
+        raise ModelError(_session_error(model, exc)) from None
+    exe.close()
 
 
 def fit(
@@ -68,21 +116,27 @@ def fit(
     store: Store | str | None = None,
     home: Path | None = None,
     callback: Callback | None = None,
+    trust_pickle: bool = False,
     **constraints: Any,
 ) -> FitResult:
     """Find the best variant of ``model`` that meets ``spec`` on this machine; deliver it to ``out``.
 
     ``constraints`` are spec fields given as keywords (``max_p99_ms=20``); they override ``spec``.
+    ``trust_pickle`` lets a .pt2 model that holds pickles (or other code) load: dangerous, see load_model.
     """
     started = time.monotonic()
+    # every input is checked before the model is read: a model file can be large, slow or hostile
     spec_obj = _as_spec(spec, constraints)
     out_dir = check_writable(Path(out)) if out is not None else None
-    m = model if isinstance(model, Model) else load_model(model, example_inputs, home=home)
-    dataset = validate_data(load_data(data), m)
+    raw_data = load_data(data)
+    raw_calib = load_data(calib_data) if calib_data is not None else None
+    m = model if isinstance(model, Model) else load_model(model, example_inputs, home=home, trust_pickle=trust_pickle)
+    dataset = validate_data(raw_data, m)
+    calib = validate_data(raw_calib, m) if raw_calib is not None else None
+    metric = _quality_settings(spec_obj, m, dataset)
+    check_reference_session(m)
     if m.torch_module is not None:  # its export was checked on generated inputs at ingest; now on this data
         verify_export(m.torch_module, m.path, None, input_names=[t.name for t in m.inputs], data=dataset.inputs)
-    calib = validate_data(load_data(calib_data), m) if calib_data is not None else None
-    metric = _quality_settings(spec_obj, m, dataset)
     calib_set, eval_set = split_data(dataset, calib)
     notes = list(m.notes) + dataset.notes
     home = home or default_home()

@@ -6,9 +6,13 @@ all outputs (default), the argmax agreement of the first output, or 1 - the max 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["accuracy", "default_metric", "fidelity", "higher_is_better"]
+from chipfit.errors import DataError
+
+__all__ = ["accuracy", "check_labels", "default_metric", "fidelity", "higher_is_better"]
 
 
 def default_metric(labels: np.ndarray, first_output_shape: tuple[int, ...]) -> str:
@@ -16,6 +20,47 @@ def default_metric(labels: np.ndarray, first_output_shape: tuple[int, ...]) -> s
     if labels.dtype.kind in "iub" and len(first_output_shape) >= 2 and first_output_shape[-1] not in (1, None):
         return "top1"
     return "mse"
+
+
+def check_labels(labels: np.ndarray, metric: str, output_shape: tuple[int | None, ...], source: str) -> None:
+    """Refuse labels that ``metric`` cannot score against the model's first output (shape, batch axis first,
+    unknown dimensions None) before anything is measured: class ids for topK and F1, numbers for MSE."""
+    where = f"'labels' in {source}"
+    if labels.dtype.kind not in "biuf":
+        raise DataError(
+            f"{where} has dtype {labels.dtype}, not numbers; labels are integer class ids (top1, topK, f1) or "
+            "numeric targets (mse). Map class names to ids before saving: "
+            "np.unique(labels, return_inverse=True)[1]."
+        )
+    if metric == "mse":
+        per_sample = math.prod(labels.shape[1:])
+        out = output_shape[1:]
+        if all(isinstance(d, int) for d in out) and math.prod(d for d in out if d is not None) != per_sample:
+            raise DataError(
+                f"{where} has shape {labels.shape} ({per_sample} value(s) per sample) but the model's first "
+                f"output has {list(out)} per sample; for mse give labels of the output's shape."
+            )
+        return
+    if labels.ndim != 1:
+        hint = " If they are one-hot or scores, save labels.argmax(axis=1)." if labels.ndim == 2 else ""
+        raise DataError(
+            f"{where} has shape {labels.shape}; metric {metric} needs one integer class id per sample "
+            f"(shape ({len(labels)},)).{hint}"
+        )
+    if labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0):
+        raise DataError(
+            f"{where} holds non-integer values (dtype {labels.dtype}); metric {metric} needs integer class ids. "
+            "For regression targets pass --metric mse."
+        )
+    classes = output_shape[-1] if len(output_shape) >= 2 else None
+    if isinstance(classes, int):
+        classes = max(classes, 2)  # one score column: binary, thresholded at 0.5
+        bad = (labels < 0) | (labels >= classes)
+        if bad.any():
+            raise DataError(
+                f"{where} has class ids outside 0..{classes - 1} (the model's first output has {classes} "
+                f"classes), e.g. {labels[bad][:3].tolist()}. Check the label encoding."
+            )
 
 
 def higher_is_better(metric: str) -> bool:
