@@ -1,7 +1,8 @@
 """chipfit serve end to end: one real server process on a loopback port (shared by the tests of this module),
 real HTTP requests — predictions equal to the artifact's, JSON and .npz bodies, bad payloads answered 400
 (never a crash), the token, the body limit, the structured access log (which must not block the server),
-metrics, a request the queue cannot hold answered 429 with Retry-After, hot reload and rollback under traffic
+metrics, a request of more rows than the queue holds answered 413 naming the limit, hot reload and rollback
+(admin token) under traffic
 with no failed request, named versions, a cascade routing each row by its confidence, the load generator and
 Ray Serve. Verdicts are on status codes, values and counts, never on how fast this machine is; the batcher's
 timing rules are unit-tested with an injected clock in test_batcher.py."""
@@ -29,6 +30,7 @@ from conftest import FAST_TIMING, make_mlp  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_AUTH = {"Authorization": "Bearer adm1n"}  # the admin routes (hot reload, rollback) take only this one
 MAX_QUEUE = 40  # rows waiting per model: a request of more rows is refused whatever the load
 ONE = {"inputs": {"x": [[0.5, -0.5, 1.0, 0.0]]}}
 
@@ -69,13 +71,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(artifacts: dict[str, Path]) -> Iterator[ServeProcess]:
     """One server for the module: ``mlp`` (v1), ``hot@3`` (v1, reloaded and rolled back by one test) and the
-    cascade ``casc``; token from the environment, a 10 KiB body limit, max batch 8, the access log on."""
+    cascade ``casc``; tokens from the environment, a 10 KiB body limit, max batch 8, the access log on."""
     s = ServeProcess(
         f"mlp={artifacts['v1']}",
         f"hot@3={artifacts['v1']}",
         f"casc={artifacts['casc']}",
         *("--slo-p99-ms", "500", "--max-queue", str(MAX_QUEUE), "--max-batch", "8", "--max-body-mb", "0.01"),
-        env={"CHIPFIT_SERVE_TOKEN": TOKEN},
+        env={"CHIPFIT_SERVE_TOKEN": TOKEN, "CHIPFIT_SERVE_ADMIN_TOKEN": "adm1n"},
     )
     yield s
     s.stop()
@@ -143,11 +145,11 @@ def test_bad_requests_other_than_the_body_are_answered_naming_the_problem(server
     assert r.status_code == 400 and "float64" in r.json()["error"]
     r = httpx.post(f"{server.url}/v1/models/mlp/predict", json=ONE, headers={**AUTH, "X-Deadline-Ms": "soon"})
     assert r.status_code == 400 and "X-Deadline-Ms" in r.json()["error"]
-    r = httpx.post(f"{server.url}/v1/models/mlp/versions", json={"nope": 1}, headers=AUTH)
+    r = httpx.post(f"{server.url}/v1/models/mlp/versions", json={"nope": 1}, headers=ADMIN_AUTH)
     assert r.status_code == 400 and '"path"' in r.json()["error"]
-    r = httpx.post(f"{server.url}/v1/models/mlp/versions", json={"path": "/does/not/exist"}, headers=AUTH)
+    r = httpx.post(f"{server.url}/v1/models/mlp/versions", json={"path": "/does/not/exist"}, headers=ADMIN_AUTH)
     assert r.status_code == 400 and "not a chipfit artifact" in r.json()["error"]
-    r = httpx.post(f"{server.url}/v1/models/mlp/rollback", headers=AUTH)
+    r = httpx.post(f"{server.url}/v1/models/mlp/rollback", headers=ADMIN_AUTH)
     assert r.status_code == 404 and "no earlier version" in r.json()["error"]
     assert httpx.post(f"{server.url}/v1/models/nope/predict", json=ONE, headers=AUTH).status_code == 404
     assert httpx.post(f"{server.url}/v1/models/mlp@7/predict", json=ONE, headers=AUTH).status_code == 404
@@ -172,14 +174,14 @@ def test_the_token_guards_all_but_the_probes_and_the_body_limit_is_413(server: S
     assert all(isinstance(x["ms"], float | int) and x["ms"] >= 0 for x in lines)
 
 
-def test_a_request_the_queue_cannot_hold_is_429_with_retry_after_and_counted(server: ServeProcess) -> None:
+def test_a_request_the_queue_can_never_hold_is_413_naming_the_limit_and_counted(server: ServeProcess) -> None:
     url = f"{server.url}/v1/models/mlp/predict"
-    key = 'chipfit_rejections_total{model="mlp",reason="queue full",version="1"}'
+    key = 'chipfit_requests_total{code="413",model="mlp",version="1"}'
     before = _metric(httpx.get(f"{server.url}/metrics", headers=AUTH).text, key)
     too_many = {"inputs": {"x": [[0.1, 0.2, 0.3, 0.4]] * (MAX_QUEUE + 1)}}
     r = httpx.post(url, json=too_many, headers=AUTH)
-    assert r.status_code == 429 and "overloaded: queue full" in r.json()["error"], r.text
-    assert int(r.headers["Retry-After"]) >= 1
+    assert r.status_code == 413 and f"at most {MAX_QUEUE} rows" in r.json()["error"], r.text
+    assert "Retry-After" not in r.headers  # retrying the same request could never succeed
     assert httpx.post(url, json={"inputs": {"x": [[0.1, 0.2, 0.3, 0.4]] * MAX_QUEUE}}, headers=AUTH).status_code == 200
     after = _metric(httpx.get(f"{server.url}/metrics", headers=AUTH).text, key)
     assert after == before + 1
@@ -244,7 +246,7 @@ def test_hot_reload_and_rollback_under_traffic_fail_no_request(
     try:
         _wait_for(codes, 10, stop)
         r = httpx.post(
-            f"{server.url}/v1/models/hot/versions", json={"path": str(artifacts["v2"])}, headers=AUTH, timeout=60
+            f"{server.url}/v1/models/hot/versions", json={"path": str(artifacts["v2"])}, headers=ADMIN_AUTH, timeout=60
         )
         assert r.status_code == 200 and r.json()["version"] == 4, r.text  # after the 3 it was started as
         _wait_for(codes, 10, stop)
@@ -254,7 +256,7 @@ def test_hot_reload_and_rollback_under_traffic_fail_no_request(
         np.testing.assert_allclose(new, chipfit.runtime.load(artifacts["v2"]).run({"x": x})[0], rtol=1e-5, atol=1e-6)
         assert not np.allclose(old, new)  # the new version answers by default, the old one by name@3
         assert {k[1]: m["active"] for k, m in _models(server).items() if k[0] == "hot"} == {3: False, 4: True}
-        r = httpx.post(f"{server.url}/v1/models/hot/rollback", headers=AUTH)
+        r = httpx.post(f"{server.url}/v1/models/hot/rollback", headers=ADMIN_AUTH)
         assert r.status_code == 200 and r.json()["version"] == 3
         assert np.allclose(httpx.post(url, json=ONE, headers=AUTH).json()["outputs"]["probs"], old)
         _wait_for(codes, 10, stop)

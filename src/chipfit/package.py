@@ -1,5 +1,11 @@
 """The deployable artifact: the winning model, manifest.json, results.jsonl and report.html in one folder,
 written atomically (a staging folder renamed into place), and ``load`` that reopens it exactly as measured.
+
+``load`` trusts nothing in the folder it is given: every file the manifest names (``model.file``, a backend's
+``runtime_options.library`` / ``program``, each ``sha256`` key) must be a relative path that stays inside the
+folder (symlinks resolved) and have a sha256 entry that matches; the backend must be a built-in one — a
+third-party ``"package.module:attribute"`` backend is imported only when opted in (``CHIPFIT_BACKENDS`` or
+``chipfit.backends.register_backend``), since importing it runs its code.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chipfit.errors import ArtifactError, OutputError
+from chipfit.errors import ArtifactError, ChipfitError, OutputError
 from chipfit.fsutil import atomic_dir, sha256_file
 from chipfit.model import onnx_files
 from chipfit.result import FitResult, batch_profile, constraints_table
@@ -22,10 +28,21 @@ from chipfit.result import FitResult, batch_profile, constraints_table
 if TYPE_CHECKING:
     from chipfit.search.driver import SearchContext
 
-__all__ = ["LoadedModel", "check_writable", "load", "write_artifact"]
+__all__ = [
+    "LoadedModel",
+    "check_backend",
+    "check_writable",
+    "inside",
+    "load",
+    "read_manifest",
+    "verify_files",
+    "write_artifact",
+]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+FILE_OPTIONS = ("library", "program")  # runtime options that name a file of the artifact (tvm, torch)
+MAX_MANIFEST_BYTES = 16 * 2**20
 
 
 def check_writable(out: Path) -> Path:
@@ -154,33 +171,67 @@ class LoadedModel:
         return f"LoadedModel({str(self.path)!r}, backend={self.backend!r}, inputs={self.input_names})"
 
 
-def load(path: str | Path, threads: int | None = None, serving: bool = False) -> LoadedModel:
-    """Open an artifact folder: check the model files against the manifest's hashes, then compile the model
-    with the recorded backend, target and runtime options (``threads`` replaces the recorded thread count:
-    a server running several models gives each its share of the CPU quota; ``serving``: pool threads sleep
-    when idle instead of spinning, leaving the cores to the server's event loop)."""
-    from chipfit.backends import get_backend
-
-    folder = Path(path)
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of ``folder`` as a JSON object; ``ArtifactError`` naming the problem otherwise."""
     mf = folder / MANIFEST
     if not mf.is_file():
         raise ArtifactError(
             f"'{folder}' is not a chipfit artifact: {MANIFEST} is missing. Pass the --out folder of `chipfit fit`."
         )
+    if mf.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"'{mf}' is over {MAX_MANIFEST_BYTES >> 20} MiB; it is not a chipfit manifest.")
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as exc:
+        doc = json.loads(mf.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(
             f"'{mf}' is not valid JSON ({exc}); the artifact is damaged. Run `chipfit fit` again."
         ) from None
-    model = manifest.get("model", {})
-    if not manifest.get("feasible") or not model.get("file"):
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"'{mf}' holds a JSON {type(doc).__name__}, not an object; the artifact is damaged.")
+    return doc
+
+
+def inside(folder: Path, name: Any, what: str) -> Path:
+    """The resolved path of ``name`` when it is a relative path that stays inside ``folder`` (``..`` and
+    symlinks followed); ``ArtifactError`` otherwise."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ArtifactError(f"Artifact '{folder}': {what} must be a file name inside the folder, got {name!r}.")
+    root = folder.resolve()
+    target = (root / name).resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or target == root or not target.is_relative_to(root):
         raise ArtifactError(
-            f"Artifact '{folder}' holds no model: no candidate met the constraints. See its report.html and "
-            "relax the constraints."
+            f"Artifact '{folder}': {what} '{name}' points outside the artifact folder; an artifact may only name "
+            "files inside it. Use the folder `chipfit fit` wrote, unchanged."
         )
-    for name, digest in model["sha256"].items():
-        f = folder / name
+    return target
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> Path:
+    """Check that every file the manifest names is inside ``folder`` and has a sha256 entry, and that every
+    entry matches its file; the model file's path."""
+    model = manifest.get("model")
+    hashes = model.get("sha256") if isinstance(model, dict) else None
+    if (
+        not isinstance(model, dict)
+        or not isinstance(hashes, dict)
+        or not all(isinstance(v, str) for v in hashes.values())
+    ):
+        raise ArtifactError(f"Artifact '{folder}': {MANIFEST} has no model.sha256 table; the artifact is damaged.")
+    options = manifest.get("runtime_options") or {}
+    if not isinstance(options, dict):
+        raise ArtifactError(f"Artifact '{folder}': runtime_options in {MANIFEST} must be an object.")
+    named = {"model.file": model.get("file")} | {
+        f"runtime_options.{k}": options[k] for k in FILE_OPTIONS if options.get(k)
+    }
+    for what, name in named.items():
+        inside(folder, name, what)
+        if name not in hashes:
+            raise ArtifactError(
+                f"Artifact '{folder}': {what} '{name}' has no sha256 entry in {MANIFEST}; every file an artifact "
+                "names must have one. Re-run `chipfit fit` to produce a complete artifact."
+            )
+    for name, digest in hashes.items():
+        f = inside(folder, name, "a model.sha256 entry")
         if not f.is_file():
             raise ArtifactError(f"Artifact '{folder}' lacks '{name}', which its manifest lists.")
         actual = sha256_file(f)
@@ -189,19 +240,67 @@ def load(path: str | Path, threads: int | None = None, serving: bool = False) ->
                 f"'{f}' does not match the sha256 in {MANIFEST} (expected {digest[:12]}…, got {actual[:12]}…): "
                 "the model was changed after it was measured. Re-run `chipfit fit` to produce a fresh artifact."
             )
-    backend = get_backend(manifest["backend"])
+    return inside(folder, model["file"], "model.file")
+
+
+def check_backend(name: Any, folder: Path) -> str:
+    """``name`` when it is a built-in backend or an opted-in plug-in (``CHIPFIT_BACKENDS``,
+    ``chipfit.backends.register_backend``); nothing is imported before this check passes."""
+    from chipfit.backends import BUILTIN, PLUGINS_ENV, is_registered
+
+    if not isinstance(name, str) or not name:
+        raise ArtifactError(f"Artifact '{folder}': its manifest names no backend (got {name!r}); it is damaged.")
+    if is_registered(name):
+        return name
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    raise ArtifactError(
+        f"Artifact '{folder}' names backend '{shown}', which is not a built-in backend ({', '.join(BUILTIN)}) nor "
+        "an opted-in plug-in. A plug-in backend is imported (running its code) only when trusted: set "
+        f"{PLUGINS_ENV}={shown} (comma-separated) or call chipfit.backends.register_backend('{shown}') first."
+    )
+
+
+def load(path: str | Path, threads: int | None = None, serving: bool = False) -> LoadedModel:
+    """Open an artifact folder: check that every file the manifest names is inside the folder and matches its
+    sha256, and that the backend is a built-in one or an opted-in plug-in (``$CHIPFIT_BACKENDS``), then
+    compile the model with the recorded backend, target and runtime options (``threads`` replaces the recorded
+    thread count: a server running several models gives each its share of the CPU quota; ``serving``: pool
+    threads sleep when idle instead of spinning, leaving the cores to the server's event loop)."""
+    from chipfit.backends import get_backend
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    model = manifest.get("model")
+    if not manifest.get("feasible") or not isinstance(model, dict) or not model.get("file"):
+        raise ArtifactError(
+            f"Artifact '{folder}' holds no model: no candidate met the constraints. See its report.html and "
+            "relax the constraints."
+        )
+    model_path = verify_files(folder, manifest)
+    name = check_backend(manifest.get("backend"), folder)
+    backend = get_backend(name)
     reason = backend.unavailable_reason()
     if reason:
         from chipfit.errors import BackendUnavailableError
 
-        raise BackendUnavailableError(f"Artifact '{folder}' needs backend '{manifest['backend']}': {reason}")
+        raise BackendUnavailableError(f"Artifact '{folder}' needs backend '{name}': {reason}")
     try:
         options = dict(manifest.get("runtime_options") or {})
         if threads is not None:
             options["threads"] = int(threads)  # every backend's thread count (ONNX Runtime: over intra-op's)
         if serving:
             options["allow_spinning"] = False  # a backend with spinning pool threads turns it off; others ignore it
-        exe = backend.compile(folder / model["file"], manifest.get("target") or "cpu", options)
+        target = manifest.get("target") or "cpu"
+        if not isinstance(target, str):
+            raise ArtifactError(f"Artifact '{folder}': target in {MANIFEST} must be a string, got {target!r}.")
+        exe = backend.compile(model_path, target, options)
+    except ChipfitError:
+        raise
     except ValueError as exc:  # e.g. a module compiled for another architecture
         raise ArtifactError(f"Artifact '{folder}' cannot run here: {exc}.") from None
+    except Exception as exc:  # a model file the backend cannot open (its hash matches a damaged manifest)
+        first = " ".join(str(exc).split())[:300]
+        raise ArtifactError(
+            f"Artifact '{folder}': backend '{name}' cannot open '{model_path.name}' ({type(exc).__name__}: {first})."
+        ) from None
     return LoadedModel(exe, manifest, folder)

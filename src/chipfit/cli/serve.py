@@ -44,7 +44,20 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Most rows waiting per model (default 4×max-batch).")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per model (default: the CPU quota shared).")] = None,
     token: Annotated[
-        str | None, typer.Option(envvar="CHIPFIT_SERVE_TOKEN", help="Require 'Authorization: Bearer TOKEN' (or env).")
+        str | None,
+        typer.Option(
+            envvar="CHIPFIT_SERVE_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' on all but /healthz and /readyz. Prefer the env var: "
+            "argv shows in ps.",
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHIPFIT_SERVE_ADMIN_TOKEN",
+            help="Enable the admin routes (POST /v1/models/NAME/versions, /rollback), for this token only; "
+            "without it they do not exist. Prefer the env var.",
+        ),
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted.")] = 64.0,
     access_log: Annotated[bool, typer.Option(help="One JSON line per request on stderr.")] = True,
@@ -54,7 +67,9 @@ def serve(
 ) -> None:
     """Serve fitted models over HTTP with SLO-aware adaptive batching: POST /v1/models/NAME/predict with
     {"inputs": {...}} (or an .npz body). Batches grow under load only as far as the p99 SLO allows; requests
-    that cannot meet it are rejected at once (429, Retry-After). Metrics at /metrics, API docs at /docs."""
+    that cannot meet it are rejected at once (429, Retry-After). Metrics at /metrics, API docs at /docs.
+    Artifacts are checked before loading (files inside their folder with matching sha256, built-in backends;
+    CHIPFIT_BACKENDS=pkg.mod:attr trusts a third-party one)."""
     setup_logging(False)
     with user_errors():
         _serve_deps()
@@ -72,6 +87,7 @@ def serve(
             int(max_body_mb * 2**20),
             access_log,
             replicas,
+            admin_token,
         )
         if ray:
             from chipfit.serve.ray_serve import run_ray

@@ -4,16 +4,18 @@
     GET  /v1/models                      names, versions, SLO, backend, inputs
     POST /v1/models/{name}/versions      {"path": DIR[, "version": N]}: hot-load a new version, make it active
     POST /v1/models/{name}/rollback      the previous version becomes active again
+                                         (these two, the admin routes, exist only with an admin token)
     GET  /healthz, /readyz, /metrics, /openapi.json, /docs
 
 The request path is kept lean: the raw body (no pydantic model), orjson, numpy views of the rows, the model
 on its batcher's thread. Bad payloads are 400 with a message naming the problem; overload is 429 with
-Retry-After; a bearer token (``token``) guards everything but the health probes.
+Retry-After; more rows than the queue holds, or an .npz that inflates past the body limit, is 413; a bearer
+token (``token``) guards everything but the health probes, and the admin routes need ``admin_token`` (see
+``chipfit.serve.auth``).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -22,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, Response
 
+from chipfit.serve.auth import Access
 from chipfit.serve.predict_path import handle_predict
 
 __all__ = ["create_app"]
@@ -48,15 +51,21 @@ _PREDICT_DOC = {
         "200": {"description": '{"outputs": {"<output name>": [[...]]}} (or .npz when the request was .npz)'},
         "400": {"description": "malformed payload, wrong input names, shapes or dtypes"},
         "404": {"description": "no such model or version"},
-        "413": {"description": "body larger than the limit"},
+        "413": {"description": "body larger than the limit (an .npz once inflated), or more rows than the queue holds"},
         "429": {"description": "cannot meet the deadline; retry after Retry-After seconds"},
     },
 }
 
 
 def create_app(
-    registry: Any, metrics: Any, token: str | None = None, max_body_bytes: int = 64 * 2**20, log_access: bool = True
+    registry: Any,
+    metrics: Any,
+    token: str | None = None,
+    max_body_bytes: int = 64 * 2**20,
+    log_access: bool = True,
+    admin_token: str | None = None,
 ) -> Any:
+    """The app; the admin routes (``/versions``, ``/rollback``) are there only when ``admin_token`` is set."""
     app = FastAPI(title="chipfit serve", version="1", description="Models fitted by chipfit, batched to an SLO.")
     app.state.registry = registry
     app.state.metrics = metrics
@@ -99,7 +108,21 @@ def create_app(
         code, headers, body = await handle_predict(st, name, request.headers.get, request.body, max_body_bytes)
         return Response(body, status_code=code, headers={k.decode(): v.decode() for k, v in headers})
 
-    @app.post("/v1/models/{name}/versions", summary="Hot-load a new version and make it active")
+    if admin_token:
+        _admin_routes(app, st, error)
+    app.add_middleware(
+        _Front,
+        access=Access.of(token, admin_token),
+        open_paths=open_paths,
+        log_access=log_access,
+        state=st,
+        max_body=max_body_bytes,
+    )
+    return app
+
+
+def _admin_routes(app: Any, st: Any, error: Any) -> None:
+    @app.post("/v1/models/{name}/versions", summary="Hot-load a new version and make it active (admin token)")
     async def load_version(name: str, request: Request) -> Any:
         import asyncio
 
@@ -107,7 +130,9 @@ def create_app(
             doc = json.loads(await request.body() or b"{}")
             path = doc["path"]
             version = doc.get("version")
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(path, str) or not (version is None or type(version) is int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
             return error(400, 'the body must be {"path": "<artifact folder>"} (optionally "version": N).')
         try:  # loading compiles the model: off the event loop, so traffic keeps flowing meanwhile
             served = await asyncio.get_running_loop().run_in_executor(
@@ -117,17 +142,12 @@ def create_app(
             return error(400, f"could not load '{path}' as {name}: {exc}")
         return served.info(True)
 
-    @app.post("/v1/models/{name}/rollback", summary="Make the previous version active again")
+    @app.post("/v1/models/{name}/rollback", summary="Make the previous version active again (admin token)")
     async def rollback(name: str) -> Any:
         try:
             return st.registry.rollback(name).info(True)
         except KeyError as exc:
             return error(404, str(exc.args[0]))
-
-    app.add_middleware(
-        _Front, token=token, open_paths=open_paths, log_access=log_access, state=st, max_body=max_body_bytes
-    )
-    return app
 
 
 def _replica() -> dict[str, Any]:
@@ -138,16 +158,15 @@ def _replica() -> dict[str, Any]:
 
 
 class _Front:
-    """Plain ASGI in front of FastAPI: the bearer-token check, one JSON access-log line per request, and the
+    """Plain ASGI in front of FastAPI: the bearer-token checks, one JSON access-log line per request, and the
     predict path served directly (FastAPI's routing and Request/Response objects cost more per request than
     a small model's run; Starlette's ``@app.middleware("http")`` costs a task and a stream)."""
 
     def __init__(
-        self, app: Any, token: str | None, open_paths: set[str], log_access: bool, state: Any, max_body: int
+        self, app: Any, access: Access, open_paths: set[str], log_access: bool, state: Any, max_body: int
     ) -> None:
         self.app, self.open_paths, self.log_access = app, open_paths, log_access
-        self.expected = f"Bearer {token}".encode() if token else None
-        self.state, self.max_body = state, max_body
+        self.access, self.state, self.max_body = access, state, max_body
 
     async def _predict(self, scope: Any, receive: Any, send: Any, name: str) -> int:
         headers = {k: v for k, v in scope["headers"]}
@@ -183,20 +202,18 @@ class _Front:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         t0 = time.perf_counter()
-        if self.expected is not None and scope["path"] not in self.open_paths:
-            got = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(got, self.expected):
-                body = b'{"error":"missing or wrong bearer token: send Authorization: Bearer <token>."}'
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                    (b"content-length", str(len(body)).encode()),
-                ]
-                await send({"type": "http.response.start", "status": 401, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                self._log(scope, 401, t0)
-                return None
         path = scope["path"]
+        got = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        code, message = self.access.check(scope["method"], path, got, path in self.open_paths)
+        if code:
+            body = json.dumps({"error": message}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            if code == 401:
+                headers.append((b"www-authenticate", b"Bearer"))
+            await send({"type": "http.response.start", "status": code, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self._log(scope, code, t0)
+            return None
         if scope["method"] == "POST" and path.startswith("/v1/models/") and path.endswith("/predict"):
             name = path[len("/v1/models/") : -len("/predict")]
             if name and "/" not in name:

@@ -12,13 +12,19 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["NPZ", "InputSpec", "PayloadError", "decode", "encode"]
+from chipfit.serve.npz import NpzTooLarge, read_npz
+
+__all__ = ["NPZ", "InputSpec", "PayloadError", "PayloadTooLarge", "decode", "encode"]
 
 NPZ = "application/x-npz"
 
 
 class PayloadError(ValueError):
     """A request body the model cannot take (HTTP 400)."""
+
+
+class PayloadTooLarge(PayloadError):
+    """A request body over a size limit once expanded, or with more rows than a request may send (HTTP 413)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,12 @@ def _check(spec: InputSpec, arr: np.ndarray) -> None:
             raise PayloadError(f"input '{spec.name}' has {got} in dimension {i}; the model takes {spec.describe()}.")
     if arr.shape[0] < 1:
         raise PayloadError(f"input '{spec.name}' has no rows; send at least one.")
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        row = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0])
+        raise PayloadError(
+            f"input '{spec.name}' holds a value that is not a finite {spec.dtype.name} in row {row} (inf, NaN, "
+            f"or a number out of {spec.dtype.name}'s range such as 1e308); send finite numbers."
+        )
 
 
 def _from_json(spec: InputSpec, value: Any) -> np.ndarray:
@@ -58,18 +70,24 @@ def _from_json(spec: InputSpec, value: Any) -> np.ndarray:
         raise PayloadError(f"input '{spec.name}' holds fractional numbers; the model takes {spec.describe()}.")
     if spec.dtype.kind == "b" and arr.dtype.kind != "b":
         raise PayloadError(f"input '{spec.name}' must hold true/false; the model takes {spec.describe()}.")
-    return arr.astype(spec.dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # out of the dtype's range: inf, refused by _check
+        return arr.astype(spec.dtype, copy=False)
 
 
-def decode(body: bytes, content_type: str, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], int, bool]:
-    """The feeds, their row count, and whether the client sent npz (the reply uses the same format)."""
+def decode(
+    body: bytes, content_type: str, specs: list[InputSpec], max_bytes: int = 64 * 2**20
+) -> tuple[dict[str, np.ndarray], int, bool]:
+    """The feeds, their row count, and whether the client sent npz (the reply uses the same format). An .npz
+    body's members may hold ``max_bytes`` in all once inflated (checked as they inflate, not trusted from
+    their headers); over it is ``PayloadTooLarge``."""
     binary = content_type.split(";")[0].strip().lower() == NPZ
     if binary:
         try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as z:
-                raw: dict[str, Any] = {k: z[k] for k in z.files}
-        except Exception as exc:  # numpy raises several types for a damaged archive
-            raise PayloadError(f"the body is not a readable .npz archive ({type(exc).__name__}).") from None
+            raw: dict[str, Any] = read_npz(body, max_bytes)
+        except NpzTooLarge as exc:
+            raise PayloadTooLarge(f"the .npz body expands past the limit of {max_bytes} bytes: {exc}.") from None
+        except Exception as exc:  # zipfile, zlib and numpy raise several types for a damaged archive
+            raise PayloadError(f"the body is not a readable .npz archive ({type(exc).__name__}: {exc}).") from None
     else:
         try:
             doc = orjson.loads(body)

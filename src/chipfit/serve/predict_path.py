@@ -4,6 +4,7 @@ views, one await on the batcher. Returns (status, headers, body)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -12,11 +13,12 @@ from typing import Any
 import orjson
 
 from chipfit.serve.batcher import Overloaded
-from chipfit.serve.payload import PayloadError, decode, encode
+from chipfit.serve.payload import PayloadError, PayloadTooLarge, decode, encode
 
-__all__ = ["handle_predict", "json_error"]
+__all__ = ["OFF_LOOP_BYTES", "handle_predict", "json_error"]
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+OFF_LOOP_BYTES = 256 * 2**10  # a body this large is parsed on a worker thread: the event loop keeps serving
 
 
 def json_error(code: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> Reply:
@@ -54,9 +56,21 @@ async def handle_predict(
                 raise ValueError
         except ValueError:
             return json_error(400, f"X-Deadline-Ms must be a positive number of milliseconds, got {hdr!r}.")
+    ctype = header("content-type") or ""
     try:
-        feeds, rows, binary = decode(body, header("content-type") or "", served.inputs)
+        if len(body) > OFF_LOOP_BYTES:
+            feeds, rows, binary = await asyncio.to_thread(decode, body, ctype, served.inputs, max_body)
+        else:
+            feeds, rows, binary = decode(body, ctype, served.inputs, max_body)
+        if rows > served.max_rows:  # it could never be queued, however idle the server: 429 would loop forever
+            raise PayloadTooLarge(
+                f"{rows} rows are more than one request may send ({served.max_rows}, the queue's size: "
+                f"--max-queue); split them into requests of at most {served.max_rows} rows."
+            )
         outputs = await served.predict(feeds, rows, deadline)
+    except PayloadTooLarge as exc:
+        metrics.requests.labels(*labels, "413").inc()
+        return json_error(413, f"model '{served.name}': {exc}")
     except PayloadError as exc:
         metrics.requests.labels(*labels, "400").inc()
         return json_error(400, f"model '{served.name}': {exc}")

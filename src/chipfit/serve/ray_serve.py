@@ -27,7 +27,7 @@ def deploy(opts: ServeOptions, address: str | None = None, app_name: str = "chip
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": opts.host, "port": opts.port})
-    ingress = create_app(None, None, opts.token, opts.max_body_bytes, False)  # routes; state set per replica
+    ingress = create_app(None, None, opts.token, opts.max_body_bytes, False, opts.admin_token)  # state: per replica
 
     @serve.deployment(num_replicas=opts.replicas, ray_actor_options={"num_cpus": 0})
     @serve.ingress(ingress)

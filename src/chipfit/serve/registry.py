@@ -7,7 +7,6 @@ confidence reaches the threshold; the others go on to the accurate model, each t
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +92,11 @@ class Served:
     closers: list[Any] = field(default_factory=list)
     cascade: dict[str, Any] | None = None
 
+    @property
+    def max_rows(self) -> int:
+        """The most rows one request may send: what every batcher it goes through can queue."""
+        return min(b.max_queue for b in self.batchers.values())
+
     def info(self, active: bool) -> dict[str, Any]:
         b = next(iter(self.batchers.values()))
         return {
@@ -103,6 +107,7 @@ class Served:
             "backend": self.backend,
             "slo_p99_ms": self.slo_s * 1e3,
             "max_batch": b.max_batch,
+            "max_rows": self.max_rows,
             "inputs": [{"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)} for s in self.inputs],
             "outputs": self.outputs,
             "path": str(self.path),
@@ -163,39 +168,65 @@ class Registry:
         from chipfit.package import load
 
         loaded = load(path, threads=self.threads, serving=True)
-        manifest = loaded.manifest
-        run, fixed = _runner(loaded, manifest)
-        _warm_up(run, _specs(manifest)[0], min(self.max_batch, 8))
-        cap = min(self.max_batch, fixed * 8) if fixed else self.max_batch
-        hook = self.metrics.batch_hook(name, version) if self.metrics else None
-        b = AdaptiveBatcher(
-            run,
-            list(loaded.output_names),
-            self.slo_s,
-            manifest.get("batch_profile"),
-            cap,
-            self.max_queue,
-            hook,
-            f"{name}@{version}-{role}",
-        )
+        try:
+            manifest = loaded.manifest
+            run, fixed = _runner(loaded, manifest)
+            try:
+                _warm_up(run, _specs(manifest)[0], min(self.max_batch, 8))
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+                raise  # a malformed manifest: load() says so
+            except Exception as exc:
+                first = " ".join(str(exc).split())[:300]
+                raise ArtifactError(
+                    f"Artifact '{path}': the model fails on inputs of the signature its manifest records "
+                    f"({type(exc).__name__}: {first}); the artifact is damaged."
+                ) from None
+            cap = min(self.max_batch, fixed * 8) if fixed else self.max_batch
+            hook = self.metrics.batch_hook(name, version) if self.metrics else None
+            b = AdaptiveBatcher(
+                run,
+                list(loaded.output_names),
+                self.slo_s,
+                manifest.get("batch_profile"),
+                cap,
+                self.max_queue,
+                hook,
+                f"{name}@{version}-{role}",
+            )
+        except BaseException:
+            loaded.close()
+            raise
         return b, loaded.close, manifest
 
     def load(self, path: str | Path, name: str | None = None, version: int | None = None) -> Served:
-        """Load an artifact (or a cascade) as ``name@version`` and make it the active version."""
+        """Load an artifact (or a cascade) as ``name@version`` and make it the active version. A manifest is
+        checked as ``chipfit.package.load`` checks it (files inside the folder, hashes, built-in backends); one
+        that lacks what a server needs (the model's signature) is an ``ArtifactError``, never a traceback."""
         folder = Path(path)
-        mf = folder / "manifest.json"
-        if not mf.is_file():
+        try:
+            return self._load(folder, name, version)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ArtifactError(
-                f"'{folder}' is not a chipfit artifact: manifest.json is missing. Pass a --out "
-                "folder of `chipfit fit` or `chipfit cascade`."
-            )
-        top = json.loads(mf.read_text())
+                f"Artifact '{folder}': its manifest is malformed ({type(exc).__name__}: {exc}); it is damaged. "
+                "Run `chipfit fit` (or `chipfit cascade`) again."
+            ) from None
+
+    def _load(self, folder: Path, name: str | None, version: int | None) -> Served:
+        from chipfit.package import inside, read_manifest
+
+        top = read_manifest(folder)
         name = name or folder.resolve().name
         with self._lock:
             version = version or max(self.models.get(name, {0: None}), default=0) + 1  # type: ignore[arg-type]
         if top.get("kind") == "cascade":
-            fast, c1, m_fast = self._batcher(folder / top["fast"], name, version, "fast")
-            acc, c2, _ = self._batcher(folder / top["accurate"], name, version, "accurate")
+            fast_dir, acc_dir = inside(folder, top["fast"], "fast"), inside(folder, top["accurate"], "accurate")
+            fast, c1, m_fast = self._batcher(fast_dir, name, version, "fast")
+            try:
+                acc, c2, _ = self._batcher(acc_dir, name, version, "accurate")
+            except BaseException:
+                fast.close()
+                c1()
+                raise
             inputs, outputs = _specs(m_fast)
             counter = self.metrics.cascade_hook(name, version) if self.metrics else (lambda a, n: None)
             served = Served(

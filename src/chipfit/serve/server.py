@@ -3,7 +3,6 @@ the FastAPI app, uvicorn (uvloop + httptools when installed)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ class ServeOptions:
     max_body_bytes: int = 64 * 2**20
     access_log: bool = True
     replicas: int = 1
+    admin_token: str | None = None  # enables the admin routes (hot-load, rollback); never implied by ``token``
 
 
 MIN_DEFAULT_SLO_S = 0.005  # an HTTP round trip through the server costs about a millisecond on a small CPU
@@ -36,15 +36,23 @@ MIN_DEFAULT_SLO_S = 0.005  # an HTTP round trip through the server costs about a
 def default_slo_s(folder: Path) -> float:
     """The fit spec's max_p99_ms, else four times the batch-1 p99 from the profile (the accurate model's for a
     cascade), but not under 5 ms: an SLO below what one request costs the server would reject everything."""
-    m = json.loads((folder / "manifest.json").read_text())
+    from chipfit.package import inside, read_manifest
+
+    m = read_manifest(folder)
     if m.get("kind") == "cascade":
-        m = json.loads((folder / m["accurate"] / "manifest.json").read_text())
-    bound = (m.get("spec") or {}).get("max_p99_ms")
-    if bound:
-        return float(bound) / 1e3
-    prof = sorted(m.get("batch_profile") or [], key=lambda p: p["batch"])
-    if prof:
-        return max(MIN_DEFAULT_SLO_S, 4 * float(prof[0].get("p99_ms") or prof[0]["p50_ms"]) / 1e3)
+        m = read_manifest(inside(folder, m.get("accurate"), "accurate"))
+    try:
+        bound = (m.get("spec") or {}).get("max_p99_ms")
+        if bound:
+            return float(bound) / 1e3
+        prof = sorted(m.get("batch_profile") or [], key=lambda p: p["batch"])
+        if prof:
+            return max(MIN_DEFAULT_SLO_S, 4 * float(prof[0].get("p99_ms") or prof[0]["p50_ms"]) / 1e3)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(
+            f"'{folder}': the latency its manifest records is malformed ({type(exc).__name__}: {exc}); "
+            "pass --slo-p99-ms, or run `chipfit fit` again."
+        ) from None
     raise SpecError(f"'{folder}' records no latency; pass --slo-p99-ms.")
 
 
@@ -57,6 +65,11 @@ def build(opts: ServeOptions) -> tuple[Any, Any, Any]:
 
     if not opts.models:
         raise SpecError("Give at least one artifact folder to serve.")
+    if opts.admin_token and opts.admin_token == opts.token:
+        raise SpecError(
+            "--admin-token must differ from --token: the admin token loads and switches models, the other only "
+            "calls them. Pick another admin token (CHIPFIT_SERVE_ADMIN_TOKEN)."
+        )
     parsed = [parse_model_arg(a) for a in opts.models]
     for _, _, path in parsed:
         if not (path / "manifest.json").is_file():
@@ -73,7 +86,7 @@ def build(opts: ServeOptions) -> tuple[Any, Any, Any]:
     registry = Registry(slo, opts.max_batch, threads, opts.max_queue, metrics)
     for name, version, path in parsed:
         registry.load(path, name, version)
-    app = create_app(registry, metrics, opts.token, opts.max_body_bytes, opts.access_log)
+    app = create_app(registry, metrics, opts.token, opts.max_body_bytes, opts.access_log, opts.admin_token)
     return app, registry, metrics
 
 

@@ -1,15 +1,60 @@
-"""A ``chipfit serve`` process on a free loopback port, ready when constructed — for tests and benchmarks."""
+"""A ``chipfit serve`` process on a free loopback port, ready when constructed, and a minimal artifact to serve —
+for tests and benchmarks."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-__all__ = ["ManualClock", "ServeProcess", "free_port"]
+__all__ = ["ManualClock", "ServeProcess", "free_port", "minimal_artifact"]
+
+
+def minimal_artifact(model: Path, out: Path, backend: str = "onnxruntime", **manifest: Any) -> Path:
+    """An artifact folder ``out`` as ``chipfit fit`` would write it for ONNX ``model`` on ``backend`` (no
+    measurements: pass ``--slo-p99-ms`` to serve it), without measuring anything; ``manifest`` entries
+    replace the written ones (a test's tampered manifest)."""
+    import onnx
+    from onnx import helper
+
+    from chipfit.fsutil import sha256_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(model, out / "model.onnx")
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+
+    def spec(vi: Any) -> dict[str, Any]:
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        return {"name": vi.name, "dtype": str(helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": dims}
+
+    inputs = [spec(vi) for vi in graph.input if vi.name not in {i.name for i in graph.initializer}]
+    doc = {
+        "format": 1,
+        "feasible": True,
+        "model": {
+            "file": "model.onnx",
+            "sha256": {"model.onnx": sha256_file(out / "model.onnx")},
+            "source": {
+                "inputs": inputs,
+                "outputs": [spec(vi) for vi in graph.output],
+                "dynamic_batch": all(not isinstance(i["shape"][0], int) for i in inputs),
+            },
+        },
+        "backend": backend,
+        "target": "cpu",
+        "runtime_options": {"threads": 1},
+        **manifest,
+    }
+    (out / "manifest.json").write_text(json.dumps(doc, indent=2))
+    return out
 
 
 def free_port() -> int:
