@@ -3,7 +3,9 @@
 Both give the study the same three calls — start a job, poll for its outcome, kill it — so the budget
 accounting (the study charges each trial the time from its start to its outcome) is the same on one machine
 and on a cluster. Local trials start from a forkserver that has already imported torch and optuna, so a
-trial's start costs a fork, not an interpreter and a torch import.
+trial's start costs a fork, not an interpreter and a torch import. A local trial dies with the study's process,
+even one killed with SIGKILL (``measure.lifetime``): it watches a pipe the runner holds open, and on Linux the
+kernel kills it when the forkserver (which exits with the study's process) goes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 from chipfit.errors import SpecError
 from chipfit.explore.job import ProtocolError, TrialJob, TrialOutcome, dumps, load_outcome
+from chipfit.measure import lifetime
 
 __all__ = ["LocalRunner", "RayRunner", "Runner", "make_runner"]
 
@@ -43,6 +46,17 @@ def _noop() -> None:
     pass
 
 
+def _forked_trial(alive: Any, job: str) -> None:
+    """A local trial's process: it dies with its parent, the forkserver (Linux's parent-death signal; a
+    forkserver already gone means the runner is too, which the watch sees), and at end-of-file on ``alive``,
+    the runner's pipe (everywhere); then it runs the trial."""
+    from chipfit.explore.trial import run_trial_to_file
+
+    lifetime.set_parent_death_signal()
+    lifetime.watch(alive.fileno())
+    run_trial_to_file(job)
+
+
 class LocalRunner:
     name = "local"
 
@@ -51,7 +65,10 @@ class LocalRunner:
         if space_path:
             os.environ["CHIPFIT_EXPLORE_SPACE"] = str(space_path)  # read by _preload in the server
         # _preload imports the trainable, and torch (with dynamo) only when the trainable uses torch
-        self._ctx.set_forkserver_preload(["chipfit.explore.trial", "optuna", "chipfit.explore._preload"])
+        preload = ["chipfit.explore.trial", "chipfit.explore.runner", "optuna", "chipfit.explore._preload"]
+        self._ctx.set_forkserver_preload(preload)
+        # trials read end-of-file on this pipe when this process dies; nothing is ever written to it
+        self._alive_r, self._alive_w = self._ctx.Pipe(duplex=False)
         # starts the server (and its imports) now, alongside the study's set-up, and before the budget's clock
         self._warm: Any = self._ctx.Process(target=_noop)
         self._warm.start()
@@ -63,14 +80,11 @@ class LocalRunner:
             self._warm = None
 
     def start(self, job: TrialJob) -> Any:
-        from chipfit.explore.trial import run_trial_to_file
-
         fd, name = tempfile.mkstemp(prefix="chipfit-trial-", suffix=".json")
         os.close(fd)
         out = Path(name)
-        proc = self._ctx.Process(
-            target=run_trial_to_file, args=(dumps(replace(job, outcome_file=str(out))),), daemon=True
-        )
+        text = dumps(replace(job, outcome_file=str(out)))
+        proc = self._ctx.Process(target=_forked_trial, args=(self._alive_r, text), daemon=True)
         proc.start()
         return {"proc": proc, "out": out, "killed": False}
 

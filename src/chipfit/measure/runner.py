@@ -3,6 +3,10 @@
 A result file means the worker finished (ok, or failed with the exception's text). No result file means it
 died: killed by us after the timeout (``timeout``), or by a signal / nonzero exit (``failed``, with the
 signal and the last lines of its stderr; ``oom`` when those lines show an allocation failure).
+
+The worker runs in its own session (so a timeout kills its whole process group) and dies with this process
+(``measure.lifetime``): the kernel's parent-death signal on Linux, and a pipe it watches everywhere, so a
+``kill -9`` of the run leaves no worker measuring on.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chipfit.measure import lifetime
 from chipfit.measure.job import Status, WorkerJob, WorkerProtocolError, WorkerResult
 from chipfit.measure.measurement import Measurement, looks_like_oom
 
@@ -61,23 +66,33 @@ def run_worker(
     env["PYTHONPATH"] = os.pathsep.join(p for p in [src_root, *sys.path, env.get("PYTHONPATH", "")] if p)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    alive_r, alive_w = os.pipe()  # the worker reads end-of-file here when this process dies
+    env[lifetime.ALIVE_FD_ENV] = str(alive_r)
     start = time.perf_counter()
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chipfit.measure.worker", str(job_path), str(result_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env=env,
-            preexec_fn=_limit_memory(memory_limit_mb),
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
+    try:
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "chipfit.measure.worker", str(job_path), str(result_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                pass_fds=(alive_r,),
+                preexec_fn=lifetime.preexec(_limit_memory(memory_limit_mb)),
+                start_new_session=True,
+            )
+            os.close(alive_r)
+            alive_r = -1
+            try:
+                proc.wait(timeout=timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+    finally:
+        for fd in (alive_r, alive_w):
+            if fd >= 0:
+                os.close(fd)
     wall = time.perf_counter() - start
     if result_file.exists():
         _kill_group(proc)  # stray children of a finished worker

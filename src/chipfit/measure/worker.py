@@ -204,4 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from chipfit.measure.lifetime import watch
+
+    watch()  # a worker process dies with the run that started it, even one killed with SIGKILL
     sys.exit(main())

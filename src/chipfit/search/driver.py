@@ -1,6 +1,8 @@
 """The search loop: for each candidate, reuse the stored measurement or measure it in a worker, store it
 at once, and go on whatever happened. The reference candidate runs first; its outputs on the evaluation
-data become the reference for fidelity. Larger batch sizes are swept only for the fastest configurations."""
+data become the reference for fidelity. Larger batch sizes are swept only for the fastest configurations.
+Each candidate is measured holding the measurement lock of this run's cores (``measure.lock``): two runs on the
+same cores take turns instead of timing each other's load."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chipfit.measure.job import PROTOCOL, LatencyProbe, PassStep, QualityJob, SensitivityRequest, WorkerJob
+from chipfit.measure.lock import CONCURRENT_LOAD, measurement_lock
 from chipfit.measure.measurement import Measurement
 from chipfit.measure.runner import run_isolated
 from chipfit.measure.stats import TimingPolicy, probe_bar
@@ -39,6 +42,7 @@ class MeasureSettings:
     retry_failed: bool = False
     fresh: bool = False
     predict: bool = True  # measure in order of predicted promise; skip predicted wide misses of latency bounds
+    lock_wait_s: float = 600.0  # wait at most this long for another run measuring on the same cores
 
 
 @dataclass
@@ -132,11 +136,19 @@ def _measure_one(ctx: SearchContext, c: Candidate, probe: LatencyProbe | None) -
         p50 = stored.metrics.get("probe_p50_ms")
         if probe is None or p50 is None or p50 <= probe_bar(probe.beat_ms, probe.margin):
             stored = None
+    if stored is not None and stored.metrics.get(CONCURRENT_LOAD):
+        stored = None  # timed under another run's load: not a clean measurement to reuse
     if stored is not None and not (ctx.settings.retry_failed and stored.status in ("failed", "timeout", "oom")):
         return stored, "stored"
     job = ctx.job(c, probe)
     timeout = ctx.settings.timeout_s + _build_time(c)
-    m = run_isolated(job, ctx.workdir / c.id, timeout, ctx.settings.memory_limit_mb, ctx.threads)
+    home = ctx.variants_dir.parent  # chipfit's home, as the worker's job names it
+    what = f"measuring {c.id} for {ctx.workdir.parent}"
+    with measurement_lock(home, wait_s=ctx.settings.lock_wait_s, what=what) as lock:
+        m = run_isolated(job, ctx.workdir / c.id, timeout, ctx.settings.memory_limit_mb, ctx.threads)
+    if lock.note is not None:
+        m.metrics[CONCURRENT_LOAD] = True
+        m.notes.append(lock.note)
     ctx.store.put(ctx.model_sha256, c, ctx.context_hash, ctx.env, ctx.env_hash, m)
     return m, "measured"
 
