@@ -180,7 +180,7 @@ def build_spec(values: dict[str, Any], source: str | None = None) -> Spec:
             name = _shown(key) if not isinstance(key, str) or len(key) > 60 else f"'{key}'"
             raise SpecError(f"Unknown spec key {name}{where}.{hint} Allowed keys: {', '.join(Spec.model_fields)}.")
     for key, value in values.items():  # every field is one scalar: a list or mapping is refused unformatted
-        if value is not None and not isinstance(value, (str, int, float)):
+        if isinstance(value, (dict, list, tuple, set)):
             raise SpecError(f"{_label(key, source)} must be {_ALLOWED.get(key, 'valid')}; got {_shown(value)}.")
     try:
         return Spec(**values)
