@@ -75,11 +75,16 @@ def _from_json(spec: InputSpec, value: Any) -> np.ndarray:
 
 
 def decode(
-    body: bytes, content_type: str, specs: list[InputSpec], max_bytes: int = 64 * 2**20
+    body: bytes,
+    content_type: str,
+    specs: list[InputSpec],
+    max_bytes: int = 64 * 2**20,
+    max_rows: int | None = None,
 ) -> tuple[dict[str, np.ndarray], int, bool]:
     """The feeds, their row count, and whether the client sent npz (the reply uses the same format). An .npz
     body's members may hold ``max_bytes`` in all once inflated (checked as they inflate, not trusted from
-    their headers); over it is ``PayloadTooLarge``."""
+    their headers); over it, or more than ``max_rows`` rows (counted before any list becomes an array), is
+    ``PayloadTooLarge``."""
     binary = content_type.split(";")[0].strip().lower() == NPZ
     if binary:
         try:
@@ -106,6 +111,15 @@ def decode(
             + (f"; unknown {extra}" if extra else "")
             + "."
         )
+    if max_rows is not None:
+        for n in names:
+            v = raw[n]
+            rows = len(v) if isinstance(v, list) else (v.shape[0] if isinstance(v, np.ndarray) and v.ndim else 0)
+            if rows > max_rows:  # it could never be queued, however idle the server: a 429 would loop forever
+                raise PayloadTooLarge(
+                    f"{rows} rows are more than one request may send ({max_rows}, the queue's size: --max-queue); "
+                    f"split them into requests of at most {max_rows} rows."
+                )
     feeds = {}
     for s in specs:
         arr = raw[s.name]
