@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from chipfit.errors import SpecError
 from chipfit.workspace import default_home
 
@@ -119,12 +117,11 @@ def _parse(row: Any, origin: str, index: int) -> Target:
 
 
 def _read(path: Path) -> list[Target]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"--catalog: cannot read '{path}': {exc.strerror}. Pass an existing YAML file.") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"--catalog: '{path}' is not valid YAML: {exc}. Fix the file.") from None
+    from chipfit.spec import read_yaml
+
+    if not path.is_file():
+        raise SpecError(f"--catalog: cannot read '{path}': it does not exist. Pass an existing YAML file.")
+    doc = read_yaml(path, "--catalog: catalogue file")  # bounded, no aliases: a user's file is untrusted
     rows = doc.get("targets") if isinstance(doc, dict) else None
     if not isinstance(rows, list):
         raise SpecError(f"--catalog: '{path}' needs a top-level 'targets:' list (see the bundled catalog.yaml).")
