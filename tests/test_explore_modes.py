@@ -209,8 +209,8 @@ def _recipe_files(tmp_path: Path) -> None:
         opt.zero_grad()
         nn.functional.cross_entropy(teacher(xt), yt).backward()
         opt.step()
-    torch.save(teacher, tmp_path / "teacher.pt")
-    torch.save(teacher[:2], tmp_path / "backbone.pt")  # a feature extractor: its first layer and activation
+    torch.jit.save(torch.jit.script(teacher), tmp_path / "teacher.pt")  # a torch.save pickle needs --trust-pickle
+    torch.jit.save(torch.jit.script(teacher[:2]), tmp_path / "backbone.pt")  # its first layer and activation
     torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pkl")
     (tmp_path / "teacher_model.py").write_text(
         "from torch import nn\n\ndef build(cfg):\n"

@@ -169,18 +169,23 @@ def load_model(
     *,
     input_names: list[str] | None = None,
     home: Path | None = None,
+    trust_pickle: bool = False,
 ) -> Model:
     """Ingest a model from an .onnx file, a .pt2 ExportedProgram, or a torch.nn.Module + example inputs.
 
     Torch sources are exported to ONNX with a dynamic batch dimension: ``torch.onnx.export(dynamo=True)``
     first and, if that fails, the TorchScript exporter (the reason is kept in ``Model.notes``).
+
+    A .pt2 whose loading could run code from the file (pickled weights or objects, compiled code, code in its
+    shape expressions or guards) is refused with a ModelError unless ``trust_pickle``: pass True only for a
+    file from someone you trust, since loading it then runs that code.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.suffix in (".pt2", ".pt", ".pth") and path.exists():
             from chipfit import torch_export
 
-            exported, notes = torch_export.export_saved_program(path)
+            exported, notes = torch_export.export_saved_program(path, trust_pickle=trust_pickle)
             stored = _store_exported(exported, home)
             shutil.rmtree(exported.parent, ignore_errors=True)
             return _load_onnx(stored, f"exported program {path}", notes=notes)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -22,8 +21,18 @@ from typing import Any
 import numpy as np
 
 from chipfit.errors import BackendUnavailableError, ModelError
+from chipfit.pt2_check import TRUST_HINT, load_checked
 
-__all__ = ["RTOL", "SCALE_ATOL", "export_module", "export_saved_program", "is_torch_module", "verify_export"]
+__all__ = [
+    "RTOL",
+    "SCALE_ATOL",
+    "TRUST_HINT",
+    "export_module",
+    "export_saved_program",
+    "is_torch_module",
+    "load_exported_program",
+    "verify_export",
+]
 
 RTOL = 1e-3  # per element, relative to the module's own output
 SCALE_ATOL = 1e-4  # per element, relative to the largest magnitude of that output (float32 reassociation)
@@ -169,16 +178,24 @@ def _save_program(module: Any, args: tuple[Any, ...], dyn_shapes: Any, onnx_path
         notes.append(f"torch.export failed ({_short(exc)}); the torch backend cannot run this model.")
 
 
-def export_saved_program(path: Path) -> tuple[Path, list[str]]:
+def _archive_reader() -> Any:
+    try:
+        from torch.export.pt2_archive._package import PT2ArchiveReader
+    except ImportError:  # another torch: the archive cannot be checked, so it is refused
+        return None
+    return PT2ArchiveReader
+
+
+def load_exported_program(path: Path, *, trust_pickle: bool = False) -> Any:
+    """``torch.export.load`` of a user's file, refusing (ModelError) an archive whose loading could run code
+    from it unless ``trust_pickle`` (see chipfit.pt2_check)."""
+    return load_checked(_torch(), _archive_reader(), path, trust_pickle)[0]
+
+
+def export_saved_program(path: Path, *, trust_pickle: bool = False) -> tuple[Path, list[str]]:
     """Export a saved ExportedProgram (torch.export.save) to ONNX; its own dynamic shapes are kept."""
     torch = _torch()
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as exc:
-        raise ModelError(
-            f"Model file '{path}' is not a loadable ExportedProgram ({_short(exc)}). "
-            "Save it with torch.export.save(torch.export.export(model, args), path)."
-        ) from None
+    ep, blob = load_checked(torch, _archive_reader(), path, trust_pickle)
     out = Path(tempfile.mkdtemp(prefix="chipfit-export-")) / "model.onnx"
     try:
         with warnings.catch_warnings():
@@ -189,7 +206,7 @@ def export_saved_program(path: Path) -> tuple[Path, list[str]]:
     example = getattr(ep, "example_inputs", None)  # (args, kwargs) as exported, in torch >= 2.5
     if example and example[0] and not example[1]:
         verify_export(ep.module(), out, example[0])
-    shutil.copy2(path, out.with_suffix(".pt2"))
+    out.with_suffix(".pt2").write_bytes(blob)  # the bytes checked, not the file again
     return out, []
 
 

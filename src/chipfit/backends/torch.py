@@ -5,6 +5,7 @@ table shows whether leaving PyTorch pays at all. torch is imported in this modul
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,7 +101,12 @@ class TorchBackend:
             )
         if "threads" in options:
             torch.set_num_threads(int(options["threads"]))
-        fn: Any = torch.export.load(str(program)).module()
+        from chipfit.pt2_check import load_checked
+
+        reader: Any = None  # another torch without it: the archive cannot be checked, so it is refused
+        with contextlib.suppress(ImportError):
+            from torch.export.pt2_archive._package import PT2ArchiveReader as reader
+        fn: Any = load_checked(torch, reader, program)[0].module()  # it may sit beside a user's .onnx: checked
         mode = options.get("mode", "eager")
         if mode == "compile":
             fn = torch.compile(fn, mode=options.get("compile_mode") or None, dynamic=False)

@@ -23,6 +23,15 @@ Predict = Annotated[
         rich_help_panel="Measurement",
     ),
 ]
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="DANGEROUS: load model files that hold pickles or other code (a .pt2 with pickled weights, a "
+        "torch.save'd module, an old-format checkpoint). Loading such a file RUNS CODE FROM IT: use only for "
+        "files from someone you trust. Off by default; no server route ever honours it.",
+    ),
+]
 MaxEnergy = Annotated[
     float | None,
     typer.Option(

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from chipfit.cli.args import TrustPickle
 from chipfit.cli.common import app, err_console, out_console, setup_logging, user_errors
 
 
@@ -77,6 +78,7 @@ def explore(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print budget, spent, unit, spent_usd, trials, winner.")
     ] = False,
+    trust_pickle: TrustPickle = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Explore many configurations of a model within a budget, stopping bad ones early (ASHA). Each trial runs
@@ -133,6 +135,7 @@ def explore(
             seed=seed,
             max_trials=max_trials,
             callback=progress,
+            trust_pickle=trust_pickle,
         )
         summary = result.to_dict()
         if out is not None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chipfit.cli.args import MaxCost, MaxEnergy, Predict, ints, passes_list, words
+from chipfit.cli.args import MaxCost, MaxEnergy, Predict, TrustPickle, ints, passes_list, words
 from chipfit.cli.common import app, err_console, out_console, setup_logging, user_errors
 from chipfit.errors import ChipfitError
 
@@ -218,6 +218,7 @@ def fit(
         bool, typer.Option(help="Ignore stored results and measure everything again.", rich_help_panel="Measurement")
     ] = False,
     predict: Predict = True,
+    trust_pickle: TrustPickle = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
 ) -> None:
     """Measure variants of MODEL on this machine and deliver the best one that meets the constraints.
@@ -285,6 +286,7 @@ def fit(
                 settings=settings,
                 store=store,
                 callback=callback,
+                trust_pickle=trust_pickle,
                 **overrides,
             )
         if json_out:

@@ -32,8 +32,11 @@ __all__ = [
     "schema_fingerprint",
 ]
 
-TRIAL_PROTOCOL = 2  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome
-SCHEMAS = {2: "19c341d30843d029"}  # TRIAL_PROTOCOL -> schema_fingerprint(); a test keeps them in step
+TRIAL_PROTOCOL = 3  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle
+SCHEMAS = {
+    2: "19c341d30843d029",
+    3: "06c6deaef8206bc6",
+}  # TRIAL_PROTOCOL -> schema_fingerprint(); a test keeps them in step
 TrialStatus = Literal["complete", "pruned", "stopped", "rejected", "fail"]
 _STATUSES: tuple[str, ...] = ("complete", "pruned", "stopped", "rejected", "fail")
 
@@ -90,6 +93,7 @@ class TrialJob:
     export: bool = False  # export the trained model to ONNX next to the checkpoint
     prune: bool = True  # ASHA on (else every trial runs to the end)
     outcome_file: str | None = None  # the local runner's: where the child writes its outcome
+    trust_pickle: bool = False  # model files and checkpoints may be unpickled (runs code from them)
 
     def __post_init__(self) -> None:
         if self.threads < 1:

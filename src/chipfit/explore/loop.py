@@ -40,6 +40,7 @@ class LoopSettings:
     export: bool = False
     prune: bool = True
     poll_s: float = 0.05
+    trust_pickle: bool = False  # trials may load pickled model files and checkpoints (runs code from them)
 
 
 @dataclass
@@ -174,6 +175,7 @@ def _start(
         bound=s.bound,
         export=s.export,
         prune=s.prune,
+        trust_pickle=s.trust_pickle,
     )
     if sched is not None:
         sched.assign(trial.number, s.threads)

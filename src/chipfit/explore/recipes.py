@@ -18,8 +18,10 @@ labels and on the teacher's softened outputs: loss = α·T²·KL(softmax(t/T) �
     params: {temperature: ..., alpha: ..., lr: ...}
 
 ``data`` returns ``(x_train, y_train, x_val, y_val)`` (arrays or tensors, integer class labels). Model files
-are ``torch.save(module)`` pickles, TorchScript, or ``torch.export`` programs (``.pt2``). Both recipes train
-epoch by epoch up to the resource, report validation accuracy, checkpoint, and resume from the checkpoint.
+are ``torch.export`` programs (``.pt2``), TorchScript, or ``torch.save(module)`` pickles (these only with
+``--trust-pickle``: unpickling runs code from the file); a teacher checkpoint is loaded with ``weights_only``.
+Both recipes train epoch by epoch up to the resource, report validation accuracy, checkpoint, and resume from
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -30,21 +32,30 @@ from typing import Any
 __all__ = ["distill", "finetune", "load_module"]
 
 
-def load_module(path: str | Path) -> Any:
-    """A torch module from a file: ``.pt2`` (torch.export), TorchScript, or a pickled ``nn.Module``."""
+def load_module(path: str | Path, *, trust_pickle: bool = False) -> Any:
+    """A torch module from a file: ``.pt2`` (torch.export, checked like fit's: one that holds pickles or code is
+    refused), TorchScript, or a pickled ``nn.Module`` (``torch.save(module)``), which is loaded only with
+    ``trust_pickle`` since unpickling it runs code from the file."""
     import torch
 
     from chipfit.errors import SpecError
+    from chipfit.torch_export import TRUST_HINT, load_exported_program
 
     p = Path(path)
     if not p.is_file():
-        raise SpecError(f"Model file '{p}' does not exist. Save one with torch.save(module, path).")
+        raise SpecError(f"Model file '{p}' does not exist. Save one with torch.export.save or torch.jit.save.")
     if p.suffix == ".pt2":
-        return torch.export.load(str(p)).module()
+        return load_exported_program(p, trust_pickle=trust_pickle).module()
     try:
         return torch.jit.load(str(p))
     except RuntimeError:
-        module = torch.load(str(p), weights_only=False)  # the user's own file: a pickled module
+        if not trust_pickle:
+            raise SpecError(
+                f"Model file '{p}' is refused: it is not TorchScript or a torch.export program, so it is a pickle "
+                "(torch.save(module)), and unpickling it runs code from the file. Save the module with "
+                f"torch.export.save (.pt2) or torch.jit.save instead. {TRUST_HINT}"
+            ) from None
+        module = torch.load(str(p), weights_only=False)  # the user trusts the file: a pickled module
     if not isinstance(module, torch.nn.Module):
         raise SpecError(f"'{p}' holds a {type(module).__name__}, not a torch.nn.Module. Save the module itself.")
     return module
@@ -97,7 +108,7 @@ def finetune(ctx: Any) -> Any:
     sec = _section(ctx, "finetune")
     torch.manual_seed(ctx.number)
     data = _tensors(ctx, sec["data"])
-    backbone = load_module(ctx.space.path.parent / sec["backbone"])
+    backbone = load_module(ctx.space.path.parent / sec["backbone"], trust_pickle=ctx.job.trust_pickle)
     for p in backbone.parameters():
         p.requires_grad_(False)
     unfreeze = int(ctx.config.get("unfreeze", sec.get("unfreeze", 0)))
@@ -124,12 +135,11 @@ def finetune(ctx: Any) -> Any:
 
 
 def _teacher(ctx: Any, spec: Any) -> Any:
-    import pickle
-
     from chipfit.errors import SpecError
+    from chipfit.explore.checkpoint import read_checkpoint
 
     if isinstance(spec, str):
-        return load_module(ctx.space.path.parent / spec)
+        return load_module(ctx.space.path.parent / spec, trust_pickle=ctx.job.trust_pickle)
     if not isinstance(spec, dict) or not {"checkpoint", "model"} <= set(spec):
         raise SpecError(
             f"'distill.teacher' in {ctx.space.path} must be a model file or {{checkpoint: c.pkl, model: "
@@ -137,13 +147,7 @@ def _teacher(ctx: Any, spec: Any) -> Any:
         )
     module = ctx.resolve(spec["model"])(dict(spec.get("config") or {}))
     path = ctx.space.path.parent / spec["checkpoint"]
-    try:  # a trial's checkpoint (ctx.checkpoint pickles), or a torch.save file
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-    except pickle.UnpicklingError:
-        import torch
-
-        state = torch.load(path, weights_only=False)
+    state = read_checkpoint(path, trust_pickle=ctx.job.trust_pickle)  # a trial's checkpoint, or torch.save(...)
     module.load_state_dict(state["model"] if isinstance(state, dict) and "model" in state else state)
     return module
 

@@ -109,9 +109,11 @@ def explore(
     max_trials: int | None = None,
     callback: Callback | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    trust_pickle: bool = False,
 ) -> ExploreResult:
     """Run (or resume) the study of ``space_path`` until the budget (or the deadline) is spent, or the study
-    holds ``max_trials`` trials."""
+    holds ``max_trials`` trials. ``trust_pickle`` lets the trials load backbone/teacher files and checkpoints
+    that hold pickles: dangerous, loading them runs code from them."""
     import optuna
 
     from chipfit.explore.constraint import prepare_bound
@@ -162,6 +164,7 @@ def explore(
             bound=bound,
             export=(out is not None or bound is not None) and bool(space.deploy),
             prune=prune,
+            trust_pickle=trust_pickle,
         )
         sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
         stopped_by = run_loop(

@@ -18,17 +18,25 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chipfit.explore.checkpoint import read_checkpoint
 from chipfit.explore.clock import SYSTEM_CLOCK, Clock
 from chipfit.explore.job import TrialJob, TrialOutcome, dumps, load_job
 
-__all__ = ["BudgetStop", "Rejected", "TrialContext", "run_trial", "run_trial_json", "run_trial_to_file"]
+__all__ = [
+    "BudgetStop",
+    "Rejected",
+    "TrialContext",
+    "read_checkpoint",
+    "run_trial",
+    "run_trial_json",
+    "run_trial_to_file",
+]
 
 
 class BudgetStop(Exception):
@@ -95,11 +103,14 @@ class TrialContext:
         self._apply_threads()
 
     def checkpoint(self, state: Any) -> Path:
-        """Save ``state`` (anything picklable; torch state_dicts included) as this trial's checkpoint."""
+        """Save ``state`` as this trial's checkpoint, with ``torch.save``. It is read back with
+        ``weights_only=True``: tensors, numbers, strings and containers of them (state_dicts, optimizer
+        states) come back; another object needs ``--trust-pickle`` to be read."""
+        import torch
+
         self._ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._ckpt.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            pickle.dump(state, f)
+        torch.save(state, tmp)
         os.replace(tmp, self._ckpt)
         return self._ckpt
 
@@ -107,8 +118,7 @@ class TrialContext:
         """The last checkpoint of this trial, or None."""
         if not self._ckpt.exists():
             return None
-        with open(self._ckpt, "rb") as f:
-            return pickle.load(f)
+        return read_checkpoint(self._ckpt, trust_pickle=self.job.trust_pickle)
 
     # -- internals -------------------------------------------------------------------------------------------
     def _apply_threads(self) -> None:
