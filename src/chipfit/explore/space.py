@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from chipfit.errors import SpecError
 
 __all__ = ["ExploreSpace", "load_space"]
@@ -137,10 +135,9 @@ def load_space(path: str | Path) -> ExploreSpace:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"Search space file '{p}' does not exist. Pass a YAML file (see examples/explore/space.yaml).")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise _bad(p, f"not valid YAML: {exc}. Fix the syntax.") from None
+    from chipfit.spec import read_yaml
+
+    doc = read_yaml(p, "Search space file")  # bounded, no aliases: formatting a value below cannot explode
     if not isinstance(doc, dict):
         raise _bad(p, "must be a mapping with trainable, metric, resource and params.")
     for key in ("trainable", "metric", "resource", "params"):
