@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from chipfit.cli.fit_table import fit_table, fmt, p99_text
 from chipfit.measure.stats import MIN_P99_SAMPLES
 from chipfit.search.select import quality_floor_text
 
 if TYPE_CHECKING:
     from chipfit.pipeline import FitResult
     from chipfit.search.driver import Callback
-    from chipfit.search.select import CandidateResult
 
 __all__ = ["fit_progress", "print_fit_result"]
 
@@ -55,10 +54,6 @@ def fit_progress(console: Console, enabled: bool = True) -> Iterator[Callback | 
         yield callback
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-
 def _print_mixed_precision(console: Console, report: dict[str, Any] | None) -> None:
     if not report:
         return
@@ -68,8 +63,8 @@ def _print_mixed_precision(console: Console, report: dict[str, Any] | None) -> N
         cost = step["p50_cost_ms"]
         cost_s = f"{cost:+.3g} ms" if cost is not None else "–"
         console.print(
-            f"  keep {step['kept_fp32']} in fp32 (+ {added}): {step['status']}, p50 {_f(step['p50_ms'])} ms "
-            f"({cost_s}), quality {_f(step['quality'], 4)}{' [green]feasible[/]' if step['feasible'] else ''}",
+            f"  keep {step['kept_fp32']} in fp32 (+ {added}): {step['status']}, p50 {fmt(step['p50_ms'])} ms "
+            f"({cost_s}), quality {fmt(step['quality'], 4)}{' [green]feasible[/]' if step['feasible'] else ''}",
             soft_wrap=True,
         )
     console.print(f"  → {report['outcome']}", soft_wrap=True)
@@ -77,54 +72,10 @@ def _print_mixed_precision(console: Console, report: dict[str, Any] | None) -> N
 
 def print_fit_result(console: Console, result: FitResult) -> None:
     qname = "accuracy" if result.reference and result.reference.metric("accuracy") is not None else "fidelity"
-    table = Table(title=f"{len(result.candidates)} candidates", title_justify="left", header_style="bold")
-    left = ("variant", "options", "status", "feasible")
-    for col in (
-        "variant",
-        "options",
-        "batch",
-        "status",
-        "p50 ms",
-        "p99 ms",
-        "n",
-        "thr/s",
-        "$/1M",
-        "peak MB",
-        qname,
-        "feasible",
-    ):
-        table.add_column(col, justify="left" if col in left else "right", no_wrap=col in ("variant", "options"))
-    pareto = {p.candidate.id for p in result.pareto}
-    for r in result.candidates:
-        if r.source == "skipped":
-            continue
-        feas = (
-            "[green]yes[/]"
-            if r.feasible
-            else ("[red]" + ",".join(v.constraint for v in r.violations) + "[/]" if r.measurement.ok else "–")
-        )
-        style = "bold yellow" if result.winner and r.candidate.id == result.winner.candidate.id else None
-        name = r.candidate.pass_label() + (" ◆" if r.candidate.id in pareto else "")
-        opts = f"{r.candidate.backend} {r.candidate.option_label()}"
-        st = r.measurement.status
-        status = st if st in ("ok", "pruned") else f"[red]{st}[/]"
-        p50 = _f(r.metric("p50_ms")) if st != "pruned" else f"[dim]~{_f(r.metric('probe_p50_ms'))}[/]"
-        table.add_row(
-            name,
-            opts,
-            str(r.candidate.batch),
-            status,
-            p50,
-            _p99(r),
-            _f(r.metric("samples")),
-            _f(r.metric("throughput"), 4),
-            _f(r.metric("usd_per_1m")),
-            _f(r.metric("peak_memory_mb")),
-            _f(r.quality(), 4),
-            feas,
-            style=style,
-        )
+    table, hidden = fit_table(result, console.width, qname)
     console.print(table)
+    if hidden:
+        console.print(f"[dim]not shown at this width: {', '.join(hidden)} (in --json and report.html)[/]")
     if any(r.p99_reliable is False for r in result.candidates if r.source != "skipped"):
         console.print(
             f"[dim]p99* = from fewer than {MIN_P99_SAMPLES} samples (the time cap stopped the timing): not reliable[/]"
@@ -152,15 +103,15 @@ def print_fit_result(console: Console, result: FitResult) -> None:
         speed = ""
         if ref and ref.metric("p50_ms") and w.candidate.id != ref.candidate.id:
             speed = (
-                f"\n  (the backend's default session, measured in its own worker: p50 {_f(ref.metric('p50_ms'))} ms)"
+                f"\n  (the backend's default session, measured in its own worker: p50 {fmt(ref.metric('p50_ms'))} ms)"
             )
         console.print(
             f"\n[bold green]winner[/] ({result.spec.objective}): {w.candidate.label()}\n"
-            f"  p50 {_f(w.metric('p50_ms'))} ms · p99 {_p99(w)} ms · "
-            f"{_f(w.metric('throughput'), 4)}/s · "
-            f"peak {_f(w.metric('peak_memory_mb'))} MB · {qname} {_f(w.quality(), 4)}{speed}\n"
-            f"  ${_f(w.metric('usd_per_1m'))} per 1M inferences on {w.metric('cost_target') or 'this machine'} · "
-            f"{_f(w.metric('energy_mj'))} mJ per inference ({w.metric('energy_method') or 'not known'})"
+            f"  p50 {fmt(w.metric('p50_ms'))} ms · p99 {p99_text(w)} ms · "
+            f"{fmt(w.metric('throughput'), 4)}/s · "
+            f"peak {fmt(w.metric('peak_memory_mb'))} MB · {qname} {fmt(w.quality(), 4)}{speed}\n"
+            f"  ${fmt(w.metric('usd_per_1m'))} per 1M inferences on {w.metric('cost_target') or 'this machine'} · "
+            f"{fmt(w.metric('energy_mj'))} mJ per inference ({w.metric('energy_method') or 'not known'})"
         )
         for caveat in w.caveats:
             console.print(f"[yellow]  caution:[/] {caveat}", soft_wrap=True)
@@ -176,11 +127,6 @@ def print_fit_result(console: Console, result: FitResult) -> None:
             f"artifact: {result.out_dir}/ (manifest.json, results.jsonl, report.html"
             + (", model)" if result.winner else ")")
         )
-
-
-def _p99(r: CandidateResult) -> str:
-    """The p99, marked * when it comes from fewer than MIN_P99_SAMPLES samples."""
-    return _f(r.metric("p99_ms")) + ("*" if r.p99_reliable is False else "")
 
 
 def _local_note() -> str:
