@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -231,3 +232,58 @@ def test_ingest_and_the_export_check_leave_the_module_in_its_training_mode() -> 
     frozen = _Net().eval()
     load_model(frozen, (torch.randn(2, 1, 8, 8),))
     assert not frozen.training  # and a module in eval mode stays there
+
+
+def test_a_one_row_example_keeps_the_dynamic_batch_in_onnx_and_for_the_torch_backend() -> None:
+    from chipfit.backends.torch import program_path
+    from chipfit.torch_export import load_exported_program
+
+    net = _Net().eval()
+    m = load_model(net, (torch.randn(1, 1, 8, 8),))  # torch.export alone would fix the batch at 1
+    assert m.dynamic_batch and not m.notes, m.notes
+    program = load_exported_program(program_path(m.path)).module()  # what the torch backend runs
+    for rows in (1, 5):
+        x = torch.randn(rows, 1, 8, 8)
+        want = net(x).detach().numpy()
+        np.testing.assert_allclose(_ort(m.path, {"image": x.numpy()}), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(program(x).detach().numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+class _OneRowOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.view(4))  # a batch of one row at most
+
+
+def test_a_module_that_cannot_take_two_rows_is_refused_with_the_fix() -> None:
+    with pytest.raises(ModelError, match=r"_OneRowOnly fails on two rows .*make forward\(\) accept any number of rows"):
+        load_model(_OneRowOnly(), (torch.ones(1, 4),))
+
+
+def test_the_torch_backend_says_why_a_module_torch_export_refused_is_not_measured() -> None:
+    from chipfit.backends import get_backend
+
+    m = load_model(_SameEitherWay(), (torch.ones(3, 4),))  # ONNX via the TorchScript exporter; torch.export fails
+    reason = get_backend("torch").option_space(m, 1).unsuitable
+    assert reason and reason.startswith("torch: torch.export could not capture _SameEitherWay"), reason
+    assert "pass a .pt2 saved with torch.export.save" in reason and "given as ONNX" not in reason
+
+
+def test_fit_measures_the_torch_backend_for_a_module_given_a_one_row_example(
+    tmp_path: Path, fast_settings: Any, mlp_module: Any
+) -> None:
+    import chipfit
+    from chipfit.search.space import SpaceOptions
+
+    module, x = mlp_module
+    space = SpaceOptions(backends=("torch", "onnxruntime"), batch_sizes=(1,), opt_levels=("none",), passes=())
+    result = chipfit.fit(
+        module, {"input": x}, example_inputs=(x[:1],), space=space, settings=fast_settings, home=tmp_path / "home"
+    )
+    torch_rows = [r for r in result.candidates if r.candidate.backend == "torch"]
+    assert torch_rows and all(r.measurement.status == "ok" for r in torch_rows), [
+        (r.candidate.label(), r.candidate.skip, r.measurement.error) for r in torch_rows
+    ]

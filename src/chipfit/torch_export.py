@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from chipfit.backends.torch import NO_PROGRAM
 from chipfit.errors import BackendUnavailableError, ModelError
 from chipfit.pt2_check import TRUST_HINT, load_checked
 
@@ -111,6 +112,7 @@ def _export_module(module: Any, example_inputs: Any, input_names: list[str] | No
     torch = _torch()
     args = _as_tuple(example_inputs)
     names = _names(module, len(args), input_names)
+    traced_args = _two_rows(torch, module, args)  # what the exporters trace; the checks run on ``args`` too
     out = Path(tempfile.mkdtemp(prefix="chipfit-export-")) / "model.onnx"
     notes: list[str] = []
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -119,13 +121,13 @@ def _export_module(module: Any, example_inputs: Any, input_names: list[str] | No
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, args, str(out), dynamo=True, input_names=names, dynamic_shapes=dyn_shapes, verbose=False
+                module, traced_args, str(out), dynamo=True, input_names=names, dynamic_shapes=dyn_shapes, verbose=False
             )
     except Exception as exc:  # the dynamo exporter raises many types; the reason is kept
         dynamo_error = _short(exc)
     else:
         verify_export(module, out, args, input_names=names)
-        _save_program(module, args, dyn_shapes, out, notes)
+        _save_program(module, traced_args, dyn_shapes, out, notes)
         return out, notes
     notes.append(f"torch.onnx.export(dynamo=True) failed ({dynamo_error}); used the TorchScript exporter instead.")
     try:
@@ -133,7 +135,7 @@ def _export_module(module: Any, example_inputs: Any, input_names: list[str] | No
             warnings.simplefilter("always")
             torch.onnx.export(
                 module,
-                args,
+                traced_args,
                 str(out),
                 dynamo=False,
                 input_names=names,
@@ -150,8 +152,30 @@ def _export_module(module: Any, example_inputs: Any, input_names: list[str] | No
     if traced:
         notes.append(f"the TorchScript exporter warned: {traced}")
     verify_export(module, out, args, input_names=names, hint=traced)
-    _save_program(module, args, dyn_shapes, out, notes)
+    _save_program(module, traced_args, dyn_shapes, out, notes)
     return out, notes
+
+
+def _two_rows(torch: Any, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The example inputs to trace: as given, or a 2-row copy when every batched input has one row.
+
+    torch.export specialises a dimension of size 1 to the constant 1 ("Constraints violated (batch)"), so a
+    one-row example would lose the dynamic batch; two copies of the row keep it, and the export is still
+    checked on the one-row example itself. A module that cannot run two rows is refused with the fix."""
+    batched = [a for a in args if a.dim() > 0]
+    if not batched or any(a.shape[0] != 1 for a in batched):
+        return args
+    two = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.dim() > 0 else a for a in args)
+    try:
+        with torch.no_grad():
+            module(*two)
+    except Exception as exc:  # the module's own error, whatever its type
+        raise ModelError(
+            f"{type(module).__name__} fails on two rows ({_short(exc)}), but chipfit exports models with a dynamic "
+            "batch dimension: make forward() accept any number of rows (e.g. x.flatten(1) rather than x.view(-1)), "
+            "or export it yourself and pass the .onnx file."
+        ) from None
+    return two
 
 
 def _tracer_warnings(caught: list[warnings.WarningMessage]) -> str:
@@ -175,7 +199,11 @@ def _save_program(module: Any, args: tuple[Any, ...], dyn_shapes: Any, onnx_path
             ep = torch.export.export(module, args, dynamic_shapes=dyn_shapes)
             torch.export.save(ep, str(onnx_path.with_suffix(".pt2")))
     except Exception as exc:
-        notes.append(f"torch.export failed ({_short(exc)}); the torch backend cannot run this model.")
+        notes.append(
+            f"{NO_PROGRAM}: torch.export could not capture {type(module).__name__} with a dynamic batch "
+            f"({_short(exc)}); to measure it with torch, make forward() traceable by torch.export or pass a .pt2 "
+            "saved with torch.export.save."
+        )
 
 
 def _archive_reader() -> Any:

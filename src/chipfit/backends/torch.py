@@ -18,10 +18,11 @@ from chipfit.backends.base import Capabilities, OptionSet
 if TYPE_CHECKING:
     from chipfit.model import Model
 
-__all__ = ["TorchBackend", "backend", "program_path"]
+__all__ = ["NO_PROGRAM", "TorchBackend", "backend", "program_path"]
 
 INSTALL = "pip install 'chipfit[torch]'"
 MODES = ("eager", "compile")
+NO_PROGRAM = "The torch backend cannot run this model"  # starts ingest's note that says why (torch_export)
 
 
 def program_path(model_path: Path, options: Mapping[str, Any] | None = None) -> Path:
@@ -124,10 +125,12 @@ class TorchBackend:
 
     def option_space(self, model: Model, cpus: int) -> OptionSet:
         if not program_path(model.path).exists():
-            return OptionSet(
-                unsuitable="torch: the model was given as ONNX; the torch backend runs models given as a "
-                "torch.nn.Module or a .pt2 ExportedProgram"
-            )
+            why = "the model was given as ONNX; the torch backend runs models given as a torch.nn.Module or a .pt2 "
+            why += "ExportedProgram"
+            for note in model.notes:  # a module that torch.export could not capture: ingest's note says why
+                if note.startswith(NO_PROGRAM):
+                    why = note[len(NO_PROGRAM) :].lstrip(":; ")
+            return OptionSet(unsuitable=f"torch: {why}")
         options = [{"mode": m, "threads": cpus} for m in MODES]
         return OptionSet(variants=[[]], options=options, reference_options=None)
 

@@ -30,16 +30,26 @@ class SpaceOptions:
 
 def _resolve_options(opts: list[dict[str, Any]], space: SpaceOptions) -> list[tuple[int, dict[str, Any]]]:
     """(index, option) with the run's tuning budget filled in where a backend asks for it; such options are
-    dropped without a budget, and so are options the space's filters exclude."""
-    out = []
+    dropped without a budget, and so are options the space's filters exclude. A backend that offers a single
+    thread count (``threads``: the machine's) runs at each of ``space.threads`` instead."""
+    out: list[tuple[int, dict[str, Any]]] = []
     for j, o in enumerate(opts):
         if "tune_trials" in o and o["tune_trials"] is None:
             if not space.tune_trials:
                 continue
             o = {**o, "tune_trials": space.tune_trials, "tune_time_s": space.tune_time_s}
-        if _keep_options(o, space):
-            out.append((j, o))
+        for opt in _with_threads(o, space):
+            if _keep_options(opt, space) and all(opt != kept for _, kept in out):
+                out.append((j, opt))
     return out
+
+
+def _with_threads(opt: dict[str, Any], space: SpaceOptions) -> list[dict[str, Any]]:
+    """``opt`` at the thread counts the space allows: a ``threads`` option outside them becomes one option
+    per allowed count (most threads first); ``intra_op_num_threads`` sweeps are filtered by ``_keep_options``."""
+    if space.threads is None or "threads" not in opt or opt["threads"] in space.threads:
+        return [opt]
+    return [{**opt, "threads": t} for t in sorted(set(space.threads), reverse=True)]
 
 
 def _keep_variant(variant: list[dict[str, Any]], space: SpaceOptions, has_levels: bool) -> bool:
@@ -56,8 +66,9 @@ def _keep_variant(variant: list[dict[str, Any]], space: SpaceOptions, has_levels
 
 def _keep_options(opt: dict[str, Any], space: SpaceOptions) -> bool:
     """Filters apply to the options a backend has; a backend without thread options is not filtered by them."""
-    if space.threads is not None and "intra_op_num_threads" in opt and opt["intra_op_num_threads"] not in space.threads:
-        return False
+    for key in ("intra_op_num_threads", "threads"):
+        if space.threads is not None and key in opt and opt[key] not in space.threads:
+            return False
     mode = opt.get("execution_mode")
     return space.execution_modes is None or mode is None or mode in space.execution_modes
 
@@ -81,7 +92,7 @@ def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]
         if opts.unsuitable:
             out.append(Candidate(name, (), {}, space.target, batches[0], skip=opts.unsuitable))
             continue
-        if opts.reference_options is not None and not out:  # the default session, the reference at batch 1
+        if opts.reference_options is not None and not any(c.reference for c in out):  # the default session, at b1
             out.extend(
                 Candidate(name, (), dict(opts.reference_options), space.target, b, reference=i == 0)
                 for i, b in enumerate(batches)
