@@ -207,6 +207,67 @@ def test_a_kill_9_loses_no_spending_and_the_resumed_run_stays_in_budget(tmp_path
     assert len(run.study.get_trials(deepcopy=False)) > 1  # the resumed run spent what was left
 
 
+def test_the_budget_is_the_studys_total_and_new_study_starts_afresh(tmp_path: Path) -> None:
+    storage = optuna.storages.InMemoryStorage()
+    clock, plan = ManualClock(), Plan(steps=6, step_s=1.0, quality=0.5)
+    with torch_threads():
+        first = run_inline(tmp_path, Budget(10, "s"), {}, plan, clock=clock, storage=storage)
+        n_first = len(first.study.get_trials(deepcopy=False))
+        again = run_inline(tmp_path, Budget(10, "s"), {}, plan, clock=clock, storage=storage)
+    # the same budget again: the study's total is spent, so the resumed run starts nothing and spends nothing
+    assert again.study.study_name == first.study.study_name
+    assert len(again.study.get_trials(deepcopy=False)) == n_first
+    assert again.meter.wall_s == pytest.approx(first.meter.wall_s, abs=0.2) and again.meter.wall_s <= 10 * 1.01
+    space = load_space(space_file(tmp_path))
+    fresh = open_study(space, storage, seed=0, prune=False, new=True)
+    assert fresh.study_name == first.study.study_name + "-2" and not fresh.trials
+    assert len(optuna.load_study(study_name=first.study.study_name, storage=storage).trials) == n_first  # kept
+    assert open_study(space, storage, seed=0, prune=False).study_name == fresh.study_name  # the newest resumes
+    assert open_study(space, storage, seed=0, prune=False, new=True).study_name.endswith("-3")
+
+
+def test_a_resume_is_announced_with_what_was_spent(tmp_path: Path) -> None:
+    from chipfit.explore.study import resume_line
+
+    meter = CostMeter(Budget(0.02, "cpu-h"), 3.6)
+    meter.device_s = 0.015 * 3600
+    line = resume_line("explore-ab12", tmp_path / "space.yaml", 511, meter, meter.spent)
+    assert line == (
+        f"resuming study explore-ab12 of {tmp_path / 'space.yaml'}: 511 trials, 0.015 cpu-h already spent of the "
+        "budget 0.02 cpu-h; --new-study starts a fresh one"
+    )
+    meter.device_s = 0.1 * 3600  # spent by earlier runs with a larger budget: nothing left, and it says why
+    assert "the budget is spent: raise --budget, the study's total" in resume_line("s", tmp_path, 1, meter, 0.1)
+    assert "$0.5 already spent of the budget $2" in resume_line("s", tmp_path, 1, CostMeter(Budget(2, "usd"), 1), 0.5)
+
+
+def test_a_winner_whose_model_is_gone_is_skipped_with_a_note(tmp_path: Path) -> None:
+    # a study from before models were kept in $CHIPFIT_HOME: its best trial's model was in a deleted --out
+    from chipfit.explore.studies import winner
+    from chipfit.explore.study import ExploreResult, _skip_gone
+
+    space = load_space(space_file(tmp_path))
+    study = open_study(space, optuna.storages.InMemoryStorage(), seed=0, prune=False)
+    kept = tmp_path / "trial-1.onnx"
+    kept.write_bytes(b"onnx")
+    for value, onnx in ((0.9, tmp_path / "gone" / "trial-0.onnx"), (0.8, kept), (0.7, None)):
+        trial = study.ask()
+        if onnx is not None:
+            trial.set_user_attr("onnx", str(onnx))
+        study.tell(trial, value)
+    result = ExploreResult(CostMeter(Budget(1, "usd"), 1.0), {}, winner(study), study.study_name, "budget", space)
+    assert result.winner is not None and result.winner["trial"] == 0
+    _skip_gone(study, result)
+    assert result.winner is not None and result.winner["trial"] == 1 and result.winner["onnx"] == str(kept)
+    assert result.notes == [
+        f"trial 0's model {tmp_path / 'gone' / 'trial-0.onnx'} is gone (its folder was deleted); delivering "
+        "trial 1, the best whose model is still there"
+    ]
+    kept.unlink()
+    _skip_gone(study, result)
+    assert result.winner is None and result.notes[-1].endswith("delivering no trial")
+
+
 def test_asha_stops_the_laggards_at_their_rung(tmp_path: Path) -> None:
     good, bad = Plan(steps=6, step_s=1.0, quality=2.0), Plan(steps=6, step_s=1.0, quality=0.05)
     with torch_threads():
@@ -278,6 +339,7 @@ def test_a_real_run_records_failures_and_after_kill_9_the_same_command_resumes(t
     assert all(after[n] == v for n, v in before.items())  # nothing completed was lost
     assert len(study.trials) == 8 and out["stopped_by"] == "max_trials"
     assert out["unit"] == "s" and wall_killed <= out["spent"] <= 120  # the killed run's spending counted
+    assert out["resumed"] is True and wall_killed <= out["spent_before"] <= out["spent"]
     assert study.trials[0].state.name == "FAIL" and "interrupted" in study.trials[0].user_attrs["reason"]
     reasons = {t.user_attrs.get("reason", "") for t in study.trials if t.state.name == "FAIL"}
     assert any("boom in the trainable" in r for r in reasons) and any("non-finite" in r for r in reasons), reasons

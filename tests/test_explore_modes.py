@@ -178,6 +178,56 @@ def test_the_hardware_bound_rejects_before_and_after_training_and_delivers_the_w
     assert html.count("<svg") >= 3 and "Rung decisions" in html and "max p99" in html
 
 
+RESUME_SPACE = """
+trainable: trainable.py:train
+metric: accuracy
+resource: {min: 1, max: 2}
+sampler: random
+deploy:
+  model: trainable.py:model
+  inputs: {x: [1, 64]}
+  data: trainable.py:eval_data
+  spec: {time_budget: 2s}
+params:
+  hidden: {type: categorical, choices: [8, 16]}
+"""
+
+
+def test_a_resumed_study_says_so_and_delivers_after_its_first_out_folder_is_deleted(
+    tmp_path: Path, chipfit_home: Path
+) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from chipfit.cli import app
+
+    (tmp_path / "trainable.py").write_text(BOUND_TRAINABLE)
+    (tmp_path / "space.yaml").write_text(RESUME_SPACE)
+    base = ["explore", str(tmp_path / "space.yaml"), "--budget", "300s", "--store", f"sqlite:///{tmp_path}/s.db"]
+
+    def run(*args: str) -> tuple[dict, str]:  # type: ignore[type-arg]
+        result = CliRunner().invoke(app, [*base, *args, "--json"])
+        assert result.exit_code == 0, (result.output, result.exception)
+        return _strict(result.stdout), result.stderr
+
+    first, err = run("--max-trials", "1", "--out", str(tmp_path / "A"))
+    assert first["resumed"] is False and first["spent_before"] == 0 and "resuming" not in err
+    assert (tmp_path / "A" / "artifact" / "manifest.json").exists()
+    assert Path(first["winner"]["onnx"]).is_relative_to(chipfit_home / "explore")  # the study's, not in --out
+    shutil.rmtree(tmp_path / "A")  # the study's models are not there: the resumed run does not need them
+    second, err = run("--max-trials", "2", "--out", str(tmp_path / "B"))
+    assert second["study"] == first["study"] and second["resumed"] is True
+    assert second["spent_before"] == pytest.approx(first["spent"]) and second["spent"] <= 300
+    assert f"resuming study {first['study']} of {tmp_path / 'space.yaml'}: 1 trials" in err
+    assert "already spent of the budget 300 s; --new-study starts a fresh one" in err
+    assert (tmp_path / "B" / "artifact" / "manifest.json").exists() and second["artifact"].endswith("artifact")
+    assert not second["notes"] and Path(second["winner"]["onnx"]).exists()
+    fresh, err = run("--max-trials", "1", "--new-study", "--no-deliver")
+    assert fresh["study"] == first["study"] + "-2" and fresh["resumed"] is False and "resuming" not in err
+    assert sum(fresh["trials"].values()) == 1
+
+
 RECIPE_DATA = """
 import numpy as np
 import torch

@@ -32,7 +32,10 @@ def _seconds(text: str | None, flag: str) -> float | None:
 def explore(
     space: Annotated[Path, typer.Argument(help="The search space YAML (trainable, metric, resource, params).")],
     budget: Annotated[
-        str | None, typer.Option(help="200usd, 5gpu-h, 10cpu-h or wall time (2h); never exceeded.")
+        str | None,
+        typer.Option(
+            help="200usd, 5gpu-h, 10cpu-h or wall time (2h): the study's total, earlier runs included; never exceeded."
+        ),
     ] = None,
     deadline: Annotated[
         str | None,
@@ -46,7 +49,10 @@ def explore(
     ] = False,
     out: Annotated[
         Path | None,
-        typer.Option(help="Folder for checkpoints, explore.html/json and the winner's artifact (keep it to resume)."),
+        typer.Option(
+            help="Folder for explore.html/json and the winner's artifact (the study keeps its checkpoints and "
+            "models under $CHIPFIT_HOME/explore/)."
+        ),
     ] = None,
     target: Annotated[
         str | None, typer.Option(help="Catalogue target: prices the trials and is where the bound applies.")
@@ -75,6 +81,12 @@ def explore(
         int | None, typer.Option(min=1, help="Stop once the study holds this many trials (earlier runs included).")
     ] = None,
     store: Annotated[str | None, typer.Option(help="Database URL of the study (default: the results store).")] = None,
+    new_study: Annotated[
+        bool,
+        typer.Option(
+            "--new-study", help="Start a fresh study of this space (the earlier one is kept) instead of resuming it."
+        ),
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print budget, spent, unit, spent_usd, trials, winner.")
     ] = False,
@@ -83,8 +95,8 @@ def explore(
 ) -> None:
     """Explore many configurations of a model within a budget, stopping bad ones early (ASHA). Each trial runs
     in its own process (or Ray task) and is charged its measured time at the target's $/hour; the study is
-    stored, so the same command resumes after an interruption with nothing completed lost and the money spent
-    counted. With --max-p99-ms the budget goes only to models that meet it on the target, and the winner is
+    stored, so the same command resumes it (and says so) with nothing completed lost and the money spent
+    counted: --budget is the study's total; --new-study starts afresh. With --max-p99-ms the budget goes only to models that meet it on the target, and the winner is
     delivered through `fit` as a deployable artifact."""
     setup_logging(quiet)
     with user_errors():
@@ -116,6 +128,10 @@ def explore(
                 soft_wrap=True,
             )
 
+        def announce(line: str) -> None:  # a resumed study says so, on one line
+            if not quiet:
+                err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
         result = run(
             space,
             b,
@@ -136,6 +152,8 @@ def explore(
             max_trials=max_trials,
             callback=progress,
             trust_pickle=trust_pickle,
+            new_study=new_study,
+            announce=announce,
         )
         summary = result.to_dict()
         if out is not None:
@@ -182,10 +200,17 @@ def _preview(space: Path, b: Any, deadline_s: float | None, target: str | None, 
 def _print_summary(summary: dict[str, Any], metric: str, out: Path | None) -> None:
     from rich.table import Table
 
+    from chipfit.explore.study import amount
+
     t = Table(title="chipfit explore", show_header=False)
-    t.add_row(
-        "spent", f"{summary['spent']:.4g} of {summary['budget']:g} {summary['unit']} (${summary['spent_usd']:.4g})"
-    )
+    unit = summary["unit"]
+    spent = f"{amount(summary['spent'], unit)} of {amount(summary['budget'], unit)}"
+    if summary["resumed"]:
+        spent += f" ({amount(summary['spent_before'], unit)} by earlier runs of this study)"
+    if unit != "usd":
+        spent += f" · ${summary['spent_usd']:.4g}"
+    t.add_row("spent", spent)
+    t.add_row("study", summary["study"])
     t.add_row("stopped by", summary["stopped_by"])
     t.add_row("trials", ", ".join(f"{n} {s}" for s, n in sorted(summary["trials"].items())))
     w = summary["winner"]
@@ -200,6 +225,8 @@ def _print_summary(summary: dict[str, Any], metric: str, out: Path | None) -> No
         t.add_row("winner", "no trial completed")
     if summary.get("artifact"):
         t.add_row("artifact", summary["artifact"])
+    for note in summary.get("notes") or []:
+        t.add_row("note", note)
     if out is not None:
         t.add_row("report", str(out / "explore.html"))
     out_console.print(t)

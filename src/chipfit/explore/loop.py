@@ -71,8 +71,10 @@ def run_loop(
     sched: DeadlineScheduler | None,
     clock: Clock,
     callback: Callback | None = None,
+    checkpoints: Path | None = None,
 ) -> str:
-    """Run trials until the budget (or deadline, or ``max_trials``) is spent; returns what stopped it."""
+    """Run trials until the budget (or deadline, or ``max_trials``) is spent; returns what stopped it. Trials
+    keep their checkpoints and models in ``checkpoints`` (default ``work/checkpoints``)."""
     import optuna
 
     s, meter = settings, ledger.meter
@@ -80,6 +82,7 @@ def run_loop(
     n_trials = len(study.get_trials(deepcopy=False))
     stopped_by = "budget"
     spu_at, spu_measured = -math.inf, None
+    folder = checkpoints if checkpoints is not None else work / "checkpoints"
 
     def wall_left(n: int) -> float:
         """Wall seconds until the budget (or the deadline) is spent with ``n`` trials running."""
@@ -106,7 +109,7 @@ def run_loop(
             )
             more = s.max_trials is None or n_trials < s.max_trials
             if len(running) < s.concurrency and left > need and more and not (sched and sched.closed):
-                running.append(_start(study, space, runner, ledger, s, left, storage_url, work, sched, clock))
+                running.append(_start(study, space, runner, ledger, s, left, storage_url, folder, sched, clock))
                 n_trials += 1
                 if callback:
                     callback("start", running[-1], None, meter)
@@ -153,7 +156,7 @@ def _start(
     s: LoopSettings,
     left: float,
     storage_url: str,
-    work: Path,
+    folder: Path,
     sched: DeadlineScheduler | None,
     clock: Clock,
 ) -> Running:
@@ -166,7 +169,7 @@ def _start(
         storage=storage_url,
         trial_number=trial.number,
         config=config,
-        checkpoint=str((work / "checkpoints" / f"trial-{trial.number}.pkl").resolve()),
+        checkpoint=str((folder / f"trial-{trial.number}.pkl").resolve()),
         deadline=clock.time() + limit,
         threads=s.threads,
         share=s.share,

@@ -1,15 +1,33 @@
 """The Optuna study behind ``chipfit explore``, through Optuna's public API only: opening (or resuming) it,
-finding a trial by its number, and reading its trials back as the run's winner and history."""
+finding a trial by its number, and reading its trials back as the run's winner and history.
+
+A space file's studies are named after its hash: ``explore-<hash>``, then ``explore-<hash>-2``, ``-3``... for
+each ``--new-study``; a plain run resumes the newest. What a study needs beyond its database rows (checkpoints,
+exported models, the deployment data) lives in its own folder under ``$CHIPFIT_HOME/explore/``, not in a
+run's ``--out``, so a resumed study never depends on a folder that may be gone."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from chipfit.explore.space import ExploreSpace
 
-__all__ = ["history", "open_storage", "open_study", "pruner", "reopen_trial", "trial_state", "winner"]
+__all__ = [
+    "history",
+    "open_storage",
+    "open_study",
+    "pruner",
+    "reopen_trial",
+    "study_folder",
+    "study_name",
+    "trial_state",
+    "winner",
+]
 
 log = logging.getLogger("chipfit")
 INTERRUPTED = "interrupted (the run was killed); resumed"
@@ -41,16 +59,43 @@ def reopen_trial(study: Any, storage: Any, number: int) -> Any:
     return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
-def open_study(space: ExploreSpace, storage: Any, seed: int, prune: bool, now: float | None = None) -> Any:
-    """Create the study of ``space`` (named after its file's hash) or resume it: trials a killed run left
-    running are failed as interrupted, keeping what they were charged (recorded ahead: see ledger.py). A
-    running trial whose record is still current (``now``, default the wall clock) belongs to another run of
-    the same study that is alive, and is left to it."""
+def study_name(space: ExploreSpace, storage: Any, new: bool = False) -> str:
+    """The newest study of ``space`` in ``storage`` (``explore-<hash>`` if it has none), or with ``new`` the
+    name of a fresh one after it (the earlier ones are kept)."""
+    base = f"explore-{space.sha256[:16]}"
+    ours = re.compile(re.escape(base) + r"(?:-(\d+))?")
+    numbers = [
+        int(m.group(1) or 1) for s in storage.get_all_studies() if (m := ours.fullmatch(s.study_name)) is not None
+    ]
+    last = max(numbers, default=0)
+    n = last + 1 if new or not last else last
+    return base if n == 1 else f"{base}-{n}"
+
+
+def study_folder(url: str, name: str) -> Path:
+    """Where study ``name`` of the store at ``url`` keeps its checkpoints and models:
+    ``$CHIPFIT_HOME/explore/<name>`` (for another store than the default, the name is prefixed with the
+    URL's hash: two stores may hold studies of the same space)."""
+    from chipfit.store import default_url
+    from chipfit.workspace import default_home
+
+    key = name if url == default_url() else f"{hashlib.sha256(url.encode()).hexdigest()[:8]}-{name}"
+    return default_home() / "explore" / key
+
+
+def open_study(
+    space: ExploreSpace, storage: Any, seed: int, prune: bool, now: float | None = None, new: bool = False
+) -> Any:
+    """Resume the newest study of ``space`` (named after its file's hash), or create it (with ``new``, a
+    fresh one after those there are): trials a killed run left running are failed as interrupted, keeping
+    what they were charged (recorded ahead: see ledger.py). A running trial whose record is still current
+    (``now``, default the wall clock) belongs to another run of the same study that is alive, and is left to
+    it."""
     import optuna
 
     from chipfit.explore.ledger import RECORDED_UNTIL
 
-    name = f"explore-{space.sha256[:16]}"
+    name = study_name(space, storage, new)
     seeded = optuna.samplers.RandomSampler if space.sampler == "random" else optuna.samplers.TPESampler
     study = optuna.create_study(
         study_name=name,
@@ -76,11 +121,13 @@ def trial_state(t: Any) -> str:
     return str(t.state.name.lower())
 
 
-def winner(study: Any) -> dict[str, Any] | None:
-    """The best completed trial (with a bound, completed means it met the bound when checked)."""
+def winner(study: Any, usable: Any = None) -> dict[str, Any] | None:
+    """The best completed trial (with a bound, completed means it met the bound when checked); ``usable``
+    (a FrozenTrial -> bool) leaves out the trials it refuses."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = [t for t in done if usable is None or usable(t)]
     if not done:
         return None
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1

@@ -4,7 +4,10 @@ early with ASHA (Optuna's SuccessiveHalvingPruner), and never spend beyond the b
 The study lives in the results store's database (Optuna RDB storage on the same SQLAlchemy URL), named after
 the space file's hash, so the same command after ``kill -9`` resumes: completed trials and every reported
 rung are kept, the money already spent is counted (the spending is recorded in the study as it goes, ahead
-of time: see ledger.py), and trials the kill left running are marked failed ("interrupted").
+of time: see ledger.py), and trials the kill left running are marked failed ("interrupted"). The budget is
+the study's total: a resumed run spends only what earlier runs left, and says so as it starts;
+``new_study`` starts a fresh study instead (the earlier one is kept). Checkpoints and exported models live
+in the study's folder under ``$CHIPFIT_HOME/explore/`` (``studies.study_folder``), not in ``out``.
 
 Deadline mode (``deadline_s``) maximises the best trial's metric by a wall-clock deadline instead: a new
 trial starts only while the time left can train it to the end (at the measured seconds per unit), and once
@@ -17,6 +20,7 @@ import logging
 import math
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from chipfit.explore.ledger import Ledger
 from chipfit.explore.loop import STARTUP_S, Callback, LoopSettings, run_loop
 from chipfit.explore.schedule import DeadlineScheduler
 from chipfit.explore.space import ExploreSpace, load_space
-from chipfit.explore.studies import history, open_storage, open_study, trial_state, winner
+from chipfit.explore.studies import history, open_storage, open_study, study_folder, trial_state, winner
 from chipfit.hardware.detect import cpu_quota
 
 __all__ = ["ExploreResult", "explore", "preview"]
@@ -48,12 +52,17 @@ class ExploreResult:
     bound: HardwareBound | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # every trial: params, curve, state, cost
     artifact: Any = None  # the winner's FitResult when it was delivered through fit
+    resumed: bool = False  # the study had run before (its spending counts against the budget)
+    spent_before: float = 0.0  # what earlier runs of the study spent, in the budget's unit
+    notes: list[str] = field(default_factory=list)  # what the run had to work around (e.g. files gone)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.meter.to_dict()
         return {
             "budget": m["budget"],
             "spent": m["spent"],
+            "resumed": self.resumed,
+            "spent_before": self.spent_before,
             "left": m["left"],
             "unit": m["unit"],
             "spent_usd": m["spent_usd"],
@@ -63,7 +72,25 @@ class ExploreResult:
             "stopped_by": self.stopped_by,
             "bound": self.bound.public_dict() if self.bound is not None else None,
             "artifact": str(self.artifact.out_dir) if self.artifact is not None and self.artifact.out_dir else None,
+            "notes": self.notes,
         }
+
+
+def amount(value: float, unit: str) -> str:
+    """An amount in a budget's unit, as the summary prints it: $0.02, 0.005 cpu-h, 120 s."""
+    return f"${value:.4g}" if unit == "usd" else f"{value:.4g} {unit}"
+
+
+def resume_line(name: str, space_path: Path, trials: int, meter: CostMeter, spent_before: float) -> str:
+    """What a resumed run says as it starts (one line)."""
+    unit = meter.budget.unit
+    line = (
+        f"resuming study {name} of {space_path}: {trials} trials, {amount(spent_before, unit)} already spent of "
+        f"the budget {amount(meter.budget.amount, unit)}; --new-study starts a fresh one"
+    )
+    if meter.left <= 0:
+        line += " (the budget is spent: raise --budget, the study's total, to go on)"
+    return line
 
 
 def preview(space: ExploreSpace, meter: CostMeter, seconds_per_unit: float) -> dict[str, Any]:
@@ -110,10 +137,14 @@ def explore(
     callback: Callback | None = None,
     clock: Clock = SYSTEM_CLOCK,
     trust_pickle: bool = False,
+    new_study: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> ExploreResult:
     """Run (or resume) the study of ``space_path`` until the budget (or the deadline) is spent, or the study
-    holds ``max_trials`` trials. ``trust_pickle`` lets the trials load backbone/teacher files and checkpoints
-    that hold pickles: dangerous, loading them runs code from them."""
+    holds ``max_trials`` trials. The budget is the study's total: a resumed study counts what its earlier runs
+    spent, and ``announce`` (default: a warning on the ``chipfit`` logger) is told so before anything runs;
+    ``new_study`` starts a fresh study instead, keeping the earlier one. ``trust_pickle`` lets the trials load
+    backbone/teacher files and checkpoints that hold pickles: dangerous, loading them runs code from them."""
     import optuna
 
     from chipfit.explore.constraint import prepare_bound
@@ -142,9 +173,13 @@ def explore(
         Store(url)  # creates the file and its folder, with a clear error when it cannot
         work = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="chipfit-explore-"))
         bound = prepare_bound(space, tgt, tgt.name == local.name, max_p99_ms, max_memory_mb, url, work / "checks")
-        study = open_study(space, open_storage(url), seed, prune)
+        study = open_study(space, open_storage(url), seed, prune, new=new_study)
         threads = max(1, cores // concurrency)
         ledger = Ledger(study, meter, threads / cores, clock)  # what earlier runs spent is on the meter
+        trials_before, spent_before = len(study.trials), meter.spent
+        resumed = trials_before > 0 or spent_before > 0
+        if resumed:
+            (announce or log.warning)(resume_line(study.study_name, space.path, trials_before, meter, spent_before))
         if space.seconds_per_unit is not None and not study.trials:
             full = STARTUP_S + space.max_resource * space.seconds_per_unit
             if full > meter.seconds_left():
@@ -178,6 +213,7 @@ def explore(
             sched=sched,
             clock=clock,
             callback=callback,
+            checkpoints=study_folder(url, study.study_name) / "checkpoints",
         )
     finally:
         runner.close()
@@ -185,8 +221,24 @@ def explore(
     result = ExploreResult(
         meter, dict(states), winner(study), study.study_name, stopped_by, space, bound, history(study)
     )
+    result.resumed, result.spent_before = resumed, spent_before
     if deliver and out is not None and result.winner and result.winner.get("onnx"):
         from chipfit.explore.deliver import deliver_winner
 
-        result.artifact = deliver_winner(result, Path(out) / "artifact", url, tgt, deliver_backends)
+        _skip_gone(study, result)
+        if result.winner is not None:
+            result.artifact = deliver_winner(result, Path(out) / "artifact", url, tgt, deliver_backends)
     return result
+
+
+def _skip_gone(study: Any, result: ExploreResult) -> None:
+    """A trial whose exported model is gone (a study from before models were kept in ``$CHIPFIT_HOME``, its
+    ``--out`` folder deleted) cannot be delivered: the best trial whose model is still there is, with a note."""
+    best = result.winner or {}
+    if not best.get("onnx") or Path(best["onnx"]).exists():
+        return
+    result.winner = winner(study, lambda t: bool(t.user_attrs.get("onnx")) and Path(t.user_attrs["onnx"]).exists())
+    now = f"trial {result.winner['trial']}, the best whose model is still there" if result.winner else "no trial"
+    note = f"trial {best['trial']}'s model {best['onnx']} is gone (its folder was deleted); delivering {now}"
+    log.warning(note)
+    result.notes.append(note)
