@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # A local CPU build; an unpinned torch pulls GBs of CUDA packages. pyproject.toml keeps a range for users.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench lint typecheck example clean sysroot-aarch64 sysdeps
+.PHONY: demo test bench lint typecheck example clean sysroot-aarch64 sysdeps chromium screenshots
 
 # System tools the tests use: the host C++ compiler (TVM's export_library links model.so with it) and wrk (the
 # serving benchmark's load generator). Installed with apt-get when run as root (CI is); otherwise the tests that
@@ -67,6 +67,21 @@ example: $(VENV)/.dev
 # Arm modules under qemu-user; needs root for apt-get/debootstrap. Tests that need it skip without it.
 sysroot-aarch64: $(VENV)/.dev
 	PYTHON=$(BIN)/python tools/make-sysroot.sh aarch64
+
+# Headless Chromium (Debian's `chromium`) for the README's screenshots and browser tests: apt-get as root,
+# otherwise it says which command installs it.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make: chromium is not installed; install it with: sudo apt-get install chromium" >&2; exit 2; \
+	fi; \
+	echo "make: installing chromium with apt-get"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium fonts-dejavu-core >/dev/null
+
+# Full-page screenshots of report.html, recommend.html and explore.html on the bundled example, into docs/img/.
+screenshots: $(VENV)/.core chromium
+	tools/screenshots.sh
 
 clean:
 	rm -rf out .pytest_cache
