@@ -200,6 +200,7 @@ def check_after_first_report(ctx: TrialContext, module: Any) -> dict[str, Any]:
             settings=MeasureSettings(predict=False, timeout_s=60.0, option_sweep_top=0, batch_sweep_top=0),
             store=bound.store,
             home=Path(tmp),
+            progress=False,  # a check inside a trial: the explore run shows its own progress
         )
     best = min((c for c in result.candidates if c.measurement.ok), key=lambda c: c.metric("p99_ms"), default=None)
     if best is None:
