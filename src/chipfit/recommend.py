@@ -12,13 +12,14 @@ configuration by the objective among those meeting the bounds is shown; instance
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from chipfit.hardware.catalog import Target, load_catalog
 from chipfit.hardware.cost import cost_energy
 
-__all__ = ["Recommendation", "recommend"]
+__all__ = ["Recommendation", "clamp", "dominated", "measured_floor", "quota_reference", "recommend"]
 
 _OBJECTIVE_KEY = {"cost": "usd_per_1m", "latency": "p50_ms", "energy": "energy_mj", "throughput": "neg_throughput"}
 
@@ -30,9 +31,16 @@ class Recommendation:
     spec: dict[str, Any]
     fit: Any  # the local FitResult
     predictor: dict[str, Any] = field(default_factory=dict)
+    basis: dict[str, str] = field(default_factory=dict)  # said once: this machine, predictions, error bars, clamp
 
     def to_dict(self) -> dict[str, Any]:
-        return {"objective": self.objective, "spec": self.spec, "predictor": self.predictor, "targets": self.targets}
+        return {
+            "objective": self.objective,
+            "spec": self.spec,
+            "predictor": self.predictor,
+            "basis": self.basis,
+            "targets": self.targets,
+        }
 
 
 def _backends_for(target: Target) -> list[tuple[str, dict[str, Any]]]:
@@ -65,7 +73,7 @@ def _row(
         "title": target.title,
         "kind": target.kind,
         "backend": cand["backend"],
-        "variant": "+".join(p["name"] for p in cand["passes"]) or "original",
+        "variant": _variant(cand),
         "options": cand["options"],
         "batch": batch,
         "p50_ms": p50,
@@ -97,36 +105,52 @@ def recommend(
     min_throughput: float | None = None,
     objective: str = "cost",
     fit_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
     **constraints: Any,
 ) -> Recommendation:
-    """Rank catalogue targets for ``model``: this machine measured (via ``fit``), the others predicted."""
+    """Rank catalogue targets for ``model``: this machine measured (via ``fit``), the others predicted.
+    ``progress`` is called with one line per phase (and per target predicted)."""
     from chipfit.errors import SpecError
     from chipfit.hardware.local import local_target
     from chipfit.pipeline import fit
     from chipfit.predict import Predictor, model_info, predict_eval, training_rows
     from chipfit.store import Store
 
+    say = progress or (lambda _line: None)
     cat = load_catalog(catalog)
     unknown = [t for t in targets if t not in cat]
     if unknown:
         raise SpecError(f"--targets: unknown target(s) {unknown}. See `chipfit targets` for the names.")
     kw = dict(fit_kwargs or {})
     fit_objective = objective if objective in ("cost", "latency", "energy", "throughput") else "cost"
+    say("profiling: measuring candidates on this machine")
     result = fit(model, data, objective=fit_objective, **constraints, **kw)
     spec = result.spec
     store = kw.get("store") if isinstance(kw.get("store"), Store) else Store(kw.get("store"))
-    rows = training_rows(store)
+    say("reading the store's measurements (and this machine's peak rates)")
+    local, match = local_target()
+    rows = training_rows(store, local)
+    say(f"training the predictor on {len(rows)} measurements")
     predictor = Predictor().fit(rows)
-    evaluation = predict_eval(rows) if rows else {"n": 0}
+    n_models = len({r["model_hash"] for r in rows})
+    if n_models >= 2:
+        say(f"evaluating the predictor on held-out models ({n_models} models)")
+    evaluation = (
+        predict_eval(rows, progress=lambda i, k: say(f"held-out fold trained and scored ({i}/{k})"))
+        if rows
+        else {"n": 0}
+    )
     predictor.rel_error = evaluation.get("median_ape") or math.inf
     info = model_info(result.model.stats)
-    local, match = local_target()
+    ref = quota_reference(local, cat.get(match.get("match") or ""))
+    floor = measured_floor(result.candidates)
     out: list[dict[str, Any]] = []
     # this machine: the measured winner (or nearest miss), exactly as fit measured it
     best = result.winner or (result.near_misses[0] if result.near_misses else None)
     if best is not None:
         row = _row(local, best.candidate.to_dict(), best.metric("p50_ms"), best.metric("p99_ms"), spec, min_throughput)
-        row.update(source="measured", expected_error=0.0, meets=row["meets"] and best.feasible, basis=match["how"])
+        row.update(source="measured", expected_error=0.0, meets=row["meets"] and best.feasible)
+        row.update(basis="measured here", error_basis="measured here", clamped="")
         out.append(row)
     quality_ok = {}
     for r in result.candidates:  # variants whose quality met the bound here (quality does not depend on the chip)
@@ -135,7 +159,9 @@ def recommend(
     # predict only at batch sizes measured here: the correction is not extrapolated beyond them
     batches = sorted({r.candidate.batch for r in result.candidates if r.measurement.ok}) or [1]
     chosen = [cat[t] for t in targets] if targets else list(cat.values())
-    for target in chosen:
+    error_basis = _error_basis(evaluation, predictor)
+    for i, target in enumerate(chosen, 1):
+        say(f"predicting {target.name} ({i}/{len(chosen)})")
         items = [
             (info, {"backend": b, "passes": passes, "options": opts, "batch": batch}, target)
             for passes in quality_ok.values()
@@ -144,23 +170,107 @@ def recommend(
             if not (b == "openvino" and target.arch not in ("x86_64", "aarch64"))
         ]
         preds = predictor.predict_many(items)
-        candidates = [
-            _row(target, item[1], p.p50_ms, p.p99_ms, spec, min_throughput) | {"basis": p.basis}
-            for item, p in zip(items, preds, strict=True)
-        ]
+        slower = dominated(target, ref)
+        candidates = []
+        for item, p in zip(items, preds, strict=True):
+            p50, p99, note = clamp(p.p50_ms, p.p99_ms, item[1], floor) if slower else (p.p50_ms, p.p99_ms, "")
+            candidates.append(_row(target, item[1], p50, p99, spec, min_throughput) | {"clamped": note})
         if not candidates:
             continue
         fits_memory = info["param_bytes"] / 2**30 * 3 < target.memory_gb
         meeting = [c for c in candidates if c["meets"]]
         pick = min(meeting or candidates, key=lambda c: _objective_value(c, objective))
-        transfer = "calibrated on this machine's measurements; not validated on this target"
+        tag = "roofline × correction" if predictor.trained else "roofline × 3"
+        tag += ", GPU" if target.gpu else ""
+        tag += ", clamped" if pick["clamped"] else ""
         pick.update(
             source="predicted",
             expected_error=predictor.rel_error,
+            error_basis=error_basis,
             meets=pick["meets"] and fits_memory,
-            basis=f"{pick['basis']}; {transfer}" + ("" if not target.gpu else "; GPU: CPU-trained correction"),
+            basis=tag,
         )
         out.append(pick)
     out.sort(key=lambda r: (not r["meets"], _objective_value(r, objective)))
     summary = {k: evaluation.get(k) for k in ("n", "models", "within_10pct", "median_ape", "spearman")}
-    return Recommendation(out, objective, spec.model_dump(), result, {**summary, "trained_on": predictor.n_train})
+    basis = {
+        "this_machine": f"{local.title.removeprefix('this machine: ')}; {match['how']}",
+        "predicted": (
+            f"roofline × the correction learned from {predictor.n_train} measurements of this machine"
+            if predictor.trained
+            else "roofline × 3 (too few measurements to learn a correction)"
+        )
+        + "; not validated on the other targets (on a GPU: a correction learned on CPUs)",
+        "error": error_basis,
+        "clamp": (
+            f"a target whose peak compute (every dtype) and memory bandwidth are at most this machine's "
+            f"({ref['name']} at {local.cores} cores in the CPU quota) is never predicted faster than measured here"
+        ),
+    }
+    dumped = spec.model_dump() | {"min_throughput": min_throughput}
+    return Recommendation(out, objective, dumped, result, {**summary, "trained_on": predictor.n_train}, basis)
+
+
+def _error_basis(evaluation: dict[str, Any], predictor: Any) -> str:
+    """What a predicted row's error bar is based on, in words."""
+    if evaluation.get("n"):
+        return (
+            f"±{evaluation['median_ape']:.0%}: median error of the predictor on {evaluation['models']} held-out "
+            f"models of this store ({evaluation['n']} measurements, grouped k-fold)"
+        )
+    how = "roofline × learned correction" if predictor.trained else "roofline only"
+    return f"no held-out evaluation (needs measurements of two models): {how}"
+
+
+def quota_reference(local: Target, match: Target | None) -> dict[str, Any]:
+    """This machine's detected target at its CPU quota: per dtype the higher of its measured rate and its matched
+    catalogue entry's rate scaled to the cores in the quota (a busy machine measures below its hardware)."""
+    scale = local.cores / float(match.threads or match.cores) if match else 1.0
+    dtypes = set(local.peak_gflops) | set(match.peak_gflops if match else {})
+    peaks = {d: max(local.peak(d), match.peak(d) * scale if match else 0.0) for d in dtypes}
+    bw = max(local.mem_bw_gbs, match.mem_bw_gbs * scale if match else 0.0)
+    return {"name": match.name if match else local.name, "scale": scale, "peak_gflops": peaks, "mem_bw_gbs": bw}
+
+
+def dominated(target: Target, ref: dict[str, Any]) -> bool:
+    """Whether ``target``'s peak compute for every dtype and its memory bandwidth are all at most ``ref``'s."""
+    if target.gpu:
+        return False
+    peaks = ref["peak_gflops"]
+    dtypes = set(target.peak_gflops) | set(peaks)
+    ref_peak = {d: float(peaks.get(d, peaks["fp32"])) for d in dtypes}
+    return all(target.peak(d) <= ref_peak[d] for d in dtypes) and target.mem_bw_gbs <= float(ref["mem_bw_gbs"])
+
+
+def measured_floor(candidates: list[Any]) -> dict[tuple[str, int], tuple[float, float]]:
+    """The fastest (p50, p99) measured here per (variant, batch), and per ("*", batch) over every variant."""
+    floor: dict[tuple[str, int], tuple[float, float]] = {}
+    for r in candidates:
+        if not r.measurement.ok or not r.metric("p50_ms"):
+            continue
+        cand = r.candidate.to_dict()
+        p50, p99 = float(r.metric("p50_ms")), float(r.metric("p99_ms") or r.metric("p50_ms"))
+        for key in ((_variant(cand), int(cand["batch"])), ("*", int(cand["batch"]))):
+            if key not in floor or p50 < floor[key][0]:
+                floor[key] = (p50, p99)
+    return floor
+
+
+def clamp(
+    p50: float, p99: float, cand: dict[str, Any], floor: dict[tuple[str, int], tuple[float, float]]
+) -> tuple[float, float, str]:
+    """A dominated target's prediction raised to what was measured here at the same variant and batch (or any
+    variant at that batch): (p50, p99, note; empty when nothing was raised)."""
+    batch = int(cand["batch"])
+    hit = floor.get((_variant(cand), batch)) or floor.get(("*", batch))
+    if hit is None or p50 >= hit[0]:
+        return p50, p99, ""
+    note = (
+        f"clamped: predicted {p50:.4g} ms < {hit[0]:.4g} ms measured here at batch {batch}, on a target no faster "
+        "than this machine; raised to the measurement"
+    )
+    return hit[0], max(p99, hit[1], hit[0]), note
+
+
+def _variant(cand: dict[str, Any]) -> str:
+    return "+".join(p["name"] for p in cand["passes"]) or "original"

@@ -4,7 +4,10 @@ models) and ``chipfit recommend`` (which hardware fits best, measured here and p
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +21,23 @@ StoreOpt = Annotated[
 ]
 
 
+def phase_logger(enabled: bool = True, clock: Callable[[], float] = time.monotonic) -> Callable[[str], None]:
+    """One line on stderr per phase of a long command, with the seconds since the first. In a terminal a
+    per-item line (``... (i/n)``) is shown for the first and last item only; elsewhere (a log, CI) every line."""
+    start = clock()
+    counter = re.compile(r"\((\d+)/(\d+)\)$")
+
+    def say(line: str) -> None:
+        if not enabled:
+            return
+        m = counter.search(line)
+        if err_console.is_terminal and m and m.group(1) not in ("1", m.group(2)):
+            return
+        err_console.print(f"[dim]{clock() - start:6.1f}s[/] {line}", highlight=False, soft_wrap=True)
+
+    return say
+
+
 @app.command("predict-eval")
 def predict_eval_cmd(
     store: StoreOpt = None,
@@ -25,16 +45,21 @@ def predict_eval_cmd(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print n, within_10pct, median_ape, spearman as JSON.")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
-    """Evaluate the latency predictor on the measurements in the store: trained on some models, scored on the
-    others' measured p50 (grouped k-fold). Reports the share within ±10%, the median absolute percentage
+    """Score the latency predictor on the measurements in the store, model by held-out model.
+
+    Trained on some models, scored on the others' measured p50 (grouped k-fold). Reports the share within ±10%, the median absolute percentage
     error (median_ape) and Spearman's rank correlation."""
     with user_errors():
         from chipfit.predict import predict_eval, training_rows
         from chipfit.store import Store
 
+        say = phase_logger(not quiet)
+        say("reading the store's measurements (and this machine's peak rates)")
         rows = training_rows(Store(store))
-        report = predict_eval(rows, folds)
+        say(f"evaluating the predictor on held-out models: {len(rows)} measurements, {folds} folds")
+        report = predict_eval(rows, folds, progress=lambda i, k: say(f"trained and scored fold ({i}/{k})"))
         if json_out:
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
             return
@@ -87,7 +112,9 @@ def recommend(
     json_out: Annotated[bool, typer.Option("--json", help="Print the ranked targets as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
-    """Which hardware fits MODEL best under the constraints: measured on this machine, predicted (with the
+    """Rank the hardware targets that fit MODEL under the constraints, by cost, latency or energy.
+
+    Measured on this machine, predicted (with the
     predictor's held-out error) on every catalogue target, ranked by cost, latency or energy. Exit 1 when
     no target meets every bound."""
     setup_logging(quiet)
@@ -101,6 +128,7 @@ def recommend(
         if objective not in ("cost", "latency", "energy", "throughput"):
             raise SpecError(f"--objective must be one of cost, latency, energy, throughput; got {objective!r}.")
         names = tuple(t.strip() for t in (targets or "").split(",") if t.strip())
+        say = phase_logger(not quiet)
         with fit_progress(err_console, enabled=not quiet) as callback:
             rec = run(
                 model,
@@ -109,6 +137,7 @@ def recommend(
                 catalog=tuple(str(c) for c in catalog or ()),
                 min_throughput=min_throughput,
                 objective=objective,
+                progress=say,
                 fit_kwargs={
                     "space": SpaceOptions(backends=parse_backends(backends)),
                     "store": store,
@@ -125,6 +154,7 @@ def recommend(
         if out is not None:
             from chipfit.report.recommend import write_recommendation
 
+            say(f"writing recommend.html and recommend.json to {out}")
             write_recommendation(rec, out)
         if json_out:
             sys.stdout.write(json.dumps(rec.to_dict(), indent=2, default=str) + "\n")
@@ -142,8 +172,7 @@ def print_recommendation(rec: Any) -> None:
     for col in (*cols, "meets", "source"):
         table.add_column(col, justify="left" if col in ("target", "backend", "variant", "meets", "source") else "right")
     for i, t in enumerate(rec.targets, 1):
-        err = t["expected_error"]
-        src = "measured" if t["source"] == "measured" else f"predicted ±{err:.0%}" if err < 10 else "predicted (±?)"
+        src = source_label(t) + (" [yellow]clamped[/]" if t.get("clamped") else "")
         table.add_row(
             str(i),
             t["name"],
@@ -161,13 +190,19 @@ def print_recommendation(rec: Any) -> None:
             style="bold" if t["source"] == "measured" else None,
         )
     out_console.print(table)
+    b = rec.basis
     p = rec.predictor
-    if p.get("n"):
-        out_console.print(
-            f"[dim]predictor: trained on {p['trained_on']} measurements; on held-out models of this machine "
-            f"{p['within_10pct']:.0%} within ±10%, median |error| {p['median_ape']:.1%}, "
-            f"Spearman {_fmt(p['spearman'])}. "
-            "Other targets: the same correction applied to their roofline, not validated there.[/]"
-        )
-    else:
-        out_console.print("[dim]predictor: too few measured models for a held-out error; predictions are rough.[/]")
+    spearman = f", Spearman {_fmt(p['spearman'])}" if p.get("n") else ""
+    out_console.print(
+        f"[dim]this machine: {b['this_machine']}\npredicted: {b['predicted']}\nerror bars: {b['error']}{spearman}"
+        f"\nclamped: {b['clamp']}[/]",
+        highlight=False,
+    )
+
+
+def source_label(t: dict[str, Any]) -> str:
+    """'measured', 'predicted ±12%' (held-out median error) or 'predicted (no held-out error)'."""
+    if t["source"] == "measured":
+        return "measured"
+    err = t["expected_error"]
+    return f"predicted ±{err:.0%}" if err < 10 else "predicted (no held-out error)"

@@ -4,7 +4,7 @@ scored on the others' (scikit-learn's ``GroupKFold`` over models), never on the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -72,10 +72,12 @@ def model_folds(rows: Sequence[Mapping[str, Any]], folds: int) -> list[tuple[np.
     return list(GroupKFold(n_splits=k).split(np.zeros((len(rows), 1)), groups=groups))
 
 
-def predict_eval(rows: list[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
+def predict_eval(
+    rows: list[dict[str, Any]], folds: int = 5, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Grouped k-fold by model: ``n``, ``within_10pct`` (share of held-out predictions within ±10%),
     ``median_ape`` (median absolute percentage error, as a fraction), ``spearman`` (rank correlation), and the
-    same per model."""
+    same per model. ``progress(done, folds)`` is called after each fold."""
     groups = sorted({r["model_hash"] for r in rows})
     if len(groups) < 2:
         return {
@@ -88,10 +90,12 @@ def predict_eval(rows: list[dict[str, Any]], folds: int = 5) -> dict[str, Any]:
         }
     splits = model_folds(rows, folds)
     pred = np.zeros(len(rows))
-    for train_idx, test_idx in splits:
+    for k, (train_idx, test_idx) in enumerate(splits, 1):
         model = Predictor().fit([rows[i] for i in train_idx])
         preds = model.predict_many([(rows[i]["info"], rows[i]["candidate"], rows[i]["target"]) for i in test_idx])
         pred[test_idx] = [p.p50_ms for p in preds]
+        if progress is not None:
+            progress(k, len(splits))
     actual = np.array([r["metrics"]["p50_ms"] for r in rows])
     ape = np.abs(pred - actual) / actual
     per_model = {}

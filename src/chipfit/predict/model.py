@@ -134,6 +134,11 @@ class Predictor:
             ).fit(x, y)
         return self
 
+    @property
+    def trained(self) -> bool:
+        """Whether a correction was learned (else the roofline × 3)."""
+        return self._gbm is not None
+
     def correction(self, x: np.ndarray) -> np.ndarray:
         if self._gbm is None:
             return np.full(len(x), DEFAULT_CORRECTION)

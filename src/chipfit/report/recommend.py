@@ -1,17 +1,73 @@
 """The HTML (and JSON) of ``chipfit recommend``: the ranked targets, and cost against p99 latency with the
-predicted points' expected error drawn as bars and the SLA line. Self-contained: inline SVG, no scripts."""
+predicted points' expected error drawn as bars and the SLA line. Self-contained: inline SVG, no scripts.
+
+What the predictions rest on is said once above the table; each row carries a short tag (and says when it was
+clamped to this machine's measurement). Point labels in the plot are placed so that they do not overlap."""
 
 from __future__ import annotations
 
 import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from chipfit.report.plots import figure_svg
 
-__all__ = ["cost_latency_plot", "write_recommendation"]
+__all__ = ["constraints_table", "cost_latency_plot", "place_labels", "write_recommendation"]
+
+# label offsets (points) tried in order around a marker: right, above, below, left; then columns further out to
+# the right and left, stepping up and down, so that a dense cluster fans out with leader lines
+_NEAR = [(5, 3), (5, -10), (-5, 3), (-5, -10), (0, 9), (0, -16)]
+_OFFSETS = _NEAR + [
+    (dx, dy) for dx in (30, -30, 70, -70) for k in range(0, 16) for dy in ((k * 11, -k * 11 - 11) if k else (0, -11))
+]
+
+
+def place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: float = 7) -> list[Any]:
+    """Annotate ``points`` (x, y, label) so that no two labels (nor a label and a marker) overlap: each label
+    takes the first offset whose box is free and inside the axes, tried from the nearest out; a label placed
+    away from its point gets a thin leader line. Returns the annotations."""
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    fig.canvas.draw()  # fixes the axes' limits and gives the renderer
+    renderer = fig.canvas.get_renderer()
+    marker_boxes = []
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        marker_boxes.append((px - 4, py - 4, px + 4, py + 4))
+    frame = ax.get_window_extent(renderer)
+    taken: list[tuple[float, float, float, float]] = []
+    placed = []
+    for x, y, label in sorted(points, key=lambda p: (-p[1], p[0])):
+        for i, (dx, dy) in enumerate(_OFFSETS):
+            far = i >= len(_NEAR)
+            ann = ax.annotate(
+                label,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha="left" if dx >= 0 else "right",
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "#8c959f"} if far else None,
+            )
+            ann.update_positions(renderer)
+            e = Text.get_window_extent(ann, renderer)  # the label's text, not its leader line
+            box = (e.x0, e.y0, e.x1, e.y1)
+            inside = frame.x0 <= e.x0 and e.x1 <= frame.x1 and frame.y0 <= e.y0 and e.y1 <= frame.y1
+            clash = not inside or any(_overlap(box, b) for b in taken + marker_boxes)
+            if not clash or i == len(_OFFSETS) - 1:
+                taken.append(box)
+                placed.append(ann)
+                break
+            ann.remove()
+    return placed
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def cost_latency_plot(targets: list[dict[str, Any]], max_p99_ms: float | None) -> str:
@@ -20,7 +76,9 @@ def cost_latency_plot(targets: list[dict[str, Any]], max_p99_ms: float | None) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     for t in targets:
         err = t["expected_error"] if t["expected_error"] < 10 else 0.0
         measured = t["source"] == "measured"
@@ -33,25 +91,54 @@ def cost_latency_plot(targets: list[dict[str, Any]], max_p99_ms: float | None) -
             ms=7 if measured else 5,
             capsize=2,
         )
-        ax.annotate(t["name"], (t["p99_ms"], t["usd_per_1m"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if max_p99_ms:
         ax.axvline(max_p99_ms, color="#cf222e", ls="--", lw=1)
         ax.text(max_p99_ms, ax.get_ylim()[1], " max p99", color="#cf222e", fontsize=8, va="top")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 0.01, not 10⁻²
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
     ax.set_xlabel("p99 latency, ms (predicted: bars = expected error)")
     ax.set_ylabel("$ per 1M inferences")
     ax.set_title("square = measured here, circle = predicted; red = misses a bound", fontsize=9)
+    place_labels(ax, [(t["p99_ms"], t["usd_per_1m"], t["name"]) for t in targets])
     return figure_svg(fig)
 
 
+def constraints_table(spec: dict[str, Any]) -> str:
+    """The bounds given (and ``min_throughput``, served by as many instances as needed) as a small table."""
+    from chipfit.spec import CONSTRAINTS
+
+    rows = []
+    for key, value in spec.items():
+        if value is None or not key.startswith(("max_", "min_")) or key not in CONSTRAINTS:
+            continue
+        c = CONSTRAINTS[key]
+        what = f"{c.metric} {'≤' if c.kind == 'max' else '≥'}"
+        note = "in total: instances per target follow" if key == "min_throughput" else ""
+        cells = (key, what, f"{value:g}" if isinstance(value, int | float) else str(value), c.unit, note)
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in cells) + "</tr>")
+    if not rows:
+        return "<p>No bounds given: every target meets them; ranked by the objective only.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("constraint", "", "value", "unit", ""))
+    return f'<table class="bounds"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _source(t: dict[str, Any]) -> str:
+    if t["source"] == "measured":
+        return "measured here"
+    err = t["expected_error"]
+    return f"predicted ±{err:.0%}" if err < 10 else "predicted, ±?"
+
+
 def _table(targets: list[dict[str, Any]]) -> str:
-    cols = ("target", "backend", "variant", "batch", "p50 ms", "p99 ms", "thr/s", "instances", "$/1M", "mJ")
+    cols = ("#", "target", "backend", "variant", "batch", "p50 ms", "p99 ms", "thr/s", "instances", "$/1M", "mJ")
     head = "".join(f"<th>{c}</th>" for c in (*cols, "meets", "source", "basis"))
     rows = []
-    for t in targets:
-        src = "measured" if t["source"] == "measured" else f"predicted (±{t['expected_error']:.0%})"
+    for i, t in enumerate(targets, 1):
         cells = (
+            i,
             t["name"],
             t["backend"],
             t["variant"],
@@ -63,31 +150,48 @@ def _table(targets: list[dict[str, Any]]) -> str:
             f"{t['usd_per_1m']:.4g}",
             f"{t['energy_mj']:.3g}",
             "yes" if t["meets"] else "no: " + ", ".join(t["violations"] or ["memory"]),
-            src,
-            t.get("basis", ""),
         )
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+        tds += f'<td title="{html.escape(t.get("error_basis", ""))}">{html.escape(_source(t))}</td>'
+        tag = html.escape(t.get("basis", ""))
+        if t.get("clamped"):
+            tag += f' <span class="clamp" title="{html.escape(t["clamped"])}">(clamped)</span>'
+        style = ' class="here"' if t["source"] == "measured" else ""
+        rows.append(f"<tr{style}>{tds}<td>{tag}</td></tr>")
+    return f'<table class="targets"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def header(rec: Any) -> str:
+    """What the page shows and what it rests on, computed from the rows: said once, above the table."""
+    here = [i for i, t in enumerate(rec.targets, 1) if t["source"] == "measured"]
+    b = rec.basis
+    machine = html.escape(re.sub(r" with ISA \[[^\]]*\]", "", b.get("this_machine", "")))
+    where = (
+        f"Row {here[0]} (<b>local</b>, bold) is measured here, on {machine}."
+        if here
+        else "No candidate ran successfully here, so no row is measured."
+    )
+    n_clamped = sum(1 for t in rec.targets if t.get("clamped"))
+    clamped = f" {n_clamped} row(s) were clamped." if n_clamped else ""
+    return f"""<p>Ranked by <b>{html.escape(rec.objective)}</b> among the targets meeting every bound.</p>
+{constraints_table(rec.spec)}
+<ul class="basis"><li>{where} Every other row is predicted.</li>
+<li>Predicted: {html.escape(b.get("predicted", ""))}.</li>
+<li>Error bars (± in the source column): {html.escape(b.get("error", ""))}.</li>
+<li>Sanity rule: {html.escape(b.get("clamp", ""))}.{clamped}</li></ul>"""
 
 
 def write_recommendation(rec: Any, out: Path) -> Path:
     """``out/recommend.html`` and ``out/recommend.json``, each written to a temporary name and renamed."""
     out.mkdir(parents=True, exist_ok=True)
-    p = rec.predictor
-    pred = (
-        f"Predictor held-out on this machine: {p['within_10pct']:.0%} within ±10%, median error {p['median_ape']:.1%} "
-        f"over {p['n']} measurements of {p['models']} models."
-        if p.get("n")
-        else "Too few measured models for a held-out predictor error."
-    )
-    bounds = {k: v for k, v in rec.spec.items() if v is not None and k.startswith(("max", "min"))}
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>chipfit recommend</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #d0d7de;padding:3px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}</style>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;line-height:1.4}}
+table{{border-collapse:collapse;font-size:12px;margin:0.8em 0}}
+td,th{{border:1px solid #d0d7de;padding:2px 5px;text-align:right;white-space:nowrap}}
+table.targets td:nth-child(n+2):nth-child(-n+4),table.targets td:nth-child(n+13),table.bounds td{{text-align:left}}
+tr.here{{font-weight:bold}}.clamp{{color:#9a6700}}ul.basis{{font-size:14px;color:#424a53}}</style>
 </head><body><h1>Which hardware fits best</h1>
-<p>Ranked by <b>{html.escape(rec.objective)}</b>. Constraints: {html.escape(json.dumps(bounds))}.
-The first measured row is this machine; every other row is predicted. {html.escape(pred)} Predictions for other
-targets apply this machine's calibration to their roofline and are not validated there.</p>
+{header(rec)}
 {cost_latency_plot(rec.targets, rec.spec.get("max_p99_ms"))}
 {_table(rec.targets)}
 </body></html>
