@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ from typer.core import TyperGroup
 
 from chipfit.errors import ChipfitError
 
-__all__ = ["app", "err_console", "out_console", "setup_logging", "user_errors"]
+__all__ = ["app", "err_console", "out_console", "reflow", "setup_logging", "user_errors"]
 
 
 # click's exception base, whether typer vendors click (0.29+) or uses the click package
@@ -24,7 +25,15 @@ _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.
 
 class OneLineErrors(TyperGroup):
     """Usage errors (a missing argument, a flag that is not a number) as one line, like chipfit's own errors,
-    instead of a usage box: ``error: Missing argument 'model'. See 'chipfit fit --help'.`` Exit code 2."""
+    instead of a usage box: ``error: Missing argument 'model'. See 'chipfit fit --help'.`` Exit code 2.
+
+    Also reflows each command's help (see :func:`reflow`) so that it wraps at the terminal's width."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and cmd.help:
+            cmd.help = reflow(cmd.help)
+        return cmd
 
     def main(  # type: ignore[override]
         self,
@@ -57,6 +66,14 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def reflow(text: str) -> str:
+    """A docstring with each paragraph on one line. Rich markup mode keeps a docstring's line breaks, so a
+    paragraph wrapped in the source would break mid-sentence in ``--help``; one line per paragraph lets the
+    terminal's width decide. A paragraph that starts with ``\\b`` keeps its lines (click's convention)."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -66,7 +83,7 @@ def _escape(text: str) -> str:
 app = typer.Typer(
     name="chipfit",
     cls=OneLineErrors,
-    help="Fit a trained model to a chip under your constraints: latency, memory, accuracy.",
+    help="Fit a trained model to a chip under your constraints: latency, memory, accuracy, cost.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

@@ -93,11 +93,12 @@ def explore(
     trust_pickle: TrustPickle = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
-    """Explore many configurations of a model within a budget, stopping bad ones early (ASHA). Each trial runs
-    in its own process (or Ray task) and is charged its measured time at the target's $/hour; the study is
-    stored, so the same command resumes it (and says so) with nothing completed lost and the money spent
-    counted: --budget is the study's total; --new-study starts afresh. With --max-p99-ms the budget goes only to models that meet it on the target, and the winner is
-    delivered through `fit` as a deployable artifact."""
+    """Explore configurations of a model within a budget, stopping bad ones early (ASHA).
+
+    Each trial runs in its own process (or Ray task) and is charged its measured time at the target's $/hour; the study
+    is stored, so the same command resumes it (and says so) with nothing completed lost and the money spent counted:
+    --budget is the study's total; --new-study starts afresh. With --max-p99-ms the budget goes only to models that meet
+    it on the target, and the winner is delivered through `fit` as a deployable artifact."""
     setup_logging(quiet)
     with user_errors():
         from chipfit.explore.budget import CostMeter, parse_budget

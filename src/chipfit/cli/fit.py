@@ -221,7 +221,7 @@ def fit(
     trust_pickle: TrustPickle = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
 ) -> None:
-    """Measure variants of MODEL on this machine and deliver the best one that meets the constraints.
+    """Measure variants of MODEL here and deliver the best one that meets the constraints.
 
     Exit code 0: a winner was delivered; 1: no candidate met the constraints (the nearest misses are listed);
     2: bad input (the message says what to fix).
@@ -301,8 +301,9 @@ def fit(
 def backends(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of backends on stdout.")] = False,
 ) -> None:
-    """List every backend: available here or not and why (what to install, which device is missing), its
-    version and the devices it sees."""
+    """List the backends: whether each runs here, its version and devices.
+
+    A backend that cannot run here says why: what to install, or which device is missing."""
     with user_errors():
         from chipfit.backends import BUILTIN, backend_info
 

@@ -24,8 +24,10 @@ def targets(
     kind: Annotated[str | None, typer.Option(help="Only this kind: cloud-cpu, cloud-gpu, edge-cpu, ...")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the targets as a JSON list on stdout.")] = False,
 ) -> None:
-    """List the hardware catalogue: peak rates per dtype, memory bandwidth and capacity, $/hour (with the
-    price's source and date) and power, each row with its source."""
+    """List the hardware catalogue: peak rates, memory, price and power of each target.
+
+    Peak rates per dtype, memory bandwidth and capacity, $/hour (with the price's source and date) and power, each row
+    with its source."""
     with user_errors():
         from chipfit.hardware.catalog import load_catalog
 
@@ -76,10 +78,12 @@ def compile_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes on stderr.")] = False,
 ) -> None:
-    """Compile a model for a hardware target you may not have (e.g. Graviton or Raspberry Pi from x86) into a
-    deployable folder that `chipfit.runtime.load` opens on the target. The module is checked against ONNX
-    Runtime by running it here — natively, or under qemu-user with a sysroot (`make sysroot-aarch64`) — and
-    the manifest says whether it was. Exit 1 when the check fails."""
+    """Compile a model for a hardware target you may not have, such as a Raspberry Pi.
+
+    Compiles for the target (e.g. Graviton or Raspberry Pi from x86) into a deployable folder that
+    `chipfit.runtime.load` opens on the target. The module is checked against ONNX Runtime by running it here —
+    natively, or under qemu-user with a sysroot (`make sysroot-aarch64`) — and the manifest says whether it was. Exit 1
+    when the check fails."""
     setup_logging(quiet)
     with user_errors():
         from chipfit.crosscompile import compile_for_target

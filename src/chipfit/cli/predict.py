@@ -49,8 +49,8 @@ def predict_eval_cmd(
 ) -> None:
     """Score the latency predictor on the measurements in the store, model by held-out model.
 
-    Trained on some models, scored on the others' measured p50 (grouped k-fold). Reports the share within ±10%, the median absolute percentage
-    error (median_ape) and Spearman's rank correlation."""
+    Trained on some models, scored on the others' measured p50 (grouped k-fold). Reports the share within ±10%, the
+    median absolute percentage error (median_ape) and Spearman's rank correlation."""
     with user_errors():
         from chipfit.predict import predict_eval, training_rows
         from chipfit.store import Store
@@ -112,11 +112,10 @@ def recommend(
     json_out: Annotated[bool, typer.Option("--json", help="Print the ranked targets as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
-    """Rank the hardware targets that fit MODEL under the constraints, by cost, latency or energy.
+    """Rank the hardware targets for MODEL under the constraints, by cost, latency or energy.
 
-    Measured on this machine, predicted (with the
-    predictor's held-out error) on every catalogue target, ranked by cost, latency or energy. Exit 1 when
-    no target meets every bound."""
+    Measured on this machine, predicted (with the predictor's held-out error) on every catalogue target, ranked by cost,
+    latency or energy. Exit 1 when no target meets every bound."""
     setup_logging(quiet)
     with user_errors():
         from chipfit.backends import parse_backends
@@ -165,44 +164,20 @@ def recommend(
 
 
 def print_recommendation(rec: Any) -> None:
-    from rich.table import Table
+    """The ranked targets as a table as wide as the terminal (numbers whole; columns left out are named), then
+    what the rows rest on, said once."""
+    from chipfit.cli.recommend_table import recommend_table
 
-    table = Table(title=f"targets ranked by {rec.objective}", title_justify="left", header_style="bold")
-    cols = ("#", "target", "backend", "variant", "batch", "p50 ms", "p99 ms", "thr/s", "inst.", "$/1M", "mJ")
-    for col in (*cols, "meets", "source"):
-        table.add_column(col, justify="left" if col in ("target", "backend", "variant", "meets", "source") else "right")
-    for i, t in enumerate(rec.targets, 1):
-        src = source_label(t) + (" [yellow]clamped[/]" if t.get("clamped") else "")
-        table.add_row(
-            str(i),
-            t["name"],
-            t["backend"],
-            t["variant"],
-            str(t["batch"]),
-            f"{t['p50_ms']:.4g}",
-            f"{t['p99_ms']:.4g}",
-            f"{t['throughput']:.4g}",
-            str(t["instances"]),
-            f"{t['usd_per_1m']:.4g}",
-            f"{t['energy_mj']:.3g}",
-            "[green]yes[/]" if t["meets"] else "[red]" + (",".join(t["violations"]) or "memory") + "[/]",
-            src,
-            style="bold" if t["source"] == "measured" else None,
-        )
+    table, hidden = recommend_table(rec.targets, rec.objective, out_console.width)
     out_console.print(table)
+    if hidden:
+        out_console.print(f"[dim]not shown at this width: {', '.join(hidden)} (see --json or --out)[/]")
     b = rec.basis
     p = rec.predictor
     spearman = f", Spearman {_fmt(p['spearman'])}" if p.get("n") else ""
+    machine = re.sub(r" with ISA \[[^\]]*\]", "", b["this_machine"])
     out_console.print(
-        f"[dim]this machine: {b['this_machine']}\npredicted: {b['predicted']}\nerror bars: {b['error']}{spearman}"
+        f"[dim]this machine: {machine}\npredicted: {b['predicted']}\nerror bars: {b['error']}{spearman}"
         f"\nclamped: {b['clamp']}[/]",
         highlight=False,
     )
-
-
-def source_label(t: dict[str, Any]) -> str:
-    """'measured', 'predicted ±12%' (held-out median error) or 'predicted (no held-out error)'."""
-    if t["source"] == "measured":
-        return "measured"
-    err = t["expected_error"]
-    return f"predicted ±{err:.0%}" if err < 10 else "predicted (no held-out error)"

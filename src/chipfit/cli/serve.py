@@ -65,11 +65,12 @@ def serve(
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to deploy to (default: start one).")] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas.")] = 1,
 ) -> None:
-    """Serve fitted models over HTTP with SLO-aware adaptive batching: POST /v1/models/NAME/predict with
-    {"inputs": {...}} (or an .npz body). Batches grow under load only as far as the p99 SLO allows; requests
-    that cannot meet it are rejected at once (429, Retry-After). Metrics at /metrics, API docs at /docs.
-    Artifacts are checked before loading (files inside their folder with matching sha256, built-in backends;
-    CHIPFIT_BACKENDS=pkg.mod:attr trusts a third-party one)."""
+    """Serve fitted models over HTTP, batching requests as far as the p99 SLO allows.
+
+    Clients POST /v1/models/NAME/predict with {"inputs": {...}} (or an .npz body). Batches grow under load only as far
+    as the p99 SLO allows; requests that cannot meet it are rejected at once (429, Retry-After). Metrics at /metrics,
+    API docs at /docs. Artifacts are checked before loading (files inside their folder with matching sha256, built-in
+    backends; CHIPFIT_BACKENDS=pkg.mod:attr trusts a third-party one)."""
     setup_logging(False)
     with user_errors():
         _serve_deps()
@@ -108,9 +109,10 @@ def cascade(
     out: Annotated[Path | None, typer.Option(help="Artifact folder of the cascade (for `chipfit serve`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the choice as JSON.")] = False,
 ) -> None:
-    """Put a fast model before an accurate one: pick, on half of the labelled data, the confidence threshold
-    below which queries go on to the accurate model, minimising expected latency within the accuracy bound;
-    report its accuracy on the other half."""
+    """Put a fast model before an accurate one, within an accuracy bound.
+
+    Picks, on half of the labelled data, the confidence threshold below which queries go on to the accurate model,
+    minimising expected latency within the accuracy bound, and reports its accuracy on the other half."""
     with user_errors():
         from chipfit.serve.cascade import build_cascade
 
@@ -135,7 +137,9 @@ def loadtest(
     token: Annotated[str | None, typer.Option(envvar="CHIPFIT_SERVE_TOKEN", help="Bearer token.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Drive a chipfit server with open-loop arrivals and report throughput, p50/p90/p99, rejections, errors."""
+    """Load a chipfit server with open-loop arrivals and report its latency and rejections.
+
+    Reports throughput, p50/p90/p99, rejections and errors as the client saw them."""
     with user_errors():
         from chipfit.errors import SpecError
         from chipfit.serve.client import request_body
