@@ -196,3 +196,42 @@ def test_plot_labels_do_not_overlap() -> None:
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b), (a, b)
     plt.close(fig)
+
+
+def _target_row(i: int, **kw: Any) -> dict[str, Any]:
+    row = {
+        "name": f"aws-target-number-{i}.xlarge", "backend": "onnxruntime", "variant": "int8_static+ort_graph_opt",
+        "batch": 32, "p50_ms": 0.0123456 * i, "p99_ms": 0.0234567 * i, "throughput": 75500.0 / i,
+        "instances": i, "usd_per_1m": 3.1e-7 * i, "energy_mj": 0.456 * i, "meets": i % 2 == 0,
+        "violations": [] if i % 2 == 0 else ["max_p99_ms", "max_cost_per_1m"], "source": "predicted",
+        "expected_error": 0.12, "clamped": "",
+    }  # fmt: skip
+    return row | kw
+
+
+@pytest.mark.parametrize("width", [80, 120, 200])
+def test_the_recommend_table_keeps_every_number_whole_at_any_width(width: int) -> None:
+    from rich.console import Console
+
+    from chipfit.cli.recommend_table import recommend_table
+
+    rows = [_target_row(i) for i in range(1, 6)]
+    rows[2] |= {"source": "measured", "expected_error": 0.0}
+    rows[3] |= {"clamped": "clamped: predicted ... raised to the measurement", "expected_error": float("inf")}
+    table, hidden = recommend_table(rows, "cost", width)
+    console = Console(width=width, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    keys = {"p50 ms": "p50_ms", "p99 ms": "p99_ms", "$/1M": "usd_per_1m", "mJ": "energy_mj", "thr/s": "throughput"}
+    shown = [k for k in keys if k not in hidden]
+    assert "p99 ms" in shown and "$/1M" in shown  # the bound and the objective are never left out
+    assert (width >= 200) == (not hidden)
+    from chipfit.cli.fit_table import fmt
+
+    for r in rows:
+        for col in shown:
+            digits = 3 if col == "mJ" else 4
+            assert re.search(rf"(^|\s){re.escape(fmt(float(r[keys[col]]), digits))}(\s|$)", text, re.M), (col, text)
+    assert "predicted ±12%" in text.replace("\n", " ") or "±12%" in text
+    assert "clamped" in text and "±?" in text
