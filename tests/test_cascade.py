@@ -157,3 +157,29 @@ def test_an_interrupted_write_keeps_the_cascade_that_was_there(
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".casc.")]
+
+
+def test_the_summary_is_finished_sentences_and_none_ends_on_a_separator(pair: dict[str, Any], cli_run: Any) -> None:
+    out = pair["work"] / "casc-summary"
+    printed = cli_run(
+        "cascade",
+        str(pair["fast"]),
+        str(pair["accurate"]),
+        "--data",
+        str(pair["work"] / "eval.npz"),
+        "--max-accuracy-drop",
+        "0.03",
+        "--out",
+        str(out),
+    )
+    lines = printed.splitlines()
+    assert lines[0].startswith("Threshold") and lines[-1] == f"Written to {out}."
+    assert any("held-out" in line for line in lines) and any(line.startswith("Fast model's latency:") for line in lines)
+    for line in lines:  # each line a finished sentence: never "...; " (the summary used to end on a separator)
+        assert line == line.rstrip() and line.endswith("."), repr(line)
+    # without --out, and with a basis that ends in punctuation of its own, the last line still ends cleanly
+    r = build_cascade(pair["fast"], pair["accurate"], pair["work"] / "eval.npz", 0.03, None)
+    r.latency_basis["accurate"] = "accurate: batch-1 p50 measured; "
+    text = r.summary()
+    assert text.splitlines()[-1] == "Accurate model's latency: batch-1 p50 measured."
+    assert not any(line.rstrip().endswith(";") for line in text.splitlines())

@@ -120,7 +120,9 @@ def cascade(
         if json_out:
             sys.stdout.write(json.dumps(r.to_dict(), indent=2) + "\n")
             return
-        out_console.print(r.summary())  # says that the accuracy is measured on rows held out from the choice
+        out_console.print(
+            r.summary(), soft_wrap=True
+        )  # the terminal wraps it; says that the accuracy is measured on rows held out from the choice
 
 
 @app.command()

@@ -54,16 +54,28 @@ class CascadeResult:
         return {**d, "evaluated_on": self.evaluated_on}
 
     def summary(self) -> str:
-        """One paragraph for the console."""
-        return (
-            f"threshold {self.threshold:.4g} (picked on {self.rows_picked} rows). On {self.rows_held_out} "
-            f"held-out rows: the fast model answers {self.fast_share:.1%} of queries; accuracy {self.accuracy:.4f} "
-            f"(fast alone {self.accuracy_fast:.4f}, accurate alone {self.accuracy_accurate:.4f})"
-            + ("" if self.within_bound else ", OUTSIDE the accuracy bound on these rows")
-            + f"; expected {self.expected_ms:.4g} ms per query vs {self.accurate_ms:.4g} ms for the accurate model"
-            + (f" ({'; '.join(self.latency_basis.values())})" if self.latency_basis else "")
-            + (f"; written to {self.out}" if self.out else "")
-        )
+        """For the console: one finished sentence a line (no clause left hanging on a separator, however the
+        terminal wraps)."""
+        lines = [
+            f"Threshold {self.threshold:.4g}, picked on {self.rows_picked} rows.",
+            f"On the other {self.rows_held_out} (held-out) rows the fast model answers {self.fast_share:.1%} of "
+            f"queries, with accuracy {self.accuracy:.4f} (fast alone {self.accuracy_fast:.4f}, accurate alone "
+            f"{self.accuracy_accurate:.4f})"
+            + ("." if self.within_bound else ": OUTSIDE the accuracy bound on these rows."),
+            f"Expected latency {self.expected_ms:.4g} ms per query, "
+            f"vs {self.accurate_ms:.4g} ms for the accurate model.",
+        ]
+        lines += [
+            f"{role.capitalize()} model's latency: {_basis(text, role)}." for role, text in self.latency_basis.items()
+        ]
+        if self.out:
+            lines.append(f"Written to {self.out}.")
+        return "\n".join(lines)
+
+
+def _basis(text: str, role: str) -> str:
+    """``latency_basis`` values are prefixed with their role ("fast: ...")."""
+    return text.removeprefix(f"{role}: ").rstrip(" ;.")
 
 
 def batch1_latency(manifest: dict[str, Any]) -> tuple[float, str]:
