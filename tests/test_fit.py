@@ -269,3 +269,57 @@ def test_a_p99_bound_held_on_fewer_than_100_samples_is_flagged_everywhere(
     firm = chipfit.fit(mlp, mlp_npz, space=ONE_VARIANT, settings=replace(settings, timing=FAST_TIMING, fresh=True),
                        max_p99_ms=1000)  # fmt: skip
     assert firm.winner is not None and firm.winner.p99_reliable and not firm.winner.caveats
+
+
+def test_a_time_budget_is_a_bound_on_the_run(mlp: Path, mlp_npz: Path, fast_settings) -> None:  # type: ignore[no-untyped-def]
+    """Each candidate costs 10 s on an injected clock: with 35 s, the reference and two variants run (to 30 s);
+    the next is not started, for it would end at 40 s, past the budget (the old rule started it at 30 s)."""
+    from dataclasses import replace
+
+    now = [0.0]
+
+    def on_event(event: str, c, r, i: int, n: int) -> None:  # type: ignore[no-untyped-def]
+        if event == "start":
+            now[0] += 10.0
+
+    space = SpaceOptions(
+        backends=("onnxruntime",),
+        batch_sizes=(1,),
+        threads=(1,),
+        opt_levels=("none", "basic", "extended", "all"),
+        execution_modes=("sequential",),
+        passes=(),
+    )
+    settings = replace(fast_settings, clock=lambda: now[0], timeout_s=60)
+    result = chipfit.fit(mlp, mlp_npz, space=space, settings=settings, time_budget=35, callback=on_event)
+    cpu = _on_cpu(result.candidates)
+    measured = [r for r in cpu if r.source == "measured"]
+    held = [r for r in cpu if "time budget of 35s" in (r.measurement.error or "")]
+    assert len(measured) == 3 and measured[0].candidate.reference and len(held) == 2, [r.source for r in cpu]
+    assert now[0] <= 35 and "5s left, less than a candidate takes here (~10s" in (held[0].measurement.error or "")
+    # stored results cost nothing: a rerun reuses the three and still holds back the other two
+    now[0] = 0.0
+    again = chipfit.fit(mlp, mlp_npz, space=space, settings=settings, time_budget=35, callback=on_event)
+    assert [r.source for r in _on_cpu(again.candidates)].count("stored") == 3
+
+
+def test_threads_apply_to_every_backend() -> None:
+    """--threads 1 on 2 cores: OpenVINO and TVM, which offer the machine's thread count, run at 1 thread."""
+    from chipfit.backends import available_backends
+    from chipfit.model import load_model
+    from chipfit.search.space import build_space
+    from conftest import make_mlp
+
+    have = [b for b in ("openvino", "tvm") if b in available_backends()]
+    if not have:
+        pytest.skip("neither OpenVINO nor TVM is installed")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = load_model(make_mlp(Path(tmp) / "m.onnx"))
+        one = build_space(m, SpaceOptions(backends=tuple(have), threads=(1,), tune_trials=2), 2)
+        two = build_space(m, SpaceOptions(backends=tuple(have), threads=(1, 2), tune_trials=2), 2)
+    for b in have:
+        assert {c.options["threads"] for c in one if c.backend == b} == {1}, b
+        assert {c.options["threads"] for c in two if c.backend == b} == {1, 2}, b
+    assert len({c.id for c in one}) == len(one)  # no option listed twice

@@ -22,6 +22,7 @@ from chipfit.result import FitResult
 from chipfit.search.driver import Callback, MeasureSettings, SearchContext, run_search
 from chipfit.search.guide import make_guide
 from chipfit.search.mixed_precision import MixedPrecision
+from chipfit.search.progress import ProgressOption, progress_callback
 from chipfit.search.select import choose_winner, evaluate, near_misses, pareto_front, quality_floor_text
 from chipfit.search.space import SpaceOptions, build_space
 from chipfit.spec import Spec, load_spec
@@ -117,14 +118,22 @@ def fit(
     home: Path | None = None,
     callback: Callback | None = None,
     trust_pickle: bool = False,
+    progress: ProgressOption = None,
     **constraints: Any,
 ) -> FitResult:
     """Find the best variant of ``model`` that meets ``spec`` on this machine; deliver it to ``out``.
 
     ``constraints`` are spec fields given as keywords (``max_p99_ms=20``); they override ``spec``.
+    ``progress``: by default a progress bar on stderr when it is a terminal, and one line per finished
+    candidate on stderr otherwise (a log, a notebook); ``False`` shows nothing; a function is called with each
+    finished candidate's :class:`~chipfit.search.select.CandidateResult` (measured, or reused from the store;
+    skipped candidates are not reported) and nothing is shown. ``callback(event, candidate, result, index,
+    total)`` receives every event ("start" / "done") and turns the default display off (``progress=True``
+    keeps it).
     ``trust_pickle`` lets a .pt2 model that holds pickles (or other code) load: dangerous, see load_model.
     """
     started = time.monotonic()
+    budget_start = (settings or MeasureSettings()).clock()  # the time budget counts the whole run
     # every input is checked before the model is read: a model file can be large, slow or hostile
     spec_obj = _as_spec(spec, constraints)
     out_dir = check_writable(Path(out)) if out is not None else None
@@ -175,7 +184,10 @@ def fit(
     refine = MixedPrecision(ctx, spec_obj, started + budget if budget else None)
     try:
         guide = make_guide(model_info(m.stats), store_obj) if settings.predict else None
-        results = run_search(ctx, candidates, budget, callback, spec=spec_obj, refine=refine, guide=guide)
+        with progress_callback(progress, callback) as on_event:
+            results = run_search(
+                ctx, candidates, budget, on_event, spec=spec_obj, refine=refine, guide=guide, started=budget_start
+            )
         reference = next((r for r in results if r.candidate.reference), None)
         if reference is not None and not reference.measurement.ok:
             raise ModelError(

@@ -6,6 +6,7 @@ in a note under the table; ``--json`` and report.html hold every value)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["fit_table", "fmt", "p99_text"]
 
 GAP = 2  # characters between two columns (box.SIMPLE_HEAD, collapsed padding)
+_SQUEEZED = 8  # a text column's width when nothing else fits (words fold)
 _CANDIDATE_MIN = 20  # variant and options in one column: narrower than this, the numbers give way
 
 
@@ -77,7 +79,7 @@ def _rows(result: FitResult, qname: str) -> dict[str, _Col]:
         feas = (
             "[green]yes[/]"
             if r.feasible
-            else ("[red]" + ", ".join(v.constraint for v in r.violations) + "[/]" if r.measurement.ok else "–")
+            else ("[red]" + ", ".join(_short(v.constraint) for v in r.violations) + "[/]" if r.measurement.ok else "–")
         )
         p50 = fmt(r.metric("p50_ms")) if st != "pruned" else f"[dim]~{fmt(r.metric('probe_p50_ms'))}[/]"
         values = {
@@ -100,6 +102,12 @@ def _rows(result: FitResult, qname: str) -> dict[str, _Col]:
     cols["options"].least = cols["options"].longest_word()
     cols["feasible"].least = max(8, cols["feasible"].longest_word())
     return cols
+
+
+def _short(constraint: str) -> str:
+    """A bound's name without its direction and unit, for the table: max_p99_ms → p99 (the near misses under
+    the table name it in full)."""
+    return re.sub(r"^(max|min)_|_(ms|mb)$", "", constraint)
 
 
 def _breakable(label: str) -> str:
@@ -147,11 +155,11 @@ def _fit_widths(columns: list[_Col], width: int) -> list[int] | None:
     if spare < 0:
         return None
     widths = list(least)
-    for i, c in enumerate(columns):  # first the text columns, in order, up to their natural width
-        if not c.numeric:
-            grow = min(spare, natural[i] - widths[i])
-            widths[i] += grow
-            spare -= grow
+    text = sorted((i for i, c in enumerate(columns) if not c.numeric), key=lambda i: natural[i])
+    for i in text:  # first the text columns, narrowest first, up to their natural width
+        grow = min(spare, natural[i] - widths[i])
+        widths[i] += grow
+        spare -= grow
     for i, c in enumerate(columns):  # then numeric headers on one line where the room allows
         if c.numeric and natural[i] - widths[i] <= spare:
             spare -= natural[i] - widths[i]
@@ -167,8 +175,10 @@ def fit_table(result: FitResult, width: int, qname: str) -> tuple[Table, list[st
         widths = _fit_widths(columns, width)
         if widths is not None:
             break
-    else:  # narrower than any layout: the last one, and rich shares out what there is
-        widths = [c.widths()[0] for c in columns]
+    else:  # narrower than any layout: the last one, its text columns folded to what the numbers leave
+        for c in columns:
+            c.least = min(c.least, _SQUEEZED)
+        widths = _fit_widths(columns, width) or [c.widths()[0] for c in columns]
     table = Table(
         title=f"{len(result.candidates)} candidates",
         title_justify="left",

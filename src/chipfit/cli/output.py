@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chipfit.cli.fit_table import fit_table, fmt, p99_text
 from chipfit.measure.stats import MIN_P99_SAMPLES
+from chipfit.search.progress import line_progress, live_progress
 from chipfit.search.select import quality_floor_text
 
 if TYPE_CHECKING:
@@ -23,34 +23,15 @@ __all__ = ["fit_progress", "print_fit_result"]
 
 @contextmanager
 def fit_progress(console: Console, enabled: bool = True) -> Iterator[Callback | None]:
+    """The search's progress on ``console``: a live bar on a terminal, one line per finished candidate when it
+    is not one (a log keeps every line, not the bar's last state)."""
     if not enabled:
         yield None
         return
-    progress = Progress(
-        TextColumn("[bold]measuring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        transient=False,
-    )
-    task = None
-
-    def callback(event: str, candidate: Any, result: Any, index: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            task = progress.add_task("", total=total)
-        if event == "start":
-            progress.update(task, description=candidate.label())
-        else:
-            progress.update(
-                task,
-                completed=index + 1,
-                description=f"{candidate.label()} → {result.measurement.status} ({result.source})",
-            )
-
-    with progress:
+    if not console.is_terminal:
+        yield line_progress(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+        return
+    with live_progress(console) as callback:
         yield callback
 
 

@@ -26,7 +26,7 @@ from chipfit.search.space import Candidate
 from chipfit.spec import Spec
 from chipfit.store import Store
 
-__all__ = ["MeasureSettings", "SearchContext", "run_search"]
+__all__ = ["MeasureSettings", "SearchContext", "cap_s", "run_search"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class MeasureSettings:
     fresh: bool = False
     predict: bool = True  # measure in order of predicted promise; skip predicted wide misses of latency bounds
     lock_wait_s: float = 600.0  # wait at most this long for another run measuring on the same cores
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)  # the time budget's clock
 
 
 @dataclass
@@ -128,7 +129,8 @@ Refine = Callable[[list[CandidateResult], Callable[[Candidate], CandidateResult]
 _PROBED_OBJECTIVES = ("latency", "throughput")  # a probe compares p50 at one batch size: only these rank by it
 
 
-def _measure_one(ctx: SearchContext, c: Candidate, probe: LatencyProbe | None) -> tuple[Measurement, str]:
+def _stored(ctx: SearchContext, c: Candidate, probe: LatencyProbe | None) -> Measurement | None:
+    """The stored measurement of ``c`` to reuse, or None when it must be measured (again)."""
     stored = None if ctx.settings.fresh else ctx.store.get(ctx.model_sha256, c, ctx.context_hash, ctx.env_hash)
     if stored is not None and c.reference and stored.ok and not ctx.reference_path.exists():
         stored = None  # the reference outputs are gone: measure the reference again to recreate them
@@ -139,18 +141,27 @@ def _measure_one(ctx: SearchContext, c: Candidate, probe: LatencyProbe | None) -
     if stored is not None and stored.metrics.get(CONCURRENT_LOAD):
         stored = None  # timed under another run's load: not a clean measurement to reuse
     if stored is not None and not (ctx.settings.retry_failed and stored.status in ("failed", "timeout", "oom")):
-        return stored, "stored"
+        return stored
+    return None
+
+
+def _measure_new(ctx: SearchContext, c: Candidate, probe: LatencyProbe | None) -> Measurement:
+    """Measure ``c`` in a worker, holding the measurement lock, and store the result."""
     job = ctx.job(c, probe)
-    timeout = ctx.settings.timeout_s + _build_time(c)
     home = ctx.variants_dir.parent  # chipfit's home, as the worker's job names it
     what = f"measuring {c.id} for {ctx.workdir.parent}"
     with measurement_lock(home, wait_s=ctx.settings.lock_wait_s, what=what) as lock:
-        m = run_isolated(job, ctx.workdir / c.id, timeout, ctx.settings.memory_limit_mb, ctx.threads)
+        m = run_isolated(job, ctx.workdir / c.id, cap_s(ctx, c), ctx.settings.memory_limit_mb, ctx.threads)
     if lock.note is not None:
         m.metrics[CONCURRENT_LOAD] = True
         m.notes.append(lock.note)
     ctx.store.put(ctx.model_sha256, c, ctx.context_hash, ctx.env, ctx.env_hash, m)
-    return m, "measured"
+    return m
+
+
+def cap_s(ctx: SearchContext, c: Candidate) -> float:
+    """The longest one candidate's worker may run: the timeout plus its build's tuning budget."""
+    return ctx.settings.timeout_s + _build_time(c)
 
 
 def _build_time(c: Candidate) -> float:
@@ -164,11 +175,37 @@ def _build_time(c: Candidate) -> float:
 class _Search:
     """The loop's state: results so far, which variants and configs earned the wider sweeps."""
 
-    def __init__(self, ctx: SearchContext, spec: Spec | None, budget: float | None, callback: Callback | None):
+    def __init__(
+        self,
+        ctx: SearchContext,
+        spec: Spec | None,
+        budget: float | None,
+        callback: Callback | None,
+        started: float | None = None,
+    ):
         self.ctx, self.spec, self.budget, self.callback = ctx, spec, budget, callback
-        self.start = time.monotonic()
+        self.clock = ctx.settings.clock
+        self.start = self.clock() if started is None else started
         self.results: list[CandidateResult] = []
+        self.costs: list[float] = []  # seconds each candidate measured in this run took
         self.total = 0
+
+    def budget_skip(self, c: Candidate) -> str | None:
+        """Why ``c`` is not started within the time budget, or None. A candidate starts only when the time
+        left covers its estimated cost (the slowest measured so far, at most its timeout): the run then ends
+        within the budget plus at most one candidate's cap, the budget being a bound."""
+        if self.budget is None or c.reference:
+            return None
+        left = self.start + self.budget - self.clock()
+        if left <= 0:
+            return f"time budget of {self.budget:g}s spent before this candidate"
+        estimate = min(cap_s(self.ctx, c), max(self.costs, default=0.0))
+        if estimate <= left:
+            return None
+        return (
+            f"time budget of {self.budget:g}s: {left:.0f}s left, less than a candidate takes here "
+            f"(~{estimate:.0f}s, the slowest measured so far)"
+        )
 
     def feasible(self) -> list[CandidateResult]:
         if self.spec is None:
@@ -200,15 +237,23 @@ class _Search:
         self.total = max(self.total, i + 1)
         if c.skip:  # the candidate's own reason (no GPU, unsuitable model) comes before the search's
             skip = c.skip
-        if skip is None and self.budget is not None and time.monotonic() - self.start > self.budget:
-            skip = None if c.reference else f"time budget of {self.budget:g}s spent before this candidate"
+        probe, stored = None, None
+        if not skip:
+            probe = self.probe(c)
+            stored = _stored(self.ctx, c, probe)
+            if stored is None:  # a stored result costs nothing: only a new measurement waits for the budget
+                skip = self.budget_skip(c)
         if skip:
             r = CandidateResult(c, Measurement("skipped", error=skip), "skipped")
         else:
+            t0 = self.clock()
             if self.callback:
                 self.callback("start", c, None, i, self.total)
-            m, source = _measure_one(self.ctx, c, self.probe(c))
-            r = CandidateResult(c, m, source)
+            if stored is not None:
+                r = CandidateResult(c, stored, "stored")
+            else:
+                r = CandidateResult(c, _measure_new(self.ctx, c, probe), "measured")
+                self.costs.append(self.clock() - t0)
         self.results.append(r)
         if self.callback:
             self.callback("done", c, r, i, self.total)
@@ -223,8 +268,13 @@ def run_search(
     spec: Spec | None = None,
     refine: Refine | None = None,
     guide: Guide | None = None,
+    started: float | None = None,
 ) -> list[CandidateResult]:
     """Measure ``candidates`` (reference first) within the time budget; returns one result per candidate.
+
+    The budget counts from ``started`` (on ``ctx.settings.clock``; default: now). A candidate is started only
+    when the time left covers its estimated cost, so that the run ends within the budget plus one candidate's
+    cap (its timeout); the reference is always measured.
 
     At the first batch size every variant runs with its backend's default options; the other runtime options
     are measured only for the ``option_sweep_top`` fastest feasible variants, and larger batch sizes only for
@@ -236,7 +286,7 @@ def run_search(
     index = {c.id: i for i, c in enumerate(candidates)}
     if guide is not None:
         candidates = guide.order(candidates)
-    s = _Search(ctx, spec, time_budget_s, callback)
+    s = _Search(ctx, spec, time_budget_s, callback, started)
     s.total = len(candidates)
     first = min((c.batch for c in candidates), default=1)
     top_o, top_b = ctx.settings.option_sweep_top, ctx.settings.batch_sweep_top

@@ -31,7 +31,7 @@ class SpaceOptions:
 def _resolve_options(opts: list[dict[str, Any]], space: SpaceOptions) -> list[tuple[int, dict[str, Any]]]:
     """(index, option) with the run's tuning budget filled in where a backend asks for it; such options are
     dropped without a budget, and so are options the space's filters exclude. A backend that offers a single
-    thread count (``threads``: the machine's) runs at each of ``space.threads`` instead."""
+    thread count (``threads``: the machine's) runs at each of ``space.threads`` when they are given."""
     out: list[tuple[int, dict[str, Any]]] = []
     for j, o in enumerate(opts):
         if "tune_trials" in o and o["tune_trials"] is None:
@@ -45,9 +45,9 @@ def _resolve_options(opts: list[dict[str, Any]], space: SpaceOptions) -> list[tu
 
 
 def _with_threads(opt: dict[str, Any], space: SpaceOptions) -> list[dict[str, Any]]:
-    """``opt`` at the thread counts the space allows: a ``threads`` option outside them becomes one option
-    per allowed count (most threads first); ``intra_op_num_threads`` sweeps are filtered by ``_keep_options``."""
-    if space.threads is None or "threads" not in opt or opt["threads"] in space.threads:
+    """``opt`` at the thread counts the space asks for: a ``threads`` option becomes one option per count (most
+    threads first); ``intra_op_num_threads`` sweeps are filtered by ``_keep_options``."""
+    if space.threads is None or "threads" not in opt:
         return [opt]
     return [{**opt, "threads": t} for t in sorted(set(space.threads), reverse=True)]
 
