@@ -5,7 +5,7 @@
     POST /v1/models/{name}/versions      {"path": DIR[, "version": N]}: hot-load a new version, make it active
     POST /v1/models/{name}/rollback      the previous version becomes active again
                                          (these two, the admin routes, exist only with an admin token)
-    GET  /healthz, /readyz, /metrics, /openapi.json, /docs
+    GET  /healthz, /readyz, /metrics, /openapi.json, /docs (Swagger UI served locally: ``chipfit.serve.docs``)
 
 The request path is kept lean: the raw body (no pydantic model), orjson, numpy views of the rows, the model
 on its batcher's thread. Bad payloads are 400 with a message naming the problem; overload is 429 with
@@ -66,7 +66,14 @@ def create_app(
     admin_token: str | None = None,
 ) -> Any:
     """The app; the admin routes (``/versions``, ``/rollback``) are there only when ``admin_token`` is set."""
-    app = FastAPI(title="chipfit serve", version="1", description="Models fitted by chipfit, batched to an SLO.")
+    app = FastAPI(
+        title="chipfit serve",
+        version="1",
+        description="Models fitted by chipfit, batched to an SLO.",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: blank offline
+        redoc_url=None,
+    )
+    _docs(app)
     app.state.registry = registry
     app.state.metrics = metrics
 
@@ -119,6 +126,21 @@ def create_app(
         max_body=max_body_bytes,
     )
     return app
+
+
+def _docs(app: Any) -> None:
+    from chipfit.serve.docs import mount_docs
+
+    try:
+        mount_docs(app)
+    except (ImportError, FileNotFoundError) as exc:  # the API still serves; /docs says what to install
+        logging.getLogger("chipfit.serve").warning("no /docs page: %s", exc)
+        message = f"No API docs page: {exc}"
+
+        async def no_docs() -> Any:
+            return Response(message, status_code=503, media_type="text/plain")
+
+        app.add_api_route("/docs", no_docs, methods=["GET"], include_in_schema=False)
 
 
 def _admin_routes(app: Any, st: Any, error: Any) -> None:
