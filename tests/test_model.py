@@ -79,6 +79,31 @@ def test_shape_mismatch_names_the_node(tmp_path: Path) -> None:
         load_model(p)
 
 
+def test_model_input_and_output_names_in_order(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["b_in", "a_in"], ["s"]),
+            helper.make_node("MatMul", ["s", "w"], ["z_out"]),
+            helper.make_node("Relu", ["z_out"], ["a_out"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("b_in", "a_in")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in ("z_out", "a_out")],
+        [w],
+    )
+    graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 2]))  # an initializer: not fed
+    p = tmp_path / "two.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    m = load_model(p)
+    assert m.input_names == ["b_in", "a_in"] and m.output_names == ["z_out", "a_out"]  # the graph's order, not sorted
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    assert m.input_names == [i.name for i in sess.get_inputs()]
+    assert m.output_names == [o.name for o in sess.get_outputs()]
+
+
 torch = pytest.importorskip("torch", reason="torch ingest needs the [torch] extra")
 
 

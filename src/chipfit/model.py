@@ -58,6 +58,16 @@ class Model:
     torch_module: Any = field(default=None, repr=False)  # kept for the torch backend when given
 
     @property
+    def input_names(self) -> list[str]:
+        """The names to feed, in the model's order (as ``runtime.load(...).input_names``)."""
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The names of the outputs, in the order ``run`` returns them."""
+        return [t.name for t in self.outputs]
+
+    @property
     def dynamic_batch(self) -> bool:
         """True when every input's first dimension is symbolic, so batches of any size can run."""
         return bool(self.inputs) and all(t.batch_dynamic for t in self.inputs)
