@@ -40,6 +40,10 @@ def test_fit_json_and_table(mlp: Path, mlp_npz: Path, tmp_path: Path) -> None:
     assert result["feasible"] and result["winner"]["status"] == "ok"
     assert {"winner", "pareto", "near_misses", "candidates"} <= set(result)
     assert (out / "manifest.json").exists()
+    # stderr is a pipe here, not a terminal: one line per finished candidate, not a progress bar's last state
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("[") and "(measured" in ln]
+    assert len(lines) == sum(c["source"] == "measured" for c in result["candidates"]) >= 2, p.stderr
+    assert "━" not in p.stderr
     table = run("fit", mlp, "--data", mlp_npz, *FAST_FLAGS)
     assert table.returncode == 0 and "winner (latency)" in table.stdout and "p50 ms" in table.stdout
 
