@@ -89,7 +89,9 @@ def fit(
     time_budget: Annotated[
         str | None,
         typer.Option(
-            help="Time for the whole run, e.g. '10m'; candidates not started by then are skipped.",
+            help="Time for the whole run, e.g. '10m': a candidate starts only when the time left covers its "
+            "estimated cost (the slowest measured so far), so the run ends within the budget plus at most one "
+            "--timeout; the others are listed as skipped.",
             rich_help_panel="Constraints",
         ),
     ] = None,
