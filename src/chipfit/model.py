@@ -184,7 +184,8 @@ def load_model(
     """Ingest a model from an .onnx file, a .pt2 ExportedProgram, or a torch.nn.Module + example inputs.
 
     Torch sources are exported to ONNX with a dynamic batch dimension: ``torch.onnx.export(dynamo=True)``
-    first and, if that fails, the TorchScript exporter (the reason is kept in ``Model.notes``).
+    first and, if that fails, the TorchScript exporter (the reason is kept in ``Model.notes``). A one-row example
+    is traced as a two-row copy (torch.export would fix a dimension of size 1) and checked as given.
 
     A .pt2 whose loading could run code from the file (pickled weights or objects, compiled code, code in its
     shape expressions or guards) is refused with a ModelError unless ``trust_pickle``: pass True only for a
