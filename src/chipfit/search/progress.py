@@ -78,6 +78,8 @@ def live_progress(console: Console) -> Iterator[Callback]:
             task = bar.add_task("", total=total)
         if event == "start":
             bar.update(task, total=total, description=candidate.label())
+        elif result is not None and result.source == "skipped":  # the last measured one stays in view
+            bar.update(task, total=total, completed=index + 1)
         else:
             bar.update(
                 task,
