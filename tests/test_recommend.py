@@ -186,7 +186,8 @@ def test_plot_labels_do_not_overlap() -> None:
     points = [(0.1 * (1 + 0.01 * i), 0.5 * (1 + 0.02 * (i % 3)), f"aws-target-{i}") for i in range(8)]
     points += [(10.0, 3.0, "far-away")]
     ax.plot([p[0] for p in points], [p[1] for p in points], "o")
-    anns = place_labels(ax, points)
+    bars = [(x / 2, x * 2, y) for x, y, _ in points]  # error bars: labels keep clear of them too
+    anns = place_labels(ax, points, bars=bars)
     from matplotlib.text import Text
 
     fig.canvas.draw()
@@ -195,6 +196,10 @@ def test_plot_labels_do_not_overlap() -> None:
     assert len(boxes) == len(points)
     for a, b in itertools.combinations(boxes, 2):
         assert not a.overlaps(b), (a, b)
+    for x0, x1, y in bars:
+        (px0, py), (px1, _) = ax.transData.transform([(x0, y), (x1, y)])
+        for box in boxes:
+            assert not (box.x0 < px1 and px0 < box.x1 and box.y0 < py < box.y1), (box, x0, x1, y)
     plt.close(fig)
 
 

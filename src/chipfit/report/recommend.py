@@ -10,6 +10,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,19 @@ __all__ = ["constraints_table", "cost_latency_plot", "place_labels", "write_reco
 
 # label offsets (points) tried in order around a marker: right, above, below, left; then columns further out to
 # the right and left, stepping up and down, so that a dense cluster fans out with leader lines
+_PAD = 2  # pixels kept free around a label (a browser's font may be a little wider than matplotlib's)
 _NEAR = [(5, 3), (5, -10), (-5, 3), (-5, -10), (0, 9), (0, -16)]
 _OFFSETS = _NEAR + [
     (dx, dy) for dx in (30, -30, 70, -70) for k in range(0, 16) for dy in ((k * 11, -k * 11 - 11) if k else (0, -11))
 ]
 
 
-def place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: float = 7) -> list[Any]:
+def place_labels(
+    ax: Any,
+    points: list[tuple[float, float, str]],
+    fontsize: float = 7,
+    bars: Sequence[tuple[float, float, float]] = (),
+) -> list[Any]:
     """Annotate ``points`` (x, y, label) so that no two labels (nor a label and a marker) overlap: each label
     takes the first offset whose box is free and inside the axes, tried from the nearest out; a label placed
     away from its point gets a thin leader line. Returns the annotations."""
@@ -38,6 +45,9 @@ def place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: floa
     for x, y, _ in points:
         px, py = ax.transData.transform((x, y))
         marker_boxes.append((px - 4, py - 4, px + 4, py + 4))
+    for x0, x1, y in bars:
+        (ax0, ay), (ax1, _) = ax.transData.transform([(x0, y), (x1, y)])
+        marker_boxes.append((ax0, ay - 2, ax1, ay + 2))
     frame = ax.get_window_extent(renderer)
     taken: list[tuple[float, float, float, float]] = []
     placed = []
@@ -55,7 +65,7 @@ def place_labels(ax: Any, points: list[tuple[float, float, str]], fontsize: floa
             )
             ann.update_positions(renderer)
             e = Text.get_window_extent(ann, renderer)  # the label's text, not its leader line
-            box = (e.x0, e.y0, e.x1, e.y1)
+            box = (e.x0 - _PAD, e.y0 - _PAD, e.x1 + _PAD, e.y1 + _PAD)
             inside = frame.x0 <= e.x0 and e.x1 <= frame.x1 and frame.y0 <= e.y0 and e.y1 <= frame.y1
             clash = not inside or any(_overlap(box, b) for b in taken + marker_boxes)
             if not clash or i == len(_OFFSETS) - 1:
@@ -102,7 +112,12 @@ def cost_latency_plot(targets: list[dict[str, Any]], max_p99_ms: float | None) -
     ax.set_xlabel("p99 latency, ms (predicted: bars = expected error)")
     ax.set_ylabel("$ per 1M inferences")
     ax.set_title("square = measured here, circle = predicted; red = misses a bound", fontsize=9)
-    place_labels(ax, [(t["p99_ms"], t["usd_per_1m"], t["name"]) for t in targets])
+    bars = []
+    for t in targets:
+        err = t["expected_error"] if t["source"] != "measured" and t["expected_error"] < 10 else 0.0
+        if err:
+            bars.append((t["p99_ms"] / (1 + err), t["p99_ms"] * (1 + err), t["usd_per_1m"]))
+    place_labels(ax, [(t["p99_ms"], t["usd_per_1m"], t["name"]) for t in targets], bars=bars)
     return figure_svg(fig)
 
 
@@ -121,19 +136,31 @@ def constraints_table(spec: dict[str, Any]) -> str:
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in cells) + "</tr>")
     if not rows:
         return "<p>No bounds given: every target meets them; ranked by the objective only.</p>"
-    head = "".join(f"<th>{h}</th>" for h in ("constraint", "", "value", "unit", ""))
+    head = "".join(f"<th>{h}</th>" for h in ("constraint", "bound", "value", "unit", "note"))
     return f'<table class="bounds"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _num(v: float, digits: int = 4) -> str:
+    """Few characters: 52790 (not 5.279e+04), 4.98e-7 (not 4.983e-07)."""
+    v = float(v)
+    if 10**digits <= abs(v) < 1e7:
+        return f"{v:.0f}"
+    text = f"{v:.{digits}g}"
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa}e{int(exp)}"
+    return text
 
 
 def _source(t: dict[str, Any]) -> str:
     if t["source"] == "measured":
-        return "measured here"
+        return "measured"
     err = t["expected_error"]
     return f"predicted ±{err:.0%}" if err < 10 else "predicted, ±?"
 
 
 def _table(targets: list[dict[str, Any]]) -> str:
-    cols = ("#", "target", "backend", "variant", "batch", "p50 ms", "p99 ms", "thr/s", "instances", "$/1M", "mJ")
+    cols = ("#", "target", "backend", "variant", "batch", "p50 ms", "p99 ms", "thr/s", "inst.", "$/1M", "mJ")
     head = "".join(f"<th>{c}</th>" for c in (*cols, "meets", "source", "basis"))
     rows = []
     for i, t in enumerate(targets, 1):
@@ -143,19 +170,20 @@ def _table(targets: list[dict[str, Any]]) -> str:
             t["backend"],
             t["variant"],
             t["batch"],
-            f"{t['p50_ms']:.4g}",
-            f"{t['p99_ms']:.4g}",
-            f"{t['throughput']:.4g}",
+            _num(t["p50_ms"]),
+            _num(t["p99_ms"]),
+            _num(t["throughput"]),
             t["instances"],
-            f"{t['usd_per_1m']:.4g}",
-            f"{t['energy_mj']:.3g}",
+            _num(t["usd_per_1m"]),
+            _num(t["energy_mj"], 3),
             "yes" if t["meets"] else "no: " + ", ".join(t["violations"] or ["memory"]),
         )
         tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
         tds += f'<td title="{html.escape(t.get("error_basis", ""))}">{html.escape(_source(t))}</td>'
         tag = html.escape(t.get("basis", ""))
-        if t.get("clamped"):
-            tag += f' <span class="clamp" title="{html.escape(t["clamped"])}">(clamped)</span>'
+        if t.get("clamped"):  # the tag's "clamped" says why on hover
+            why = f'<span class="clamp" title="{html.escape(t["clamped"])}">clamped</span>'
+            tag = tag.replace("clamped", why) if "clamped" in tag else f"{tag} {why}"
         style = ' class="here"' if t["source"] == "measured" else ""
         rows.append(f"<tr{style}>{tds}<td>{tag}</td></tr>")
     return f'<table class="targets"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
