@@ -74,7 +74,7 @@ def fit_axis(
         if integer:
             pad = max(pad, 0.5)
         set_lim(lo - pad, hi + pad)
-        axis_obj.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10], integer=integer))
+        axis_obj.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 5, 10], integer=integer))
     axis_obj.set_major_formatter(FuncFormatter(lambda v, _pos: plain_number(v)))
     return bool(log)
 
