@@ -376,3 +376,92 @@ def test_service_times_come_from_the_injected_clock_and_teach_the_latency_model(
 def test_a_non_positive_slo_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match="SLO must be a positive"):
         AdaptiveBatcher(lambda f: [], ["y"], 0.0, start=False)
+
+
+def test_a_deadline_runs_from_when_the_server_started_on_the_request() -> None:
+    clock = ManualClock()
+    model = Model(clock, flat(2))
+    prof = [{"batch": 1, "p50_ms": 2.0}, {"batch": 16, "p50_ms": 2.0}]
+    b = make(clock, model, 10, profile=prof, max_batch=4)
+
+    async def scenario() -> None:
+        for i in range(4):
+            b.submit(x(i), 1)  # one batch ahead: a request queued now completes at 4 ms
+        b.submit(x(4), 1, started=clock() - 5 * MS)  # decoding it took 5 ms: 9 ms of its 10, on time
+        with pytest.raises(Overloaded, match="cannot meet its deadline"):
+            b.submit(x(5), 1, started=clock() - 7 * MS)  # 7 + 4 = 11 ms: late, so rejected now
+
+    run(scenario)
+
+
+def test_the_servers_own_time_after_a_run_is_reserved_out_of_later_deadlines() -> None:
+    clock = ManualClock()
+    model = Model(clock, flat(2))
+    prof = [{"batch": 1, "p50_ms": 2.0}, {"batch": 16, "p50_ms": 2.0}]
+    b = make(clock, model, 10, profile=prof, max_batch=4)
+
+    async def handler(loop_ms: float) -> None:
+        await b.submit(x(0), 1)
+        clock.advance(loop_ms * MS)  # the event loop busy with other requests, then the reply's encoding
+
+    async def one_request(loop_ms: float) -> None:
+        task = asyncio.create_task(handler(loop_ms))
+        await settle()  # it is submitted
+        assert b.step() == 1
+        await settle()  # its result delivered, the handler through, then the batcher's probe
+        await task
+
+    async def fill() -> None:
+        for i in range(4):
+            b.submit(x(i), 1)  # one batch ahead: a request queued now is done with the model 4 ms later
+
+    async def scenario() -> None:
+        await one_request(0)
+        assert b.slack.return_lag(clock()) == 0.0
+        await fill()
+        b.submit(x(4), 1)  # done at 4 ms of its 10: admitted
+        for _ in range(2):
+            b.step()
+        await settle()
+        await one_request(7)  # ran 2 ms, then 7 ms until its handler was through: on time (9 of 10 ms)
+        assert b.slack.return_lag(clock()) == pytest.approx(7 * MS) and b.slack.late == 0
+        await fill()
+        with pytest.raises(Overloaded, match="cannot meet its deadline"):
+            b.submit(x(4), 1)  # 4 ms for the model + 7 to return = 11 ms: rejected now, not served late
+        b.submit(x(5), 1, deadline_s=0.012)  # a deadline of its own that leaves room is admitted
+        for _ in range(2):
+            b.step()
+        await settle()
+        with pytest.raises(Overloaded, match="cannot meet its deadline"):  # an empty queue, but 4 ms spent
+            b.submit(x(6), 1, started=clock() - 4 * MS)  # decoding it and 7 to return leave nothing for the run
+        clock.advance(b.slack.horizon_s + 1 * MS)
+        assert b.slack.reserve(clock()) == 0.0  # the lag aged out with the horizon, and nothing was late
+        await fill()
+        b.submit(x(4), 1)
+
+    run(scenario)
+
+
+def test_requests_that_end_late_teach_a_margin_that_rejects_earlier() -> None:
+    clock = ManualClock()
+    # the profile says 2 ms a batch; the first seven runs take 12 ms (a stall no estimate saw coming: the
+    # process descheduled, say), too few for the latency model to learn (it waits for eight)
+    model = Model(clock, lambda n: (12 if len(model.sizes) <= 7 else 2) * MS)
+    prof = [{"batch": 1, "p50_ms": 2.0}, {"batch": 16, "p50_ms": 2.0}]
+    b = make(clock, model, 10, profile=prof, max_batch=4)
+
+    async def scenario() -> None:
+        for i in range(7):
+            late = b.submit(x(i), 1)  # an empty queue: admitted
+            assert b.step() == 1
+            await settle()
+            assert late.result() and b.slack.late == i + 1  # served, but 12 ms after it came: past its 10 ms
+        assert b.latency.typical(1) == pytest.approx(2 * MS) and b.slack.return_lag(clock()) == 0.0
+        assert b.slack.margin_s == pytest.approx(3.5 * MS)  # seven misses × SLO/20
+        for i in range(4):
+            b.submit(x(i), 1)  # done with the model 4 ms from now
+        with pytest.raises(Overloaded, match="cannot meet its deadline"):
+            b.submit(x(4), 1, deadline_s=0.007)  # 4 + 3.5 > 7 ms: rejected; before the misses it was admitted
+        b.submit(x(5), 1, deadline_s=0.008)  # 4 + 3.5 ≤ 8 ms: admitted
+
+    run(scenario)

@@ -9,6 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
+from chipfit.serve.admission import Slack
 from chipfit.serve.latency import LatencyModel
 
 SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128]
@@ -76,3 +77,37 @@ def test_largest_within_is_the_largest_batch_that_fits_the_budget() -> None:
     assert m.largest_within(0.0105, 4) == 4  # the cap bounds it
     assert m.largest_within(0.0, 64) == 1  # at least one row
     assert m.largest_within(1.0, 64) == 64
+
+
+def test_the_margin_learned_from_misses_settles_where_one_request_in_a_hundred_is_late() -> None:
+    # each admitted request needs an unforeseen extra time X ~ Exp(1 ms) beyond what admission kept for it: it
+    # ends late when X exceeds the margin. The 99th percentile of X is ln(100) ms ≈ 4.6 ms: the margin should
+    # settle there, with about 1% late, whatever it started from
+    rng = np.random.default_rng(0)
+    s = Slack(slo_s=0.020)
+    extra = rng.exponential(1e-3, 60_000)
+    late, margins = [], []
+    now = 0.0
+    for e in extra:
+        now += 1e-4  # a request every 0.1 ms: never quiet for a horizon
+        due = now - e + s.margin_s
+        s.observe(now, now, [due])
+        late.append(now > due)
+        margins.append(s.margin_s)
+    share = float(np.mean(late[20_000:]))
+    assert 0.006 < share < 0.016
+    for part in (margins[20_000:40_000], margins[40_000:]):  # settled, not drifting
+        assert float(np.mean(part)) == pytest.approx(np.log(100) * 1e-3, rel=0.25)
+    assert s.late == sum(late) and s.admitted == len(extra)
+
+
+def test_the_slack_is_bounded_ages_out_and_decays_when_quiet() -> None:
+    s = Slack(slo_s=0.010, horizon_s=0.050)
+    for t in range(100):  # every request late: the margin stops at half the SLO, leaving an empty queue room
+        s.observe(t * 1e-3, t * 1e-3 - 0.003, [0.0])
+    assert s.margin_s == pytest.approx(0.005)
+    assert s.return_lag(0.099) == pytest.approx(0.003) and s.reserve(0.099) == pytest.approx(0.008)
+    assert s.return_lag(0.099 + 0.051) == 0.0  # no batch ended in the last horizon: no lag kept
+    assert s.reserve(0.099 + 0.100) == pytest.approx(0.005 * 0.5**2)  # two horizons with nothing delivered
+    with pytest.raises(ValueError, match="share of late requests"):
+        Slack(0.01, target=1.0)

@@ -9,7 +9,12 @@ serves one request at a time). Admission is deadline-aware: a request whose pred
 the running batch, the rows ahead in batches of the size the queue drains at, then its own) is past its
 deadline is rejected at
 once with a retry hint instead of being served late, and so is a request that is still queued when its
-deadline can no longer be met; the queue is bounded.
+deadline can no longer be met; the queue is bounded. A deadline runs from when the server started on the
+request (``started``: its body read and decoded count) and ends when the reply is ready, so the time the
+server takes after a batch's run — the event loop busy with other requests before it wakes the handler,
+the encoding — is reserved out of it, with a margin learned from the admitted requests that still ended late
+(``chipfit.serve.admission.Slack``). Without it a burst on a busy CPU fills the loop, and admitted requests
+finish late with the model idle.
 
 Time is read from an injected ``clock`` (default ``time.perf_counter``), and ``start=False`` runs no model
 thread: the caller runs each batch with ``step()``. Together they make every scheduling decision testable
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from chipfit.serve.admission import Slack
 from chipfit.serve.latency import LatencyModel
 
 __all__ = ["AdaptiveBatcher", "Overloaded"]
@@ -48,7 +54,8 @@ class _Req:
     feeds: dict[str, np.ndarray]
     rows: int
     arrival: float
-    deadline: float
+    deadline: float  # when its batch must end: ``due`` less what is reserved for the server's own time after it
+    due: float  # when its reply must be ready
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
@@ -87,6 +94,7 @@ class AdaptiveBatcher:
         self._on_batch = on_batch
         self._busy_until = 0.0  # when the running batch should end (its typical time), 0 when idle
         self._closed = False
+        self.slack = Slack(slo_s)
         self.stats = BatcherStats()
         self._thread: threading.Thread | None = None
         if start:
@@ -98,21 +106,27 @@ class AdaptiveBatcher:
     def queue_depth(self) -> int:
         return self._rows_queued
 
-    def submit(self, feeds: dict[str, np.ndarray], rows: int, deadline_s: float | None = None) -> asyncio.Future[Any]:
-        """Queue a request; its future resolves to ``{output name: array}`` or raises ``Overloaded``."""
+    def submit(
+        self, feeds: dict[str, np.ndarray], rows: int, deadline_s: float | None = None, started: float | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue a request; its future resolves to ``{output name: array}`` or raises ``Overloaded``. Its
+        deadline (the SLO, or a shorter ``deadline_s``) runs from ``started`` (by this batcher's clock), else now."""
         now = self.clock()
-        deadline = now + min(deadline_s if deadline_s is not None else self.slo_s, self.slo_s * 10)
+        due = (now if started is None else started) + min(
+            deadline_s if deadline_s is not None else self.slo_s, self.slo_s * 10
+        )
+        deadline = due - self.slack.reserve(now)
         done = self._predicted_wait(rows)
         if self._rows_queued + rows > self.max_queue:
             raise Overloaded("queue full", max(done, 0.001))
-        # with nothing queued a request is always admitted and runs next: the estimate is only a guess, and
-        # what is measured on admitted requests is what corrects it
-        if self._rows_queued and now + done > deadline:
+        # with nothing queued a request is admitted unless the return lag leaves it no time: the service
+        # estimate is only a guess, and what is measured on admitted requests is what corrects it
+        if now + (done if self._rows_queued else 0.0) > deadline:
             raise Overloaded("cannot meet its deadline", max(done, 0.001))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._cv:
-            self._q.append(_Req(feeds, rows, now, deadline, fut, loop))
+            self._q.append(_Req(feeds, rows, now, deadline, due, fut, loop))
             self._rows_queued += rows
             self._cv.notify()
         return fut
@@ -121,13 +135,16 @@ class AdaptiveBatcher:
         """When a request of ``rows`` rows queued now would complete: what is left of the running batch, then the
         rows ahead in batches of the size the model thread will take, then its own batch."""
         now = self.clock()
-        busy = max(0.0, self._busy_until - now)
+        busy = self._busy_left(now)
         ahead = self._rows_queued
         if ahead == 0:
             return busy
         size = self.drain_batch()
         full, part = divmod(ahead, size)
         return busy + full * self.latency.typical(size) + self.latency.typical(min(size, part + rows))
+
+    def _busy_left(self, now: float) -> float:
+        return max(0.0, self._busy_until - now) if self._busy_until else 0.0
 
     def drain_batch(self) -> int:
         """The batch size a queue drains at: the largest (under the AIMD cap) whose typical run fits in the SLO."""
@@ -231,7 +248,8 @@ class AdaptiveBatcher:
             return
         finally:
             self._busy_until = 0.0
-        service = self.clock() - t0
+        ended = self.clock()
+        service = ended - t0
         self.latency.observe(rows, service)
         if 0 < budget < service and rows > 1:
             # the batch itself overran what the SLO left it: multiplicative decrease. A batch that started with
@@ -248,17 +266,22 @@ class AdaptiveBatcher:
         for r in batch:
             end = start + r.rows
             by_loop.setdefault(r.loop, []).append(
-                (r.future, {n: o[start:end] for n, o in zip(self._outputs, outs, strict=True)})
+                (r.future, {n: o[start:end] for n, o in zip(self._outputs, outs, strict=True)}, r.due)
             )
             start = end
         for loop, items in by_loop.items():  # one wake-up of the event loop per batch, not per request
-            loop.call_soon_threadsafe(_set_results, items)
+            loop.call_soon_threadsafe(self._deliver, loop, items, ended)
 
+    def _deliver(self, loop: asyncio.AbstractEventLoop, items: list[tuple[Any, ...]], ended: float) -> None:
+        """On the event loop: resolve the batch's futures, then see when their handlers are through — the probe
+        is queued behind the handlers' wake-ups, so it runs once they have encoded their replies."""
+        for fut, res, _ in items:
+            if not fut.done():
+                fut.set_result(res)
+        loop.call_soon(self._returned, ended, [due for _, _, due in items])
 
-def _set_results(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for fut, res in items:
-        if not fut.done():
-            fut.set_result(res)
+    def _returned(self, ended: float, dues: list[float]) -> None:
+        self.slack.observe(self.clock(), ended, dues)
 
 
 def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:

@@ -63,7 +63,7 @@ async def handle_predict(
             feeds, rows, binary = await asyncio.to_thread(decode, *args)
         else:
             feeds, rows, binary = decode(*args)
-        outputs = await served.predict(feeds, rows, deadline)
+        outputs = await served.predict(feeds, rows, deadline, t0)
     except PayloadTooLarge as exc:
         metrics.requests.labels(*labels, "413").inc()
         return json_error(413, f"model '{served.name}': {exc}")

@@ -114,12 +114,15 @@ class Served:
             "cascade": {k: self.cascade[k] for k in ("threshold", "fast_share", "output")} if self.cascade else None,
         }
 
-    async def predict(self, feeds: dict[str, np.ndarray], rows: int, deadline_s: float | None) -> dict[str, Any]:
+    async def predict(
+        self, feeds: dict[str, np.ndarray], rows: int, deadline_s: float | None, started: float | None = None
+    ) -> dict[str, Any]:
+        """The outputs; the deadline (``deadline_s``, else the SLO) runs from ``started``, else now."""
         if self.cascade is None:
-            return await self.batchers["model"].submit(feeds, rows, deadline_s)  # type: ignore[no-any-return]
+            return await self.batchers["model"].submit(feeds, rows, deadline_s, started)  # type: ignore[no-any-return]
         clock = self.batchers["fast"].clock
-        t0 = clock()
-        fast = await self.batchers["fast"].submit(feeds, rows, deadline_s)
+        t0 = clock() if started is None else started
+        fast = await self.batchers["fast"].submit(feeds, rows, deadline_s, t0)
         conf = confidence(fast[self.cascade["output"]])
         unsure = np.flatnonzero(conf < self.cascade["threshold"])
         self.cascade["counter"](rows - len(unsure), rows)
