@@ -79,8 +79,9 @@ chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		chromium fonts-dejavu-core >/dev/null
 
-# Full-page screenshots of report.html, recommend.html and explore.html on the bundled example, into docs/img/.
-screenshots: $(VENV)/.core chromium
+# Full-page screenshots of report.html, recommend.html and explore.html on the bundled example, into docs/img/
+# (explore trains with torch: the dev extras). IMG=dir puts them elsewhere; EXPLORE_BUDGET=0.02cpu-h by default.
+screenshots: $(VENV)/.dev chromium
 	tools/screenshots.sh
 
 clean:

@@ -3,7 +3,7 @@
 # recommend.html and explore.html, taken with Debian's headless chromium (`make chromium` installs it).
 #   tools/screenshots.sh [fit] [recommend] [explore]      (default: all three; IMG=docs/img)
 # Each report is built first (fit as `make demo` does; recommend with three targets and a 20 s budget;
-# explore with a small budget), then shot 1280 px wide in a tall window, cropped to the page, kept under 300 KB.
+# explore with 0.02 cpu-h, the least here that completes a trial; 0.005 stops its only one), then shot 1280 px wide in a tall window, cropped to the page, kept under 300 KB.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 IMG=${IMG:-docs/img}
@@ -62,7 +62,7 @@ for what in "${reports[@]}"; do
         --targets aws-c7i.xlarge,aws-c7g.xlarge,raspberry-pi-5 --time-budget 20s --out out/recommend
       shoot out/recommend/recommend.html "$IMG/recommend.png" ;;
     explore)
-      "$BIN/chipfit" explore examples/explore/space.yaml --budget "${EXPLORE_BUDGET:-0.005cpu-h}" \
+      "$BIN/chipfit" explore examples/explore/space.yaml --budget "${EXPLORE_BUDGET:-0.02cpu-h}" \
         --new-study --out out/explore
       shoot out/explore/explore.html "$IMG/explore.png" ;;
     *) echo "screenshots: unknown report '$what' (fit, recommend or explore)" >&2; exit 2 ;;
