@@ -3,7 +3,8 @@
 # recommend.html and explore.html, taken with Debian's headless chromium (`make chromium` installs it).
 #   tools/screenshots.sh [fit] [recommend] [explore]      (default: all three; IMG=docs/img)
 # Each report is built first (fit as `make demo` does; recommend with three targets and a 20 s budget;
-# explore with 0.02 cpu-h, the least here that completes a trial; 0.005 stops its only one), then shot 1280 px wide in a tall window, cropped to the page, kept under 300 KB.
+# explore with 0.02 cpu-h, the least here that completes a trial; 0.005 stops its only one), then shot
+# 1280 px wide in a tall window, cropped to the page, kept under 300 KB.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 IMG=${IMG:-docs/img}
