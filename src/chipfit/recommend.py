@@ -7,6 +7,10 @@ runs and a set of batch sizes, and their p50/p99 are *predicted* (roofline × th
 store's measurements), with the predictor's held-out error as the expected error. Per target the best
 configuration by the objective among those meeting the bounds is shown; instances needed for
 ``--min-throughput``, $/1M inferences and modelled energy follow from the predicted throughput.
+
+A sanity rule bounds the learned correction: a target whose peak compute (every dtype) and memory bandwidth are
+all at most this machine's detected target at its CPU quota is never predicted faster than what was measured
+here at the same variant and batch; such a prediction is raised to the measurement and the row says so.
 """
 
 from __future__ import annotations
