@@ -20,6 +20,7 @@ PREDICTOR_GOAL_SPEARMAN = 0.95
 PREDICTOR_GOAL_SHARE = 0.30  # guided search reaches the measured best after at most this share of the space
 SERVING_GOAL_RATIO = 3.0  # adaptive batching vs --max-batch 1 on the wide MLP under wrk
 SERVING_GOAL_OVERHEAD_MS = 1.0
+SERVING_GOAL_SLO_HELD = 0.99  # share of admitted requests within the SLO by the server's histogram (a p99 SLO)
 NEAR_BEST = 0.9  # backends within this fraction of the best share of the roof are named together
 NEAR_ROOF = 0.7  # a share of the SGEMM roof from which "the roof, not the backend, is the limit"
 
@@ -351,3 +352,41 @@ def serving_commentary(rows: Sequence[Mapping[str, Any]], cores: int) -> list[st
             "p50 is counted in this column."
         )
     return [*out, ""]
+
+
+def slo_held_commentary(runs: Sequence[Mapping[str, Any]], slo_ms: float, cores: int) -> list[str]:
+    """Each run: ``sent``, ``admitted`` and ``within`` (the server's histogram: requests answered 200, and of
+    them those within the SLO), ``rejected``, ``client_p99`` (ms, the generator's), ``load`` (the 1-minute load
+    average when the run started)."""
+    shares = [r["within"] / r["admitted"] for r in runs if r["admitted"]]
+    if not shares:
+        return [f"SLO held: **not measured**: no request was admitted in {len(runs)} runs."]
+    mid = statistics.median(shares)
+    rejected = statistics.median([r["rejected"] / r["sent"] for r in runs if r["sent"]])
+    out = [
+        f"SLO held (goal ≥ {SERVING_GOAL_SLO_HELD:.0%} of admitted requests within the {slo_ms:g} ms SLO, by the "
+        f"server's own histogram): **{verdict(mid >= SERVING_GOAL_SLO_HELD)}**: {mid:.1%} (median of "
+        f"{len(shares)} runs, {_range([100 * v for v in shares], '{:.1f}')}%), with {rejected:.1%} of requests "
+        "rejected (429) instead of served late.",
+    ]
+    client = [r["client_p99"] for r in runs if r.get("client_p99") is not None]
+    if client:
+        out.append(
+            f"The generator's own p99 ({_range(client, '{:.3g}')} ms) also counts the time before the server reads "
+            "a request, and its lateness: it is Python on the same cores, so the server's histogram is the measure."
+        )
+    loads = [r["load"] for r in runs if r.get("load") is not None]
+    if mid < SERVING_GOAL_SLO_HELD and loads:
+        busy = max(loads) > cores
+        out.append(
+            f"The machine's load average was {_range(loads, '{:.1f}')} on {cores} core{'s' if cores != 1 else ''} "
+            + (
+                "when the runs started: other processes held the cores, and a server descheduled for longer than "
+                "its SLO makes every request in flight late — no admission rule sees that coming; the learned "
+                "margin keeps fewer requests waiting, which is all it can do."
+                if busy
+                else "when the runs started: the misses are the server's own (event loop and model thread "
+                "contending for the cores with the generator)."
+            )
+        )
+    return out

@@ -180,3 +180,18 @@ def test_serving_goal_and_reading_follow_the_numbers() -> None:
     assert "within it on 3 of 3 models" in a and "within it on 1 of 2 models" in b
     for fixed in ("20–34 ms", "84 MB of weights are read", "about 4× one row", "a few tenths"):
         assert fixed not in a and fixed not in b
+
+
+def test_slo_held_verdict_and_explanation_follow_the_runs() -> None:
+    def run(within: int, load: float, p99: float = 9.0) -> dict:
+        return {"sent": 5000, "admitted": 4000, "within": within, "rejected": 1000, "client_p99": p99, "load": load}
+
+    held = "\n".join(c.slo_held_commentary([run(3990, 1.0), run(3996, 1.2), run(3980, 0.9)], 5.0, 2))
+    missed = "\n".join(c.slo_held_commentary([run(3800, 6.0, 80.0), run(3900, 5.5, 40.0)], 5.0, 2))
+    quiet_miss = "\n".join(c.slo_held_commentary([run(3800, 0.5)], 5.0, 2))
+    assert "**reached**: 99.8% (median of 3 runs, 99.5–99.9%)" in held and "20.0% of requests rejected" in held
+    assert "load average" not in held  # nothing to explain when the goal is reached
+    assert "**not reached**: 96.2% (median of 2 runs, 95.0–97.5%)" in missed and "40–80 ms" in missed
+    assert "5.5–6.0 on 2 cores" in missed and "other processes held the cores" in missed
+    assert "other processes" not in quiet_miss and "the server's own" in quiet_miss
+    assert "not measured" in c.slo_held_commentary([{**run(0, 1.0), "admitted": 0}], 5.0, 2)[0]
