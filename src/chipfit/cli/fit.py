@@ -288,6 +288,7 @@ def fit(
                 settings=settings,
                 store=store,
                 callback=callback,
+                progress=False,  # shown by fit_progress above (or not at all with --quiet)
                 trust_pickle=trust_pickle,
                 **overrides,
             )

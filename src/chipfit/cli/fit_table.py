@@ -140,7 +140,7 @@ def _layout(cols: dict[str, _Col], merge: bool, batch_in_name: bool, hidden: tup
     if merge:
         v, o, b = cols["variant"], cols["options"], cols["batch"]
         opts = [f"{x} · b{n}" if batch_in_name else x for x, n in zip(o.cells, b.cells, strict=True)]
-        cells = [f"{x}\n[dim]{y}[/]" for x, y in zip(v.cells, opts, strict=True)]
+        cells = [f"{x}\n  [dim]{y}[/]" for x, y in zip(v.cells, opts, strict=True)]
         merged = _Col("candidate", cells, False, "left", _CANDIDATE_MIN)
         out = [merged] + [c for c in out if c.header not in ("variant", "options", "batch" if batch_in_name else "")]
     return out

@@ -4,6 +4,7 @@ pipe, a notebook's captured stderr), or a function of the caller's given each fi
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -97,9 +98,11 @@ def progress_callback(progress: ProgressOption, callback: Callback | None = None
     """The search callback for ``fit(progress=..., callback=...)``: the caller's ``callback`` (every event)
     together with the display ``progress`` asks for. The default display is a live bar when stderr is a
     terminal and one line per finished candidate on stderr otherwise; it is off when a ``callback`` is given
-    (the caller shows progress itself, as the CLI does) unless ``progress=True``."""
-    if progress is None:
-        progress = callback is None
+    (the caller shows progress itself, as the CLI does) or the "chipfit" logger is set above INFO, unless
+    ``progress=True``."""
+    if progress is None:  # off too when the "chipfit" logger is set above INFO (the CLI's --quiet)
+        level = logging.getLogger("chipfit").level
+        progress = callback is None and (level == logging.NOTSET or level <= logging.INFO)
     if progress is False:
         yield callback
         return
