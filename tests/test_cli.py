@@ -34,7 +34,8 @@ def _assert_clean_error(p: subprocess.CompletedProcess[str], pattern: str) -> No
 
 def test_fit_json_and_table(mlp: Path, mlp_npz: Path, tmp_path: Path) -> None:
     out = tmp_path / "art"
-    p = run("fit", mlp, "--data", mlp_npz, "--max-p99-ms", "1000", "--out", out, "--json", *FAST_FLAGS)
+    loud = [f for f in FAST_FLAGS if f != "-q"]
+    p = run("fit", mlp, "--data", mlp_npz, "--max-p99-ms", "1000", "--out", out, "--json", *loud)
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout)
     assert result["feasible"] and result["winner"]["status"] == "ok"
@@ -44,8 +45,9 @@ def test_fit_json_and_table(mlp: Path, mlp_npz: Path, tmp_path: Path) -> None:
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("[") and "(measured" in ln]
     assert len(lines) == sum(c["source"] == "measured" for c in result["candidates"]) >= 2, p.stderr
     assert "━" not in p.stderr
-    table = run("fit", mlp, "--data", mlp_npz, *FAST_FLAGS)
+    table = run("fit", mlp, "--data", mlp_npz, *FAST_FLAGS)  # with -q
     assert table.returncode == 0 and "winner (latency)" in table.stdout and "p50 ms" in table.stdout
+    assert "(stored" not in table.stderr and "measuring" not in table.stderr  # --quiet: no progress at all
 
 
 def test_infeasible_exits_1_with_near_misses(mlp: Path, mlp_npz: Path, tmp_path: Path) -> None:
