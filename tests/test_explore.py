@@ -237,8 +237,9 @@ def test_a_resume_is_announced_with_what_was_spent(tmp_path: Path) -> None:
         "budget 0.02 cpu-h; --new-study starts a fresh one"
     )
     meter.device_s = 0.1 * 3600  # spent by earlier runs with a larger budget: nothing left, and it says why
-    assert "the budget is spent: raise --budget, the study's total" in resume_line("s", tmp_path, 1, meter, 0.1)
-    assert "$0.5 already spent of the budget $2" in resume_line("s", tmp_path, 1, CostMeter(Budget(2, "usd"), 1), 0.5)
+    assert "the budget is spent: raise --budget, the study's total" in resume_line("s", tmp_path, 2, meter, 0.1)
+    line = resume_line("s", tmp_path, 1, CostMeter(Budget(2, "usd"), 1), 0.5)
+    assert ": 1 trial, $0.5 already spent of the budget $2;" in line
 
 
 def test_a_winner_whose_model_is_gone_is_skipped_with_a_note(tmp_path: Path) -> None:

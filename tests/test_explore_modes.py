@@ -219,7 +219,7 @@ def test_a_resumed_study_says_so_and_delivers_after_its_first_out_folder_is_dele
     second, err = run("--max-trials", "2", "--out", str(tmp_path / "B"))
     assert second["study"] == first["study"] and second["resumed"] is True
     assert second["spent_before"] == pytest.approx(first["spent"]) and second["spent"] <= 300
-    assert f"resuming study {first['study']} of {tmp_path / 'space.yaml'}: 1 trials" in err
+    assert f"resuming study {first['study']} of {tmp_path / 'space.yaml'}: 1 trial, " in err
     assert "already spent of the budget 300 s; --new-study starts a fresh one" in err
     assert (tmp_path / "B" / "artifact" / "manifest.json").exists() and second["artifact"].endswith("artifact")
     assert not second["notes"] and Path(second["winner"]["onnx"]).exists()

@@ -85,7 +85,8 @@ def resume_line(name: str, space_path: Path, trials: int, meter: CostMeter, spen
     """What a resumed run says as it starts (one line)."""
     unit = meter.budget.unit
     line = (
-        f"resuming study {name} of {space_path}: {trials} trials, {amount(spent_before, unit)} already spent of "
+        f"resuming study {name} of {space_path}: {trials} trial{'s' if trials != 1 else ''}, "
+        f"{amount(spent_before, unit)} already spent of "
         f"the budget {amount(meter.budget.amount, unit)}; --new-study starts a fresh one"
     )
     if meter.left <= 0:
@@ -179,7 +180,9 @@ def explore(
         trials_before, spent_before = len(study.trials), meter.spent
         resumed = trials_before > 0 or spent_before > 0
         if resumed:
-            (announce or log.warning)(resume_line(study.study_name, space.path, trials_before, meter, spent_before))
+            (announce or log.warning)(
+                resume_line(study.study_name, Path(space_path), trials_before, meter, spent_before)
+            )
         if space.seconds_per_unit is not None and not study.trials:
             full = STARTUP_S + space.max_resource * space.seconds_per_unit
             if full > meter.seconds_left():
