@@ -126,7 +126,10 @@ def test_recommend_never_predicts_a_slower_target_faster_than_measured_here(
     for r in rec.targets:
         if r["source"] == "predicted":
             assert r["error_basis"].startswith("±") and "held-out models of this store" in r["error_basis"]
-    assert "at most this machine's (aws-c7i.xlarge at 2 cores" in rec.basis["clamp"]
+    assert (
+        "at most k times this machine's peak compute (every dtype) and memory bandwidth (aws-c7i.xlarge at 2 cores"
+        in rec.basis["clamp"]
+    )
 
 
 def chipfit_recommend(mlp: Path, mlp_npz: Path, store: Store, tmp_path: Path) -> Any:
@@ -240,3 +243,20 @@ def test_the_recommend_table_keeps_every_number_whole_at_any_width(width: int) -
             assert re.search(rf"(^|\s){re.escape(fmt(float(r[keys[col]]), digits))}(\s|$)", text, re.M), (col, text)
     assert "predicted ±12%" in text.replace("\n", " ") or "±12%" in text
     assert "clamped" in text and "±?" in text
+
+
+def test_a_faster_target_is_never_predicted_faster_than_its_resources_allow() -> None:
+    """A target with at most k times this machine's compute and bandwidth: at most k times faster than measured."""
+    from chipfit.hardware.catalog import load_catalog
+    from chipfit.recommend import advantage, clamp
+
+    pi5 = load_catalog()["raspberry-pi-5"]
+    ref = {"name": "here", "peak_gflops": {"fp32": 100.0, "int8": 400.0}, "mem_bw_gbs": 10.0}
+    double = replace(pi5, peak_gflops={"fp32": 200.0, "int8": 800.0}, mem_bw_gbs=20.0)
+    assert advantage(double, ref) == pytest.approx(2.0)
+    assert advantage(replace(pi5, peak_gflops={"fp32": 50.0}, mem_bw_gbs=5.0), ref) <= 1.0
+    floor = {("original", 32): (0.1476, 0.1992), ("*", 32): (0.1476, 0.1992)}
+    cand = {"passes": [], "batch": 32}
+    p50, p99, note = clamp(0.0139, 0.039, cand, floor, advantage=2.0)  # the run's 10x-faster prediction
+    assert p50 == pytest.approx(0.0738) and p99 >= p50 and "/ 2" in note
+    assert clamp(0.09, 0.12, cand, floor, advantage=2.0) == (0.09, 0.12, "")  # within 2x: left as predicted

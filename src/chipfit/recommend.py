@@ -23,7 +23,15 @@ from typing import Any
 from chipfit.hardware.catalog import Target, load_catalog
 from chipfit.hardware.cost import cost_energy
 
-__all__ = ["Recommendation", "clamp", "dominated", "measured_floor", "quota_reference", "recommend"]
+__all__ = [
+    "Recommendation",
+    "advantage",
+    "clamp",
+    "dominated",
+    "measured_floor",
+    "quota_reference",
+    "recommend",
+]
 
 _OBJECTIVE_KEY = {"cost": "usd_per_1m", "latency": "p50_ms", "energy": "energy_mj", "throughput": "neg_throughput"}
 
@@ -174,10 +182,10 @@ def recommend(
             if not (b == "openvino" and target.arch not in ("x86_64", "aarch64"))
         ]
         preds = predictor.predict_many(items)
-        slower = dominated(target, ref)
+        adv = None if target.gpu else advantage(target, ref)  # a CPU target at most `adv` x this machine
         candidates = []
         for item, p in zip(items, preds, strict=True):
-            p50, p99, note = clamp(p.p50_ms, p.p99_ms, item[1], floor) if slower else (p.p50_ms, p.p99_ms, "")
+            p50, p99, note = (p.p50_ms, p.p99_ms, "") if adv is None else clamp(p.p50_ms, p.p99_ms, item[1], floor, adv)
             candidates.append(_row(target, item[1], p50, p99, spec, min_throughput) | {"clamped": note})
         if not candidates:
             continue
@@ -207,8 +215,9 @@ def recommend(
         + "; not validated on the other targets (on a GPU: a correction learned on CPUs)",
         "error": error_basis,
         "clamp": (
-            f"a target whose peak compute (every dtype) and memory bandwidth are at most this machine's "
-            f"({ref['name']} at {local.cores} cores in the CPU quota) is never predicted faster than measured here"
+            f"a CPU target with at most k times this machine's peak compute (every dtype) and memory bandwidth "
+            f"({ref['name']} at {local.cores} cores in the CPU quota) is never predicted more than k times faster "
+            "than measured here (k ≤ 1: never faster)"
         ),
     }
     dumped = spec.model_dump() | {"min_throughput": min_throughput}
@@ -246,6 +255,16 @@ def dominated(target: Target, ref: dict[str, Any]) -> bool:
     return all(target.peak(d) <= ref_peak[d] for d in dtypes) and target.mem_bw_gbs <= float(ref["mem_bw_gbs"])
 
 
+def advantage(target: Target, ref: dict[str, Any]) -> float:
+    """The most ``target`` has of any resource relative to ``ref``: the largest ratio of its peak compute (per
+    dtype) and memory bandwidth to ``ref``'s. At most 1 when ``target`` is dominated (see :func:`dominated`)."""
+    peaks = ref["peak_gflops"]
+    dtypes = set(target.peak_gflops) | set(peaks)
+    ratios = [target.peak(d) / float(peaks.get(d, peaks["fp32"])) for d in dtypes]
+    ratios.append(target.mem_bw_gbs / float(ref["mem_bw_gbs"]))
+    return max(ratios)
+
+
 def measured_floor(candidates: list[Any]) -> dict[tuple[str, int], tuple[float, float]]:
     """The fastest (p50, p99) measured here per (variant, batch), and per ("*", batch) over every variant."""
     floor: dict[tuple[str, int], tuple[float, float]] = {}
@@ -261,19 +280,33 @@ def measured_floor(candidates: list[Any]) -> dict[tuple[str, int], tuple[float, 
 
 
 def clamp(
-    p50: float, p99: float, cand: dict[str, Any], floor: dict[tuple[str, int], tuple[float, float]]
+    p50: float,
+    p99: float,
+    cand: dict[str, Any],
+    floor: dict[tuple[str, int], tuple[float, float]],
+    advantage: float = 1.0,
 ) -> tuple[float, float, str]:
-    """A dominated target's prediction raised to what was measured here at the same variant and batch (or any
-    variant at that batch): (p50, p99, note; empty when nothing was raised)."""
+    """A CPU target's prediction raised to what was measured here at the same variant and batch (or any variant
+    at that batch) divided by ``advantage`` (the most it has of any resource relative to this machine; a
+    dominated target, ``advantage`` ≤ 1, is never faster than the measurement): (p50, p99, note; empty when
+    nothing was raised)."""
     batch = int(cand["batch"])
     hit = floor.get((_variant(cand), batch)) or floor.get(("*", batch))
-    if hit is None or p50 >= hit[0]:
+    k = max(float(advantage), 1.0)
+    if hit is None or p50 >= hit[0] / k:
         return p50, p99, ""
-    note = (
-        f"clamped: predicted {p50:.4g} ms < {hit[0]:.4g} ms measured here at batch {batch}, on a target no faster "
-        "than this machine; raised to the measurement"
-    )
-    return hit[0], max(p99, hit[1], hit[0]), note
+    lo50, lo99 = hit[0] / k, hit[1] / k
+    if k == 1.0:
+        note = (
+            f"clamped: predicted {p50:.4g} ms < {hit[0]:.4g} ms measured here at batch {batch}, on a target no "
+            "faster than this machine; raised to the measurement"
+        )
+    else:
+        note = (
+            f"clamped: predicted {p50:.4g} ms < {hit[0]:.4g} ms measured here at batch {batch} / {k:.3g}, on a "
+            f"target with at most {k:.3g}x this machine's compute and bandwidth; raised to that bound"
+        )
+    return lo50, max(p99, lo99, lo50), note
 
 
 def _variant(cand: dict[str, Any]) -> str:
