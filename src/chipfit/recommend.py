@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chipfit.hardware.catalog import Target, load_catalog
@@ -135,6 +136,10 @@ def recommend(
         raise SpecError(f"--targets: unknown target(s) {unknown}. See `chipfit targets` for the names.")
     kw = dict(fit_kwargs or {})
     fit_objective = objective if objective in ("cost", "latency", "energy", "throughput") else "cost"
+    if isinstance(model, str | Path) and not Path(model).exists():  # the user's input before any phase starts
+        from chipfit.errors import ModelError
+
+        raise ModelError(f"Model file '{model}' does not exist. Pass the path of an .onnx or .pt2 file.")
     say("profiling: measuring candidates on this machine")
     result = fit(model, data, objective=fit_objective, **constraints, **kw)
     spec = result.spec
