@@ -101,14 +101,17 @@ def cost_latency_plot(targets: list[dict[str, Any]], max_p99_ms: float | None) -
             ms=7 if measured else 5,
             capsize=2,
         )
+    from chipfit.report.plots import fit_axis
+
+    # plain decimals on both log axes (0.02, 0.00001), never 2×10⁻² or 1e-05; the x range covers the error bars
+    xs = [t["p99_ms"] for t in targets if t["p99_ms"]]
+    errs = [t["expected_error"] if t["expected_error"] < 10 else 0.0 for t in targets if t["p99_ms"]]
+    xspan = [x / (1 + e) for x, e in zip(xs, errs, strict=True)] + [x * (1 + e) for x, e in zip(xs, errs, strict=True)]
+    fit_axis(ax, "x", xspan + ([max_p99_ms] if max_p99_ms else []), log=True)
+    fit_axis(ax, "y", [t["usd_per_1m"] for t in targets if t["usd_per_1m"]], log=True)
     if max_p99_ms:
         ax.axvline(max_p99_ms, color="#cf222e", ls="--", lw=1)
         ax.text(max_p99_ms, ax.get_ylim()[1], " max p99", color="#cf222e", fontsize=8, va="top")
-    from matplotlib.ticker import FuncFormatter
-
-    plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 0.01, not 10⁻²
-    ax.xaxis.set_major_formatter(plain)
-    ax.yaxis.set_major_formatter(plain)
     ax.set_xlabel("p99 latency, ms (predicted: bars = expected error)")
     ax.set_ylabel("$ per 1M inferences")
     ax.set_title("square = measured here, circle = predicted; red = misses a bound", fontsize=9)
