@@ -119,6 +119,7 @@ def compile_for_target(
     from chipfit.hardware.detect import local_machine
     from chipfit.model import load_model, onnx_files
     from chipfit.package import MANIFEST, check_writable
+    from chipfit.provenance import mark
 
     out = check_writable(Path(out))
     entry = get_target(target, catalog)
@@ -165,6 +166,7 @@ def compile_for_target(
             "feasible": True,
             "kind": "cross-compiled",
             "model": {"file": "model.onnx", "sha256": files, "source": m.summary()},
+            "provenance": mark(files),
             "backend": backend,
             "target": target,
             "target_info": {"title": entry.title, "arch": entry.arch, "tvm": dict(entry.tvm)},

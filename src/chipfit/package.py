@@ -67,6 +67,12 @@ def check_writable(out: Path) -> Path:
     return out
 
 
+def _provenance(files: dict[str, str]) -> str:
+    from chipfit.provenance import mark
+
+    return mark(files) if files else ""
+
+
 def _manifest(
     result: FitResult, model_file: str | None, files: dict[str, str], runtime_options: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -79,6 +85,7 @@ def _manifest(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "feasible": result.feasible,
         "model": {"file": model_file, "sha256": files, "source": result.model.summary()},
+        "provenance": _provenance(files),
         "backend": w.candidate.backend if w else None,
         "target": w.candidate.target if w else None,
         "candidate": w.candidate.to_dict() if w else None,
@@ -260,12 +267,34 @@ def check_backend(name: Any, folder: Path) -> str:
     )
 
 
-def load(path: str | Path, threads: int | None = None, serving: bool = False) -> LoadedModel:
+def _check_native(folder: Path, manifest: dict[str, Any], trust_native: bool) -> None:
+    """Refuse a compiled library this home did not build, unless the user trusts native code from elsewhere."""
+    from chipfit.provenance import TRUST_ENV, native_trusted, verifies
+
+    options = manifest.get("runtime_options") or {}
+    library = options.get("library") if isinstance(options, dict) else None
+    if not library or native_trusted(trust_native):
+        return
+    files = manifest["model"].get("sha256") or {}
+    if verifies(files, manifest.get("provenance")):
+        return
+    raise ArtifactError(
+        f"Artifact '{folder}' ships native code ('{library}', a compiled library: loading it runs its code) and "
+        "was not built by this chipfit home. If you trust whoever built it, load it with trust_native=True, "
+        f"set {TRUST_ENV}=1, or pass --trust-native to chipfit serve."
+    )
+
+
+def load(
+    path: str | Path, threads: int | None = None, serving: bool = False, trust_native: bool = False
+) -> LoadedModel:
     """Open an artifact folder: check that every file the manifest names is inside the folder and matches its
     sha256, and that the backend is a built-in one or an opted-in plug-in (``$CHIPFIT_BACKENDS``), then
     compile the model with the recorded backend, target and runtime options (``threads`` replaces the recorded
     thread count: a server running several models gives each its share of the CPU quota; ``serving``: pool
-    threads sleep when idle instead of spinning, leaving the cores to the server's event loop)."""
+    threads sleep when idle instead of spinning, leaving the cores to the server's event loop). Native code
+    in the artifact (a compiled library) is loaded only when this chipfit home built the artifact or the user
+    trusts it (``trust_native``, ``$CHIPFIT_TRUST_NATIVE=1``): see ``chipfit.provenance``."""
     from chipfit.backends import get_backend
 
     folder = Path(path)
@@ -277,6 +306,7 @@ def load(path: str | Path, threads: int | None = None, serving: bool = False) ->
             "relax the constraints."
         )
     model_path = verify_files(folder, manifest)
+    _check_native(folder, manifest, trust_native)
     name = check_backend(manifest.get("backend"), folder)
     backend = get_backend(name)
     reason = backend.unavailable_reason()

@@ -225,3 +225,45 @@ def test_serve_on_an_invalid_json_manifest_exits_2_in_one_line_without_a_traceba
     assert len(lines) == 1 and "is not valid JSON" in lines[0] and "Traceback" not in r.stderr, r.stderr
     folder.joinpath("manifest.json").write_text("[1, 2]")  # valid JSON, not a manifest
     _serve_fails_in_one_line(folder, busy_port, "not an object")
+
+
+def _native_library(folder: Path, marker: Path) -> Path:
+    """A real shared library whose constructor writes ``marker`` when it is loaded (dlopen runs it)."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build the test library: run `make test` as root (it installs g++)")
+    src = folder.parent / "evil.c"
+    src.write_text(
+        "#include <stdio.h>\n__attribute__((constructor)) static void run(void) {"
+        f' FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+    )
+    lib = folder / "model.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True)
+    return lib
+
+
+def test_a_compiled_library_from_elsewhere_is_not_loaded_without_the_opt_in(
+    make: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hash proves nothing about native code (whoever crafted the artifact wrote it): a library is loaded only
+    when this chipfit home built the artifact (its provenance mark verifies) or the user trusts native code."""
+    from chipfit.provenance import mark, verifies
+
+    monkeypatch.delenv("CHIPFIT_TRUST_NATIVE", raising=False)
+    art = make()
+    marker = tmp_path / "ran"
+    lib = _native_library(art, marker)
+    files = {**_model(art)["sha256"], "model.so": _sha(lib)}
+    _rewrite(art, model=_model(art, sha256=files), backend="tvm", runtime_options={"threads": 1, "library": "model.so"})
+    with pytest.raises(ArtifactError, match=r"ships native code .*trust_native=True.*CHIPFIT_TRUST_NATIVE=1"):
+        chipfit.runtime.load(art)
+    _rewrite(art, provenance="0" * 64)  # a forged mark does not verify either
+    with pytest.raises(ArtifactError, match="ships native code"):
+        chipfit.runtime.load(art)
+    assert not marker.exists()
+    assert verifies(files, mark(files)) and not verifies({**files, "model.so": "1" * 64}, mark(files))
+    monkeypatch.setenv("CHIPFIT_HOME", str(tmp_path / "another-home"))  # another home's key: its own mark only
+    assert not verifies(files, json.loads((art / "manifest.json").read_text())["provenance"])

@@ -60,6 +60,15 @@ def serve(
         ),
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted.")] = 64.0,
+    trust_native: Annotated[
+        bool,
+        typer.Option(
+            "--trust-native",
+            envvar="CHIPFIT_TRUST_NATIVE",
+            help="DANGEROUS: load compiled libraries (TVM's model.so) from artifacts another chipfit built; "
+            "loading one runs its code. Artifacts this chipfit home built are trusted without it.",
+        ),
+    ] = False,
     access_log: Annotated[bool, typer.Option(help="One JSON line per request on stderr.")] = True,
     ray: Annotated[bool, typer.Option("--ray", help="Deploy as a Ray Serve application (extra \\[ray]).")] = False,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to deploy to (default: start one).")] = None,
@@ -72,6 +81,10 @@ def serve(
     API docs at /docs. Artifacts are checked before loading (files inside their folder with matching sha256, built-in
     backends; CHIPFIT_BACKENDS=pkg.mod:attr trusts a third-party one)."""
     setup_logging(False)
+    if trust_native:  # read by chipfit.provenance in this process and in any replica it starts
+        import os
+
+        os.environ["CHIPFIT_TRUST_NATIVE"] = "1"
     with user_errors():
         _serve_deps()
         from chipfit.serve.server import ServeOptions, run_server
