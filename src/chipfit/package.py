@@ -247,7 +247,32 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> Path:
                 f"'{f}' does not match the sha256 in {MANIFEST} (expected {digest[:12]}…, got {actual[:12]}…): "
                 "the model was changed after it was measured. Re-run `chipfit fit` to produce a fresh artifact."
             )
-    return inside(folder, model["file"], "model.file")
+    model_path = inside(folder, model["file"], "model.file")
+    for location in _external_locations(model_path):  # the model's own external-data references
+        inside(folder, location, "an external-data location inside the model")
+        if location not in hashes:
+            raise ArtifactError(
+                f"Artifact '{folder}': the model's external data '{location}' has no sha256 entry in {MANIFEST}; "
+                "every file an artifact uses must have one. Re-run `chipfit fit` to produce a complete artifact."
+            )
+    return model_path
+
+
+def _external_locations(model_path: Path) -> list[str]:
+    """The ``location`` of every external-data tensor the ONNX file names (read without loading the data)."""
+    import onnx
+
+    from chipfit.onnx_files import all_tensors
+
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # not ONNX (a torch program's artifact names its own files): the backend says what it is
+        return []
+    out: set[str] = set()
+    for t in all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.update(e.value for e in t.external_data if e.key == "location")
+    return sorted(out)
 
 
 def check_backend(name: Any, folder: Path) -> str:

@@ -267,3 +267,28 @@ def test_a_compiled_library_from_elsewhere_is_not_loaded_without_the_opt_in(
     assert verifies(files, mark(files)) and not verifies({**files, "model.so": "1" * 64}, mark(files))
     monkeypatch.setenv("CHIPFIT_HOME", str(tmp_path / "another-home"))  # another home's key: its own mark only
     assert not verifies(files, json.loads((art / "manifest.json").read_text())["provenance"])
+
+
+def test_external_data_the_model_names_must_be_inside_the_folder_and_hashed(make: Callable[..., Path]) -> None:
+    import onnx
+
+    art = make()
+    proto = onnx.load(str(art / "model.onnx"))
+    onnx.save(proto, str(art / "model.onnx"), save_as_external_data=True, location="w.data", size_threshold=0)
+    files = {"model.onnx": _sha(art / "model.onnx")}  # w.data left out of the table
+    _rewrite(art, model=_model(art, sha256=files))
+    with pytest.raises(ArtifactError, match=r"external data 'w\.data' has no sha256 entry"):
+        chipfit.runtime.load(art)
+    bare = onnx.load(str(art / "model.onnx"), load_external_data=False)
+    for t in bare.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../outside/model.onnx"
+    onnx.save(bare, str(art / "model.onnx"))
+    _rewrite(art, model=_model(art, sha256={"model.onnx": _sha(art / "model.onnx")}))
+    with pytest.raises(ArtifactError, match="points outside the artifact folder"):
+        chipfit.runtime.load(art)
+    _rewrite(art, model=_model(art, sha256={"model.onnx": _sha(art / "model.onnx"), "w.data": _sha(art / "w.data")}))
+    onnx.save(proto, str(art / "model.onnx"), save_as_external_data=True, location="w.data", size_threshold=0)
+    _rewrite(art, model=_model(art, sha256={"model.onnx": _sha(art / "model.onnx"), "w.data": _sha(art / "w.data")}))
+    assert chipfit.runtime.load(art).run({"x": X})[0].shape == (1, 3)  # inside and hashed: it loads
