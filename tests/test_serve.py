@@ -164,6 +164,8 @@ def test_the_token_guards_all_but_the_probes_and_the_body_limit_is_413(server: S
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
     assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes need no token
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert httpx.get(f"{server.url}/openapi.json").status_code == 200  # the API's description: no data
+    assert httpx.get(f"{server.url}/docs/assets/swagger-ui.css").status_code == 200  # a browser reads /docs
     big = httpx.post(url, json={"inputs": {"x": [[0.0] * 4] * 1000}}, headers=AUTH)  # ~20 KB over the 10 KiB limit
     assert big.status_code == 413 and "--max-body-mb" in big.json()["error"]
     assert httpx.post(url, json=ONE, headers=AUTH).status_code == 200

@@ -87,7 +87,10 @@ def create_app(
             return app.state.metrics if app.state.metrics is not None else _replica()["metrics"]
 
     st = _State()
-    open_paths = {"/healthz", "/readyz"}
+    # the API's description holds no data: a browser, which cannot send a Bearer token, can read /docs
+    open_paths = {"/healthz", "/readyz", "/docs", "/openapi.json"} | {
+        f"/docs/assets/{name}" for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+    }
 
     def error(code: int, message: str, headers: dict[str, str] | None = None) -> Any:
         return JSONResponse({"error": message}, status_code=code, headers=headers)
