@@ -10,6 +10,7 @@ as is. The budget is then spent on models that can be deployed.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import tempfile
@@ -55,7 +56,12 @@ def prepare_bound(
     predictor.rel_error = rel
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "predictor.pkl"
-    path.write_bytes(pickle.dumps((predictor, target)))
+    data = pickle.dumps((predictor, target))
+    path.write_bytes(data)
+    from chipfit.provenance import mark
+
+    # the trials unpickle it: sign it with this home's key so that a file swapped in the study folder is refused
+    path.with_suffix(".mark").write_text(mark({path.name: hashlib.sha256(data).hexdigest()}))
     return HardwareBound(
         target=target.name,
         max_p99_ms=max_p99_ms,
@@ -118,9 +124,15 @@ def _export_checked(space: Any, module: Any, where: Path, data: dict[str, Any] |
 
 def _predicted(bound: HardwareBound, model: Any) -> dict[str, Any]:
     from chipfit.predict import model_info
+    from chipfit.provenance import verifies
     from chipfit.search.space import Candidate
 
-    predictor, target = pickle.loads(Path(bound.predictor).read_bytes())
+    path = Path(bound.predictor)
+    data = path.read_bytes()
+    signed = path.with_suffix(".mark").read_text() if path.with_suffix(".mark").is_file() else ""
+    if not verifies({path.name: hashlib.sha256(data).hexdigest()}, signed):
+        raise ValueError(f"'{path}' was not written by this run's chipfit (its mark does not verify); not unpickled.")
+    predictor, target = pickle.loads(data)
     threads = target.threads or target.cores
     cand = Candidate("onnxruntime", options={"graph_optimization_level": "all", "intra_op_num_threads": threads})
     p = predictor.predict(model_info(model.stats), cand.to_dict(), target)
