@@ -259,20 +259,12 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> Path:
 
 
 def _external_locations(model_path: Path) -> list[str]:
-    """The ``location`` of every external-data tensor the ONNX file names (read without loading the data)."""
-    import onnx
-
-    from chipfit.onnx_files import all_tensors
-
+    """The external-data files the ONNX file names, relative to its folder as written (``../x`` stays so)."""
     try:
-        proto = onnx.load(str(model_path), load_external_data=False)
+        extra = onnx_files(model_path)[1:]
     except Exception:  # not ONNX (a torch program's artifact names its own files): the backend says what it is
         return []
-    out: set[str] = set()
-    for t in all_tensors(proto):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            out.update(e.value for e in t.external_data if e.key == "location")
-    return sorted(out)
+    return [str(p.relative_to(model_path.parent)) if p.is_relative_to(model_path.parent) else str(p) for p in extra]
 
 
 def check_backend(name: Any, folder: Path) -> str:

@@ -14,6 +14,8 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from chipfit.report.plots import compact_number
+
 if TYPE_CHECKING:
     from chipfit.result import FitResult
     from chipfit.search.select import CandidateResult
@@ -32,13 +34,7 @@ def fmt(v: Any, digits: int = 3) -> str:
         return "–"
     if isinstance(v, bool) or not isinstance(v, float):
         return str(v)
-    if 10**digits <= abs(v) < 1e7:
-        return f"{v:.0f}"
-    text = f"{v:.{digits}g}"
-    if "e" in text:
-        mantissa, exp = text.split("e")
-        text = f"{mantissa}e{int(exp)}"
-    return text
+    return compact_number(v, digits)
 
 
 @dataclass

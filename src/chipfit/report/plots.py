@@ -14,9 +14,30 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chipfit.result import FitResult
 
-__all__ = ["FIGSIZE", "batch_plot", "figure_svg", "fit_axis", "pareto_plot", "plain_number", "subplots"]
+__all__ = [
+    "FIGSIZE",
+    "batch_plot",
+    "compact_number",
+    "figure_svg",
+    "fit_axis",
+    "pareto_plot",
+    "plain_number",
+    "subplots",
+]
 
 FIGSIZE = (8.0, 4.5)  # inches: ~770 px wide in the page, labels at 10 pt read without zooming
+
+
+def compact_number(v: float, digits: int = 3) -> str:
+    """A table cell's number in few characters: ``digits`` significant digits, large values as integers (75500,
+    not 7.55e+04), exponents without padding (3.1e-7, not 3.1e-07)."""
+    if 10**digits <= abs(v) < 1e7:
+        return f"{v:.0f}"
+    text = f"{v:.{digits}g}"
+    if "e" in text:
+        mantissa, exp = text.split("e")
+        text = f"{mantissa}e{int(exp)}"
+    return text
 
 
 def plain_number(v: float) -> str:

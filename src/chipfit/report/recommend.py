@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chipfit.report.plots import figure_svg
+from chipfit.report.plots import compact_number, figure_svg
 
 __all__ = ["constraints_table", "cost_latency_plot", "place_labels", "write_recommendation"]
 
@@ -145,14 +145,7 @@ def constraints_table(spec: dict[str, Any]) -> str:
 
 def _num(v: float, digits: int = 4) -> str:
     """Few characters: 52790 (not 5.279e+04), 4.98e-7 (not 4.983e-07)."""
-    v = float(v)
-    if 10**digits <= abs(v) < 1e7:
-        return f"{v:.0f}"
-    text = f"{v:.{digits}g}"
-    if "e" in text:
-        mantissa, exp = text.split("e")
-        text = f"{mantissa}e{int(exp)}"
-    return text
+    return compact_number(float(v), digits)
 
 
 def _source(t: dict[str, Any]) -> str:
