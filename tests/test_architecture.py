@@ -21,6 +21,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("backends/onnxruntime.py", "passes/"),
     # torch is also the training framework (explore, remat), the exporter (model ingest) and the test models
     "torch": ("backends/torch.py", "torch_export.py", "explore/", "remat/", "testing/"),
+    # OpenVINO's int8 quantizer is a pass (it writes a QDQ ONNX model that any backend runs)
+    "nncf": ("passes/nncf_int8.py",),
+    # the Hugging Face model definitions build the BERT-family test graphs (random weights, no download)
+    "transformers": ("testing/",),
 }
 
 
