@@ -128,57 +128,11 @@ def pretrained_minilm() -> tuple[Any, Any] | None:
     return model, tokenizer
 
 
-_WORDS = [
-    "the",
-    "a",
-    "model",
-    "chip",
-    "runs",
-    "fast",
-    "slow",
-    "memory",
-    "latency",
-    "server",
-    "request",
-    "batch",
-    "user",
-    "cloud",
-    "edge",
-    "phone",
-    "camera",
-    "image",
-    "text",
-    "query",
-    "answer",
-    "search",
-    "index",
-    "vector",
-    "embedding",
-    "sentence",
-    "word",
-    "token",
-    "language",
-    "translate",
-    "summarize",
-    "review",
-    "price",
-    "order",
-    "ship",
-    "deliver",
-    "weather",
-    "city",
-    "river",
-    "mountain",
-    "music",
-    "film",
-    "book",
-    "game",
-    "team",
-    "score",
-    "player",
-    "coach",
-    "season",
-]
+_WORDS = (  # noqa: SIM905
+    "the a model chip runs fast slow memory latency server request batch user cloud edge phone camera image text "
+    "query answer search index vector embedding sentence word token language translate summarize review price "
+    "order ship deliver weather city river mountain music film book game team score player coach season"
+).split()
 
 
 def sentences(n: int, seed: int = 0, min_words: int = 4, max_words: int = 60) -> list[str]:
