@@ -30,7 +30,7 @@ __all__ = [
     "quality_floor_text",
 ]
 
-_PASS_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "fp16": "fp16"}
+_PASS_PRECISION = {"int8_dynamic": "int8", "int8_static": "int8", "nncf_int8": "int8", "fp16": "fp16"}
 _OPTION_PRECISION = {"bf16": "bf16", "f16": "fp16", "fp16": "fp16", "i8": "int8", "int8": "int8"}
 
 
