@@ -17,7 +17,6 @@ __all__ = [
 ]
 
 LARGE_MODEL_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with a margin: write weights as external data
-_PASS_THROUGH = {"Add", "Div", "Mul", "Where", "Sub", "Cast", "Reshape", "Transpose"}
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
@@ -34,31 +33,13 @@ def is_large(path: Path) -> bool:
 
 
 def attention_softmaxes(model: onnx.ModelProto) -> int:
-    """Softmaxes that sit between two MatMuls (scores = Q·Kᵀ → scale/mask → Softmax → ·V): attention.
+    """Attention blocks: Softmaxes between two MatMuls (scores = Q·Kᵀ → scale/mask → Softmax → [SDPA's NaN
+    guard] → ·V), plus fused attention ops (Attention, MultiHeadAttention, QAttention), so an already fused
+    graph is recognised."""
+    from chipfit.passes._attention import attention_softmax_nodes
 
-    Fused attention ops (Attention, MultiHeadAttention) count too, so an already fused graph is recognised.
-    """
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    count = sum(1 for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention"))
-    for n in model.graph.node:
-        if n.op_type != "Softmax":
-            continue
-        up, node, hops = False, n, 0
-        while node is not None and hops < 6:
-            node = next((producer[i] for i in node.input if i in producer), None)
-            hops += 1
-            if node is not None and node.op_type == "MatMul":
-                up = True
-                break
-            if node is None or node.op_type not in _PASS_THROUGH:
-                break
-        down = any(c.op_type == "MatMul" for c in consumers.get(n.output[0], []))
-        count += int(up and down)
-    return count
+    fused = sum(1 for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention", "QAttention"))
+    return fused + len(attention_softmax_nodes(model))
 
 
 def quantizable_nodes(model: onnx.ModelProto, op_types: tuple[str, ...], need_weight: bool = False) -> list[str]:
