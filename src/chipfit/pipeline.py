@@ -183,7 +183,9 @@ def fit(
     budget = spec_obj.time_budget
     refine = MixedPrecision(ctx, spec_obj, started + budget if budget else None)
     try:
-        guide = make_guide(model_info(m.stats), store_obj) if settings.predict else None
+        sample = {k: v[:1] for k, v in eval_set.inputs.items()}  # kernel-level predictions run the variants once
+        first = min((c.batch for c in candidates), default=1)
+        guide = make_guide(model_info(m.stats), store_obj, ctx, sample, first) if settings.predict else None
         with progress_callback(progress, callback) as on_event:
             results = run_search(
                 ctx, candidates, budget, on_event, spec=spec_obj, refine=refine, guide=guide, started=budget_start

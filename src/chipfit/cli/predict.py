@@ -1,5 +1,6 @@
-"""Prediction commands of the CLI: ``chipfit predict-eval`` (how good the latency predictor is, on held-out
-models) and ``chipfit recommend`` (which hardware fits best, measured here and predicted elsewhere)."""
+"""Prediction commands of the CLI: ``chipfit predict calibrate`` (micro-benchmarks for the kernel-level
+predictor on this machine), ``chipfit predict-eval`` (how good the latency predictor is, on held-out models)
+and ``chipfit recommend`` (which hardware fits best, measured here and predicted elsewhere)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,61 @@ def phase_logger(enabled: bool = True, clock: Callable[[], float] = time.monoton
         err_console.print(f"[dim]{clock() - start:6.1f}s[/] {line}", highlight=False, soft_wrap=True)
 
     return say
+
+
+predict_app = typer.Typer(
+    help="The kernel-level latency predictor of this machine.", no_args_is_help=True, rich_markup_mode="rich"
+)
+app.add_typer(predict_app, name="predict")
+
+
+@predict_app.command("calibrate")
+def calibrate_cmd(
+    max_minutes: Annotated[
+        float, typer.Option("--max-minutes", help="Time for the micro-benchmarks, in minutes (a calibration: 20-30).")
+    ] = 20.0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Measure again even when this machine is calibrated.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the calibration's summary as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+) -> None:
+    """Measure single-kernel micro-benchmarks on this machine for the kernel-level latency predictor.
+
+    Seed models (MLPs, CNNs, BERT-like encoders; fp32 and int8; batch 1-32) are optimized by ONNX Runtime and each kernel of the optimized graph is timed alone (median of 5 interleaved rounds), more where the held-out error is highest, within --max-minutes. The result is cached per machine (CPU, cores, ONNX Runtime version) under the chipfit home and reused: `chipfit fit` and `chipfit recommend` then predict ONNX Runtime candidates from their kernels."""
+    with user_errors():
+        from chipfit.errors import SpecError
+        from chipfit.predict.calibrate import calibrate, summary
+
+        if not (max_minutes > 0 and max_minutes <= 24 * 60):
+            raise SpecError(
+                f"--max-minutes must be a number of minutes above 0 and at most 1440; got {max_minutes!r}. "
+                "A calibration takes 20-30 (--max-minutes 20)."
+            )
+        say = phase_logger(not quiet)
+        data, reused = calibrate(max_minutes, fresh=fresh, progress=say)
+        report = {"reused": reused, "created": data.get("created"), **summary(data)}
+        if json_out:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+            return
+        from rich.table import Table
+
+        h = report["heldout_models"]
+        title = (
+            f"calibration of this machine ({'reused, ' if reused else ''}{report['seconds']:.0f}s): "
+            f"{report['kernel_timings']} kernel timings of {report['seeds']} seed models"
+        )
+        table = Table(title=title)
+        for col in ("kernel type", "timings", "noise (CV)", "held-out median |error|"):
+            table.add_column(col, justify="right")
+        for op, m in report["ops"].items():
+            ape = m["heldout_median_ape"]
+            table.add_row(op, str(m["n"]), f"{m['noise_cv']:.1%}", "–" if ape is None else f"{ape:.1%}")
+        out_console.print(table)
+        if h.get("n"):
+            out_console.print(
+                f"whole seed models predicted from their kernels (held out by seed): {h['within_10pct']:.0%} within "
+                f"±10%, median |error| {h['median_ape']:.1%}, noise floor (CV of repeats) {h['noise_cv']:.1%}",
+                highlight=False,
+            )
 
 
 @app.command("predict-eval")

@@ -22,7 +22,16 @@ from chipfit.predict.kernel_predictor import KernelPredictor
 from chipfit.predict.kernels import Kernel
 from chipfit.predict.microbench import Seed, initial_seeds, measure_seed, neighbours, seed_from
 
-__all__ = ["FORMAT", "calibrate", "calibration_path", "load_calibration", "machine_fingerprint", "train"]
+__all__ = [
+    "FORMAT",
+    "calibrate",
+    "calibration_path",
+    "heldout_error",
+    "load_calibration",
+    "machine_fingerprint",
+    "summary",
+    "train",
+]
 
 FORMAT = 1  # bump when what a calibration holds changes: older files are then measured again
 
@@ -95,6 +104,36 @@ def seed_errors(data: dict[str, Any], folds: int = 3) -> dict[str, float]:
             actual = model.net_ms(k, int(r["threads"]), float(r["ms"]))
             errors.setdefault(r["seed"], []).append(abs(p - actual) / actual)
     return {s: float(np.median(v)) for s, v in errors.items()}
+
+
+def heldout_models(data: dict[str, Any], folds: int = 3) -> dict[str, Any]:
+    """Whole seed models predicted from their kernels by a predictor trained without their fold (grouped k-fold
+    by seed): n, within_10pct, median_ape, and the median CV of their repeats (the noise floor)."""
+    seeds = sorted({r["seed"] for r in data["model_rows"]})
+    if len(seeds) < folds:
+        return {"n": 0}
+    kernels = {sig: Kernel.from_dict(d) for sig, d in data["kernels"].items()}
+    ape, cvs = [], []
+    for f in range(folds):
+        held = set(seeds[f::folds])
+        model = train(data, held)
+        for r in data["model_rows"]:
+            if r["seed"] in held:
+                pred = model.predict([(kernels[s], int(c)) for s, c in r["kernels"]], int(r["threads"]))
+                ape.append(abs(pred - r["ms"]) / r["ms"])
+                cvs.append(float(r["cv"]))
+    return {
+        "n": len(ape),
+        "within_10pct": float(np.mean(np.array(ape) <= 0.10)),
+        "median_ape": float(np.median(ape)),
+        "noise_cv": float(np.median(cvs)),
+    }
+
+
+def heldout_error(data: dict[str, Any]) -> float:
+    """The median relative error of whole-model predictions on held-out seeds (inf when unknown)."""
+    h = data.get("heldout") or heldout_models(data)
+    return float(h["median_ape"]) if h.get("n") else math.inf
 
 
 def _empty(fp: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +210,7 @@ def calibrate(
             data["failed"] += got["failed"]
             measured |= {(r["sig"], r["threads"]) for r in got["kernel_rows"]}
     data["seconds"] = clock() - start
+    data["heldout"] = heldout_models(data)
     data["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tmp_path = path.with_suffix(f".tmp{os.getpid()}")
     tmp_path.write_text(json.dumps(data))
@@ -219,6 +259,7 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
         "kernel_types": len(ops),
         "model_timings": len(data["model_rows"]),
         "failed": len(data["failed"]),
+        "heldout_models": data.get("heldout") or heldout_models(data),
         "ops": ops,
     }
 

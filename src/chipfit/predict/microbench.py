@@ -271,7 +271,7 @@ def neighbours(seed: Seed, rng: np.random.Generator) -> Seed:
     elif seed.family == "cnn":
         dims = (seed.dims[0], scale(seed.dims[1], 8, 64), *(scale(c, 8, 256) for c in seed.dims[2:]))
     else:
-        layers, hidden, heads, seq = seed.dims
+        layers, hidden, heads, _ = seed.dims
         hidden = _snap(hidden * rng.uniform(0.6, 1.5), heads * 8, 768, heads * 8)
         dims = (layers, hidden, heads, int(rng.choice([16, 32, 64, 128])))
     batch = int(rng.choice(BATCHES)) if rng.random() < 0.5 else seed.batch

@@ -232,7 +232,7 @@ class _Search:
                 out.append(k)
         return set(out[:top])
 
-    def measure(self, c: Candidate, skip: str | None = None) -> CandidateResult:
+    def measure(self, c: Candidate, skip: str | None = None, predicted_ms: float | None = None) -> CandidateResult:
         i = len(self.results)
         self.total = max(self.total, i + 1)
         if c.skip:  # the candidate's own reason (no GPU, unsuitable model) comes before the search's
@@ -244,7 +244,8 @@ class _Search:
             if stored is None:  # a stored result costs nothing: only a new measurement waits for the budget
                 skip = self.budget_skip(c)
         if skip:
-            r = CandidateResult(c, Measurement("skipped", error=skip), "skipped")
+            metrics = {} if predicted_ms is None else {"predicted_p50_ms": predicted_ms}
+            r = CandidateResult(c, Measurement("skipped", metrics, error=skip), "skipped")
         else:
             t0 = self.clock()
             if self.callback:
@@ -281,7 +282,9 @@ def run_search(
     the ``batch_sweep_top`` fastest feasible configurations. With a ``spec`` whose objective is latency or
     throughput, each candidate first gets a short latency probe against the best feasible one so far.
     ``refine`` (e.g. the accuracy-aware mixed-precision search) runs after the first batch size. A ``guide``
-    orders each stage by predicted latency and skips predicted wide misses; results keep the space's order.
+    orders each stage by predicted latency and skips predicted wide misses (of a bound, or with a kernel-level
+    prediction, of the best measured so far); a skipped candidate keeps its prediction (``predicted_p50_ms``);
+    results keep the space's order.
     """
     index = {c.id: i for i, c in enumerate(candidates)}
     if guide is not None:
@@ -308,9 +311,12 @@ def run_search(
                 configs = s.fastest(top_b, lambda x: x.config_id, first)
             if c.config_id not in configs:
                 skip = f"batch sweep only for the {top_b} fastest feasible configurations at batch {first}"
-        if skip is None and guide is not None:
-            skip = guide.skip_reason(c, spec)
-        s.measure(c, skip)
+        predicted = None
+        if guide is not None:
+            predicted = guide.kernel_ms(c) if c.batch == first else None  # others: computed only to skip
+            if skip is None:
+                skip = guide.skip_reason(c, spec, s.feasible())
+        s.measure(c, skip, predicted)
     if pending is not None:
         pending(list(s.results), s.measure)
     return sorted(s.results, key=lambda r: index.get(r.candidate.id, len(index)))

@@ -3,14 +3,18 @@ search (so the latency probe's bar is low early and more of the rest is pruned),
 to miss a latency bound by a wide margin is skipped, listed with its prediction.
 
 The predictor is trained on the store's measurements when ``fit`` starts; with fewer than its minimum it
-only orders (the untrained roofline is not trusted to skip anything).
+only orders (the untrained roofline is not trusted to skip anything). When ``chipfit predict calibrate`` has
+measured this machine, ONNX Runtime CPU candidates at the first batch size are predicted from their kernels
+instead, and with a latency or throughput objective a candidate predicted slower than the best feasible one
+measured so far by more than the kernel predictor's error margin is skipped (not measured), with its
+prediction.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,8 @@ __all__ = ["Guide", "make_guide"]
 
 log = logging.getLogger("chipfit")
 SKIP_MARGIN = 3.0  # skip only when the prediction is this many times the bound (or more, for a poor predictor)
+FAR_MARGIN = 1.5  # kernel-level: skip when predicted this many times slower than the best measured (or more)
+_RANKED = ("latency", "throughput")  # objectives that rank by p50 at one batch size
 
 
 @dataclass
@@ -28,6 +34,19 @@ class Guide:
     predict: Callable[[Candidate], Any]  # -> Prediction
     trained: bool
     rel_error: float
+    kernel: Any = None  # a LocalKernelPredictor when this machine is calibrated
+    first_batch: int = 1
+
+    def kernel_ms(self, c: Candidate) -> float | None:
+        """The kernel-level prediction of ``c`` (ONNX Runtime on the CPU, this machine calibrated), else None."""
+        if self.kernel is None or c.reference:
+            return None
+        return self.kernel.predict_ms(c.to_dict())
+
+    def promise(self, c: Candidate) -> float:
+        """What candidates are ordered by: the kernel-level prediction when there is one, else the predictor's."""
+        k = self.kernel_ms(c) if c.batch == self.first_batch else None  # other batches: only to skip, lazily
+        return k if k is not None else float(self.predict(c).p50_ms)
 
     def order(self, candidates: list[Candidate]) -> list[Candidate]:
         """Stable sort by predicted p50 within runs of the same stage (batch, option sweep); reference first."""
@@ -35,7 +54,7 @@ class Guide:
         run: list[Candidate] = []
 
         def flush() -> None:
-            run.sort(key=lambda c: self.predict(c).p50_ms)
+            run.sort(key=self.promise)
             out.extend(run)
             run.clear()
 
@@ -50,8 +69,45 @@ class Guide:
         flush()
         return out
 
-    def skip_reason(self, c: Candidate, spec: Spec | None) -> str | None:
-        if not self.trained or spec is None or c.reference:
+    def _far(self, c: Candidate, spec: Spec, feasible: Sequence[Any]) -> str | None:
+        """With a latency objective the winner is the lowest p50 at any batch, with throughput the highest
+        batch/p50: a kernel-level prediction beyond the best measured by the margin cannot win."""
+        if self.kernel is None or spec.objective not in _RANKED:
+            return None
+        done = [(r.candidate.batch, r.metric("p50_ms")) for r in feasible if r.metric("p50_ms")]
+        if not done:
+            return None
+        k = self.kernel_ms(c)
+        if k is None:
+            return None
+        m = self.far_margin()
+        if spec.objective == "latency":
+            best = min(p for _, p in done)
+            if k > best * m:
+                return f"predicted p50 {k:.3g} ms (kernel-level) > {m:.2f} × the best measured {best:.3g} ms " + (
+                    "(not measured)"
+                )
+            return None
+        best_thr = max(b / p * 1e3 for b, p in done)
+        thr = c.batch / k * 1e3
+        if thr * m < best_thr:
+            return (
+                f"predicted throughput {thr:.3g}/s (kernel-level) < the best measured {best_thr:.3g}/s / {m:.2f} "
+                "(not measured)"
+            )
+        return None
+
+    def far_margin(self) -> float:
+        return max(FAR_MARGIN, 1 + 3 * self.kernel.rel_error) if self.kernel is not None else math.inf
+
+    def skip_reason(self, c: Candidate, spec: Spec | None, feasible: Sequence[Any] = ()) -> str | None:
+        """Why ``c`` is not measured, or None. ``feasible``: the feasible results measured so far."""
+        if spec is None or c.reference:
+            return None
+        far = self._far(c, spec, feasible)
+        if far is not None:
+            return far
+        if not self.trained:
             return None
         p = self.predict(c)
         margin = max(SKIP_MARGIN, 1 + 3 * self.rel_error) if math.isfinite(self.rel_error) else math.inf
@@ -62,8 +118,12 @@ class Guide:
         return None
 
 
-def make_guide(model_info: dict[str, Any], store: Any) -> Guide | None:
-    """Train the predictor on the store and return the guide for this model on this machine."""
+def make_guide(
+    model_info: dict[str, Any], store: Any, kernel_ctx: Any = None, sample: Any = None, first_batch: int = 1
+) -> Guide | None:
+    """Train the predictor on the store and return the guide for this model on this machine. With
+    ``kernel_ctx`` (the search context) and ``sample`` (one row of each input), ONNX Runtime CPU candidates are
+    predicted from their kernels when this machine is calibrated (``chipfit predict calibrate``)."""
     from chipfit.hardware.local import local_target
     from chipfit.predict import Predictor, training_rows
 
@@ -88,4 +148,31 @@ def make_guide(model_info: dict[str, Any], store: Any) -> Guide | None:
             cache[c.id] = predictor.predict(model_info, c.to_dict(), target)
         return cache[c.id]
 
-    return Guide(predict, predictor._gbm is not None and math.isfinite(rel), rel)
+    kernel = local_kernel_predictor(kernel_ctx, sample) if kernel_ctx is not None and sample is not None else None
+    return Guide(predict, predictor.trained and math.isfinite(rel), rel, kernel, first_batch)
+
+
+def local_kernel_predictor(ctx: Any, sample: Any) -> Any:
+    """The kernel-level predictor for the search context's model, or None when this machine is not calibrated."""
+    from chipfit.predict.calibrate import heldout_error, load_calibration, train
+    from chipfit.predict.local import LocalKernelPredictor
+
+    home = ctx.variants_dir.parent
+    try:
+        data = load_calibration(home)
+        if data is None:
+            return None
+        return LocalKernelPredictor(
+            train(data),
+            ctx.model_path,
+            ctx.model_sha256,
+            ctx.variants_dir,
+            ctx.pass_context(),
+            sample,
+            ctx.dynamic_batch,
+            ctx.threads,
+            heldout_error(data),
+        )
+    except Exception as exc:  # guidance is an optimisation
+        log.warning("kernel-level predictor unavailable: %s", exc)
+        return None
