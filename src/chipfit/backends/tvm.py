@@ -151,20 +151,39 @@ class TvmBackend:
         from tvm import relax
         from tvm.relax.frontend.onnx import from_onnx
 
+        from chipfit.backends._tvm_onnx import fold_constant_of_shape
+
         proto = onnx.load(str(model_path))
         _, _, shapes = _io(proto)
         batch = options.get("batch")
         shape_dict = None
         if batch is not None:
+            dims: dict[str, Any] = {}  # the other symbolic dims (e.g. a sequence length) stay symbolic, shared by name
             shape_dict = {
-                n: [int(batch) if i == 0 and not isinstance(d, int) else d for i, d in enumerate(s)]
+                n: [
+                    d if isinstance(d, int) else int(batch) if i == 0 else dims.setdefault(d, tvm.tirx.Var(d, "int64"))
+                    for i, d in enumerate(s)
+                ]
                 for n, s in shapes.items()
             }
-        mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=False)
-        target = tvm.target.Target(target_json)
-        with target:
-            mod = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(mod))
         notes: list[str] = []
+        folded = fold_constant_of_shape(proto)
+        if folded:
+            notes.append(
+                f"tvm: {folded} ConstantOfShape with a constant shape folded (TVM's converter fails on scalars)"
+            )
+        try:
+            mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=False)
+        except Exception as exc:
+            raise RuntimeError(
+                f"tvm backend: TVM's ONNX importer could not convert '{model_path.name}': {_why(exc)}"
+            ) from exc
+        target = tvm.target.Target(target_json)
+        try:
+            with target:
+                mod = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(mod))
+        except Exception as exc:
+            raise RuntimeError(f"tvm backend: TVM could not lower '{model_path.name}' (imported): {_why(exc)}") from exc
         trials = int(options.get("tune_trials") or 0)
         if trials > 0:
             from chipfit.backends import _tvm_tune
@@ -181,7 +200,12 @@ class TvmBackend:
             )
             with target, _tvm_tune.open_database(folder):
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        return tvm.compile(mod, target=target), notes
+        try:
+            return tvm.compile(mod, target=target), notes
+        except Exception as exc:
+            raise RuntimeError(
+                f"tvm backend: TVM could not compile '{model_path.name}' (imported): {_why(exc)}"
+            ) from exc
 
     def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> TvmExecutable:
         import onnx
@@ -211,6 +235,12 @@ class TvmBackend:
         ex, _ = self.build(model_path, self._target(target, options), {**options, "tune_time_s": 0})
         ex.export_library(str(dest / "model.so"))
         return {k: v for k, v in options.items() if not k.startswith("tune_")} | {"library": "model.so"}
+
+
+def _why(exc: BaseException) -> str:
+    """The converter's own reason: the last line of TVM's message (its tracebacks run to pages)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:600]
 
 
 def elf_arch(lib: Path) -> str | None:
