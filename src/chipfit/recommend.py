@@ -8,6 +8,10 @@ store's measurements), with the predictor's held-out error as the expected error
 configuration by the objective among those meeting the bounds is shown; instances needed for
 ``--min-throughput``, $/1M inferences and modelled energy follow from the predicted throughput.
 
+On the catalogue target that is this machine's CPU (at most as many threads as this machine's quota), ONNX
+Runtime rows are predicted from their kernels when ``chipfit predict calibrate`` has measured this machine
+(the kernel-level predictor, with its own held-out error), else as above.
+
 A sanity rule bounds the learned correction: a target whose peak compute (every dtype) and memory bandwidth are
 all at most this machine's detected target at its CPU quota is never predicted faster than what was measured
 here at the same variant and batch; such a prediction is raised to the measurement and the row says so.
@@ -161,6 +165,7 @@ def recommend(
     info = model_info(result.model.stats)
     ref = quota_reference(local, cat.get(match.get("match") or ""))
     floor = measured_floor(result.candidates)
+    kernel = local_kernels(result, data, kw)
     out: list[dict[str, Any]] = []
     # this machine: the measured winner (or nearest miss), exactly as fit measured it
     best = result.winner or (result.near_misses[0] if result.near_misses else None)
@@ -187,23 +192,29 @@ def recommend(
             if not (b == "openvino" and target.arch not in ("x86_64", "aarch64"))
         ]
         preds = predictor.predict_many(items)
+        if kernel is not None and target.name == match.get("match") and (target.threads or target.cores) <= local.cores:
+            preds = [kernel_prediction(kernel, item[1], p) for item, p in zip(items, preds, strict=True)]
         adv = None if target.gpu else advantage(target, ref)  # a CPU target at most `adv` x this machine
         candidates = []
         for item, p in zip(items, preds, strict=True):
             p50, p99, note = (p.p50_ms, p.p99_ms, "") if adv is None else clamp(p.p50_ms, p.p99_ms, item[1], floor, adv)
-            candidates.append(_row(target, item[1], p50, p99, spec, min_throughput) | {"clamped": note})
+            kernel_level = p.basis.startswith("kernel-level")
+            row = _row(target, item[1], p50, p99, spec, min_throughput)
+            candidates.append(row | {"clamped": note, "kernel_level": kernel_level, "rel_error": p.rel_error})
         if not candidates:
             continue
         fits_memory = info["param_bytes"] / 2**30 * 3 < target.memory_gb
         meeting = [c for c in candidates if c["meets"]]
         pick = min(meeting or candidates, key=lambda c: _objective_value(c, objective))
         tag = "roofline × correction" if predictor.trained else "roofline × 3"
+        tag = "kernel-level (calibrated on this machine)" if pick.pop("kernel_level") else tag
+        rel_error = pick.pop("rel_error")
         tag += ", GPU" if target.gpu else ""
         tag += ", clamped" if pick["clamped"] else ""
         pick.update(
             source="predicted",
-            expected_error=predictor.rel_error,
-            error_basis=error_basis,
+            expected_error=rel_error,
+            error_basis=error_basis if rel_error == predictor.rel_error else _kernel_error_basis(rel_error),
             meets=pick["meets"] and fits_memory,
             basis=tag,
         )
@@ -227,6 +238,52 @@ def recommend(
     }
     dumped = spec.model_dump() | {"min_throughput": min_throughput}
     return Recommendation(out, objective, dumped, result, {**summary, "trained_on": predictor.n_train}, basis)
+
+
+def local_kernels(result: Any, data: Any, fit_kwargs: dict[str, Any]) -> Any:
+    """The kernel-level predictor of ``result``'s model on this machine, or None when it is not calibrated."""
+    from chipfit.data import load_data
+    from chipfit.hardware.detect import cpu_quota
+    from chipfit.passes.base import PassContext
+    from chipfit.predict.calibrate import heldout_error, load_calibration, train
+    from chipfit.predict.local import LocalKernelPredictor
+    from chipfit.workspace import default_home, subdir
+
+    home = fit_kwargs.get("home") or default_home()
+    calibration = load_calibration(home)
+    if calibration is None:
+        return None
+    m = result.model
+    inputs = load_data(data).inputs
+    sample = {t.name: inputs[t.name][:1] for t in m.inputs if t.name in inputs}
+    ctx = PassContext(None, None, [t.name for t in m.inputs])
+    return LocalKernelPredictor(
+        train(calibration),
+        m.path,
+        m.sha256,
+        subdir("variants", home),
+        ctx,
+        sample,
+        m.dynamic_batch,
+        cpu_quota(),
+        heldout_error(calibration),
+    )
+
+
+def kernel_prediction(kernel: Any, cand: dict[str, Any], fallback: Any) -> Any:
+    """``fallback`` (a Prediction) with its p50 and p99 from the kernel-level predictor when it covers ``cand``."""
+    from dataclasses import replace
+
+    ms = kernel.predict_ms(cand)
+    if ms is None:
+        return fallback
+    ratio = fallback.p99_ms / fallback.p50_ms if fallback.p50_ms > 0 else 1.3
+    basis = "kernel-level (calibrated on this machine)"
+    return replace(fallback, p50_ms=ms, p99_ms=ms * ratio, rel_error=kernel.rel_error, basis=basis)
+
+
+def _kernel_error_basis(rel_error: float) -> str:
+    return f"±{rel_error:.0%}: median error of the kernel-level predictor on held-out seed models of the calibration"
 
 
 def _error_basis(evaluation: dict[str, Any], predictor: Any) -> str:

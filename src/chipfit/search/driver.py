@@ -244,8 +244,7 @@ class _Search:
             if stored is None:  # a stored result costs nothing: only a new measurement waits for the budget
                 skip = self.budget_skip(c)
         if skip:
-            metrics = {} if predicted_ms is None else {"predicted_p50_ms": predicted_ms}
-            r = CandidateResult(c, Measurement("skipped", metrics, error=skip), "skipped")
+            r = CandidateResult(c, Measurement("skipped", error=skip), "skipped")
         else:
             t0 = self.clock()
             if self.callback:
@@ -255,6 +254,8 @@ class _Search:
             else:
                 r = CandidateResult(c, _measure_new(self.ctx, c, probe), "measured")
                 self.costs.append(self.clock() - t0)
+        if predicted_ms is not None:  # kept beside the measurement (not stored): how far the prediction was
+            r.measurement.metrics.setdefault("predicted_p50_ms", predicted_ms)
         self.results.append(r)
         if self.callback:
             self.callback("done", c, r, i, self.total)
@@ -316,6 +317,8 @@ def run_search(
             predicted = guide.kernel_ms(c) if c.batch == first else None  # others: computed only to skip
             if skip is None:
                 skip = guide.skip_reason(c, spec, s.feasible())
+                if skip and predicted is None and "kernel-level" in skip:
+                    predicted = guide.kernel_ms(c)  # computed for the skip: listed with the candidate
         s.measure(c, skip, predicted)
     if pending is not None:
         pending(list(s.results), s.measure)
