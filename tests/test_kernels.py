@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_mlp
 
 import chipfit
 from chipfit.measure.measurement import Measurement
@@ -23,6 +22,7 @@ from chipfit.search.guide import Guide
 from chipfit.search.select import CandidateResult
 from chipfit.search.space import Candidate
 from chipfit.spec import Spec
+from conftest import make_mlp
 
 
 @pytest.fixture(scope="module")
