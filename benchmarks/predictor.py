@@ -1,9 +1,17 @@
-"""The latency predictor on this machine: a corpus of small models (plus the bundled digits CNN) measured
-exhaustively by `fit`; the predictor evaluated on held-out models (grouped k-fold); and, per model, how much
-of the candidate space a predictor-ordered search measures before it reaches the measured best, against
-exhaustive search (100%).
+"""The latency predictors on this machine.
 
-    python benchmarks/predictor.py --append BENCHMARKS.md      (also a section of `make bench`)
+Kernel level (issue 16): `chipfit predict calibrate` on this machine, then a corpus of models it never saw
+(MLPs, CNNs, BERT-like encoders of varied width, depth and sequence length; fp32, int8 dynamic, fused and
+fused+int8; batch 1-32; 1 and all threads): each configuration's ground truth is the median of 7 interleaved
+repeats (their CV is the noise floor), its prediction the sum of its kernels' predictions. Also scored:
+a per-model correction learned on the corpus itself, held out by model (grouped 5-fold).
+
+Store level (issue 5): a corpus of small models (plus the bundled digits CNN) measured exhaustively by `fit`;
+the store-trained predictor evaluated on held-out models (grouped k-fold); and, per model, how much of the
+candidate space a predictor-ordered search measures before it reaches the measured best.
+
+    python benchmarks/predictor.py --kernel --append BENCHMARKS.md [--calibrate-minutes 20] [--models 30]
+    python benchmarks/predictor.py --append BENCHMARKS.md      (the store section; also a section of `make bench`)
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from chipfit.store import Store  # noqa: E402
 from chipfit.testing import corpus  # noqa: E402
 
 HEADER = "## Latency predictor and predictor-guided search (issue 5)"
+KERNEL_HEADER = "## Kernel-level latency predictor (issue 16)"
 
 
 def _space() -> SpaceOptions:
@@ -105,12 +114,22 @@ def section(work: Path, n: int = 8) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--append", help="Replace (or add) this section in the given markdown file.")
-    ap.add_argument("--models", type=int, default=8)
+    ap.add_argument("--models", type=int, default=None, help="Corpus size (store: 8; kernel: 30).")
+    ap.add_argument("--kernel", action="store_true", help="The kernel-level section (issue 16).")
+    ap.add_argument("--calibrate-minutes", type=float, default=20.0)
+    ap.add_argument("--home", help="A chipfit home whose calibration to use (default: calibrate a fresh one).")
+    ap.add_argument("--json", help="Also write the per-configuration rows to this JSON file.")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        lines = section(Path(tmp), args.models)
     from _md import emit
 
+    if args.kernel:
+        from predictor_kernels import kernel_section
+
+        lines = kernel_section(args.models or 30, args.calibrate_minutes, args.home, args.json)
+        emit(lines, KERNEL_HEADER, args.append)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = section(Path(tmp), args.models or 8)
     emit(lines, HEADER, args.append)
 
 

@@ -116,9 +116,20 @@ def predict_eval_cmd(
         rows = training_rows(Store(store))
         say(f"evaluating the predictor on held-out models: {len(rows)} measurements, {folds} folds")
         report = predict_eval(rows, folds, progress=lambda i, k: say(f"trained and scored fold ({i}/{k})"))
+        report["kernel_level"] = _kernel_level(say)
         if json_out:
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
             return
+        k = report["kernel_level"]
+        if k.get("n"):
+            out_console.print(
+                f"kernel-level predictor (this machine's calibration, {k['models']} seed models held out by model, "
+                f"{k['folds']}-fold): {k['within_10pct']:.0%} within ±10%, median |error| {k['median_ape']:.1%}, "
+                f"Spearman {_fmt(k['spearman'])}; noise floor (CV of the repeats) {k['noise_cv']:.1%}",
+                highlight=False,
+            )
+        else:
+            out_console.print(f"[dim]kernel-level predictor: {k.get('note', 'not evaluated')}[/]")
         if not report["n"]:
             out_console.print(f"[yellow]{report['note']}[/] ({report['models']} model(s) in the store)")
             return
@@ -137,6 +148,22 @@ def predict_eval_cmd(
             f"[bold]{_fmt(report['spearman'])}[/]",
         )
         out_console.print(table)
+        if report.get("noise_floor") is not None:
+            out_console.print(
+                f"noise floor: the measured p50s' 95% CI half-width is {report['noise_floor']:.1%} of the p50 (median)",
+                highlight=False,
+            )
+
+
+def _kernel_level(say: Callable[[str], None]) -> dict[str, Any]:
+    """The kernel-level predictor scored on its calibration's seed models, held out by model (grouped k-fold)."""
+    from chipfit.predict.calibrate import heldout_models, load_calibration
+
+    data = load_calibration()
+    if data is None:
+        return {"n": 0, "note": "this machine is not calibrated: run `chipfit predict calibrate`"}
+    say("evaluating the kernel-level predictor on its calibration's seed models (held out by model)")
+    return heldout_models(data)
 
 
 def _fmt(v: float | None) -> str:

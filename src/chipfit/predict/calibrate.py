@@ -113,19 +113,25 @@ def heldout_models(data: dict[str, Any], folds: int = 3) -> dict[str, Any]:
     if len(seeds) < folds:
         return {"n": 0}
     kernels = {sig: Kernel.from_dict(d) for sig, d in data["kernels"].items()}
-    ape, cvs = [], []
+    preds, actual, cvs = [], [], []
     for f in range(folds):
         held = set(seeds[f::folds])
         model = train(data, held)
         for r in data["model_rows"]:
             if r["seed"] in held:
-                pred = model.predict([(kernels[s], int(c)) for s, c in r["kernels"]], int(r["threads"]))
-                ape.append(abs(pred - r["ms"]) / r["ms"])
+                preds.append(model.predict([(kernels[s], int(c)) for s, c in r["kernels"]], int(r["threads"])))
+                actual.append(float(r["ms"]))
                 cvs.append(float(r["cv"]))
+    from scipy.stats import spearmanr
+
+    ape = np.abs(np.array(preds) - np.array(actual)) / np.array(actual)
     return {
         "n": len(ape),
-        "within_10pct": float(np.mean(np.array(ape) <= 0.10)),
+        "models": len(seeds),
+        "folds": folds,
+        "within_10pct": float(np.mean(ape <= 0.10)),
         "median_ape": float(np.median(ape)),
+        "spearman": float(spearmanr(preds, actual).statistic) if len(ape) > 2 else None,
         "noise_cv": float(np.median(cvs)),
     }
 

@@ -61,6 +61,14 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if math.isnan(rho) else rho
 
 
+def _noise(metrics: Mapping[str, Any]) -> float | None:
+    """A measurement's own noise: the half-width of its p50's 95% confidence interval, relative to the p50."""
+    ci, p50 = metrics.get("p50_ci_ms"), metrics.get("p50_ms")
+    if not ci or not p50 or len(ci) != 2:
+        return None
+    return float((ci[1] - ci[0]) / 2 / p50)
+
+
 def model_folds(rows: Sequence[Mapping[str, Any]], folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) row indices of scikit-learn's ``GroupKFold`` grouped by model: every row of a model is in
     the test set of exactly one fold and in no fold's training set beside it. ``folds`` is capped at the number
@@ -77,7 +85,9 @@ def predict_eval(
 ) -> dict[str, Any]:
     """Grouped k-fold by model: ``n``, ``within_10pct`` (share of held-out predictions within ±10%),
     ``median_ape`` (median absolute percentage error, as a fraction), ``spearman`` (rank correlation), and the
-    same per model. ``progress(done, folds)`` is called after each fold."""
+    same per model, and ``noise_floor`` (the median relative half-width of the measured p50s' 95% confidence
+    intervals: no predictor is scored better than the truth is known). ``progress(done, folds)`` is called after
+    each fold."""
     groups = sorted({r["model_hash"] for r in rows})
     if len(groups) < 2:
         return {
@@ -107,10 +117,13 @@ def predict_eval(
             "median_ape": float(np.median(ape[idx])),
             "spearman": _spearman(pred[idx], actual[idx]),
         }
+    noise = [_noise(r["metrics"]) for r in rows]
+    noise = [v for v in noise if v is not None]
     return {
         "n": len(rows),
         "models": len(groups),
         "folds": len(splits),
+        "noise_floor": float(np.median(noise)) if noise else None,
         "within_10pct": float(np.mean(ape <= 0.10)),
         "median_ape": float(np.median(ape)),
         "spearman": _spearman(pred, actual),

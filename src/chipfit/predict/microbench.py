@@ -147,7 +147,7 @@ def build_seed(seed: Seed, folder: Path, int8_reduce_range: bool) -> tuple[Path,
         dst = folder / f"{base.stem}-{seed.variant}-{i}.onnx"
         if not dst.exists():
             get_pass(name).apply(path, dst, params, ctx)
-        path = dst
+        path = dst if dst.exists() else path  # a pass that does not apply (no MatMul to quantize) writes nothing
     rng = np.random.default_rng(0)
     if seed.family == "encoder":
         seq = seed.dims[3]
