@@ -223,7 +223,8 @@ def precision_variants(path: Path) -> tuple[list[list[dict[str, Any]]], dict[int
     """The pass chains worth trying on this model and CPU, fp32 first (so the latency probe has a bar to beat).
 
     fp32: as given, and ONNX Runtime's levels applied offline; transformers also get the transformer fusion,
-    and their int8 variants are quantized after it. int8: dynamic (per-tensor / per-channel weights), static
+    and their int8 variants are quantized both after it and without it. int8: dynamic (per-tensor /
+    per-channel weights), static
     QDQ (MinMax / Entropy / Percentile calibration); weights in reduced range when the CPU lacks an int8
     dot-product instruction. fp16: listed, but skipped on CPUs without fast fp16 arithmetic.
     """
@@ -242,16 +243,22 @@ def precision_variants(path: Path) -> tuple[list[list[dict[str, Any]]], dict[int
     prefix = [{"name": "transformer_fusion", "params": {}}] if transformer else []
     if transformer:
         variants.append([*prefix, opt("all")])
+    # transformers: int8 both after the fusion (QAttention) and without it (every MatMul, Gather and the
+    # embedding quantized on their own: what Optimum's avx512_vnni config does, often the better trade-off)
+    prefixes = [prefix, []] if transformer else [prefix]
     if dynamic.quantizable(path):
-        for pc in (False, True):
-            step = {"name": "int8_dynamic", "params": {"per_channel": pc, "reduce_range": not features["int8_dot"]}}
-            variants.append([*prefix, step, opt("all")])
+        for pre in prefixes:
+            for pc in (False, True):
+                rr = not features["int8_dot"]  # 7-bit weights only where u8·s8 would saturate (no VNNI/AMX)
+                step = {"name": "int8_dynamic", "params": {"per_channel": pc, "reduce_range": rr}}
+                variants.append([*pre, step, opt("all")])
     if static.quantizable(path):
         methods = ("minmax", "percentile") if transformer else ("minmax", "entropy", "percentile")
-        for method in methods:
-            for pc in (True,) if transformer else (False, True):
-                step = {"name": "int8_static", "params": {"calibrate": method, "per_channel": pc}}
-                variants.append([*prefix, step, opt("all")])
+        for pre in prefixes:
+            for method in methods if pre == prefix else methods[:1]:
+                for pc in (True,) if transformer else (False, True):
+                    step = {"name": "int8_static", "params": {"calibrate": method, "per_channel": pc}}
+                    variants.append([*pre, step, opt("all")])
     skip: dict[int, str] = {}
     if has_float(path):
         variants.append([*prefix, {"name": "fp16", "params": {"keep_io_types": True}}, opt("all")])

@@ -5,6 +5,13 @@ the calibration split of the user's data, ``calibrate`` = minmax | entropy | per
 activations and weights (S8S8, ONNX Runtime's recommended default for QDQ); ``per_channel`` weight scales;
 ``exclude`` keeps nodes in fp32 and ``nodes`` quantizes only the named ones (the accuracy-aware search's
 levers). Without calibration data the pass does not apply.
+
+On transformers (attention detected) only the MatMuls with constant weights are quantized, so calibration
+never sees the attention mask (-inf / float-min values: "supplied range of [-inf, inf] is not finite" for
+Entropy and Percentile, and a MinMax range that wipes out every other value), the pre-Softmax Add, the
+Softmax, LayerNorm or the residual Adds; those stay fp32. Their activations are quantized asymmetrically
+(GELU outputs are mostly ≥ -0.17: a symmetric range would waste half the codes); Q·Kᵀ and P·V, whose
+both operands are activations, stay fp32 too.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
-from chipfit.passes._graph import is_large, load_graph, quantizable_nodes
+from chipfit.passes._graph import attention_softmaxes, is_large, load_graph, quantizable_nodes
 from chipfit.passes.base import PassContext, PassResult
 
 __all__ = ["OP_TYPES", "Int8Static", "pass_"]
@@ -64,6 +71,11 @@ class Int8Static:
             f"int8 static QDQ ({desc} weights, {method} calibration on {used} samples) "
             f"of {len(targets) - len(exclude)} compute nodes"
         )
+        if attention_softmaxes(load_graph(src)):
+            notes.append(
+                "transformer: only weight MatMuls quantized (activations asymmetric); the attention mask, "
+                "Softmax, LayerNorm and residual Adds stay fp32 and are not calibrated"
+            )
         if exclude:
             notes.append(f"kept in fp32: {', '.join(exclude)}")
         return PassResult(True, notes)
@@ -82,6 +94,8 @@ class Int8Static:
         reader = CalibrationReader(data, fixed or min(8, samples), samples)
         if reader.samples == 0:
             return 0
+        transformer = attention_softmaxes(load_graph(prepared)) > 0
+        ops = ("MatMul",) if transformer else OP_TYPES + _OTHER_OPS
         try:
             quantize_static(
                 prepared,
@@ -92,7 +106,7 @@ class Int8Static:
                 weight_type=QuantType.QInt8,
                 per_channel=bool(params.get("per_channel", False)),
                 calibrate_method=getattr(CalibrationMethod, _METHODS[params.get("calibrate", "minmax")]),
-                op_types_to_quantize=list(OP_TYPES + _OTHER_OPS),
+                op_types_to_quantize=list(ops),
                 nodes_to_quantize=list(params["nodes"]) if params.get("nodes") else None,
                 nodes_to_exclude=list(params.get("exclude", [])),
                 use_external_data_format=is_large(prepared),
@@ -100,7 +114,9 @@ class Int8Static:
                 extra_options={
                     "DefaultTensorType": 1,  # FLOAT
                     "CalibMaxIntermediateOutputs": _flush_every(reader.samples // reader.batch),
-                    "ActivationSymmetric": True,
+                    "ActivationSymmetric": not transformer,
+                    # activation × activation MatMuls (Q·Kᵀ, P·V) of a transformer stay fp32
+                    "MatMulConstBOnly": transformer,
                 },
             )
         except Exception as exc:

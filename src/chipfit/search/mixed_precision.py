@@ -1,5 +1,8 @@
-"""Accuracy-aware mixed precision: when an int8 candidate is faster than every feasible one but breaks the
-quality bound (``max_accuracy_drop`` / ``min_fidelity``), keep its most sensitive nodes in fp32 until it holds.
+"""Accuracy-aware mixed precision: when an int8 candidate is faster than every feasible *fp32* one but breaks
+the quality bound (``max_accuracy_drop`` / ``min_fidelity``), keep its most sensitive nodes in fp32 until it
+holds. The bar is fp32, not every feasible candidate: a feasible bf16 or fp16 candidate that is already faster
+than the int8 one must not stop the search, since int8 with its sensitive nodes in fp32 can still beat it (the
+latency probe then prunes the steps that do not).
 
 1. Rank the nodes the int8 pass quantizes by sensitivity: each quantized alone, its output error against the
    fp32 model on calibration samples (a worker job, ``measure.sensitivity``; cached).
@@ -24,9 +27,11 @@ from chipfit.search.select import CandidateResult, evaluate
 from chipfit.search.space import Candidate
 from chipfit.spec import Spec
 
-__all__ = ["QUANT_PASSES", "MixedPrecision", "MixedPrecisionReport"]
+__all__ = ["QUANT_PASSES", "MixedPrecision", "MixedPrecisionReport", "is_fp32"]
 
 QUANT_PASSES = ("int8_dynamic", "int8_static")
+_REDUCED_PASSES = (*QUANT_PASSES, "fp16", "nncf_int8")
+_REDUCED_OPTIONS = {"bf16", "f16", "fp16", "int8", "i8", "u8"}
 _QUALITY = {"max_accuracy_drop", "min_fidelity"}
 _OBJECTIVE_METRIC = {"latency": "p50_ms", "throughput": "p50_ms", "memory": "peak_memory_mb", "size": "size_mb"}
 Measure = Callable[[Candidate], CandidateResult]
@@ -43,6 +48,13 @@ class MixedPrecisionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def is_fp32(c: Candidate) -> bool:
+    """No pass and no backend option that lowers precision (int8, fp16, bf16)."""
+    if any(p["name"] in _REDUCED_PASSES for p in c.passes):
+        return False
+    return not any(isinstance(v, str) and v.lower() in _REDUCED_OPTIONS for v in c.options.values())
 
 
 def _schedule(n: int) -> list[int]:
@@ -63,9 +75,13 @@ class MixedPrecision:
     def _metric(self) -> str | None:
         return _OBJECTIVE_METRIC.get(self.spec.objective)
 
-    def _best_feasible(self, results: list[CandidateResult], batch: int) -> float | None:
+    def _best_feasible(self, results: list[CandidateResult], batch: int, fp32_only: bool = False) -> float | None:
         key = self._metric()
-        vals = [r.metric(key) for r in results if r.feasible and r.candidate.batch == batch and key]
+        vals = [
+            r.metric(key)
+            for r in results
+            if r.feasible and r.candidate.batch == batch and key and (not fp32_only or is_fp32(r.candidate))
+        ]
         return min((v for v in vals if v is not None), default=None)
 
     def _base(self, results: list[CandidateResult]) -> CandidateResult | None:
@@ -77,7 +93,7 @@ class MixedPrecision:
             names = {v.constraint for v in r.violations}
             quant = any(p["name"] in QUANT_PASSES for p in r.candidate.passes)
             if r.measurement.ok and quant and names and names <= _QUALITY and r.metric(key) is not None:
-                best = self._best_feasible(results, r.candidate.batch)
+                best = self._best_feasible(results, r.candidate.batch, fp32_only=True)
                 if best is None or r.metric(key) < best:
                     out.append(r)
         return min(out, key=lambda r: (r.metric(key), r.candidate.id), default=None)
