@@ -1,0 +1,118 @@
+"""``chipfit farm up|down|join|status``: a device farm on Ray (``chipfit.farm``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from chipfit.cli.common import app, err_console, out_console, user_errors
+
+__all__ = ["farm_app"]
+
+farm_app = typer.Typer(
+    help="A device farm on Ray: machines that measure candidates for their catalogue target.", no_args_is_help=True
+)
+app.add_typer(farm_app, name="farm")
+
+
+@farm_app.command()
+def up(
+    local_nodes: Annotated[
+        str,
+        typer.Option(
+            help="Catalogue targets, one node each, e.g. 'aws-c5.xlarge,aws-c6g.xlarge' (declared, not detected)."
+        ),
+    ],
+) -> None:
+    """Start a farm on this machine: a Ray head and one node per listed target, each pinned to its own share of the
+    cores. Prints the address to give `fit --farm`; `chipfit farm down` stops it."""
+    with user_errors():
+        from chipfit.farm.local import up as farm_up
+        from chipfit.workspace import default_home
+
+        targets = [t.strip() for t in local_nodes.split(",") if t.strip()]
+        state = farm_up(targets, default_home())
+        for i, node in enumerate(state["nodes"]):
+            cores = ",".join(str(c) for c in node["cores"])
+            err_console.print(f"node {i}: {node['target']} (declared) on core(s) {cores}, pid {node['pid']}")
+        out_console.print(state["address"], highlight=False)
+
+
+@farm_app.command()
+def down() -> None:
+    """Stop the farm `chipfit farm up` started on this machine (only its processes: never `ray stop`)."""
+    with user_errors():
+        from chipfit.farm.local import down as farm_down
+        from chipfit.workspace import default_home
+
+        state = farm_down(default_home())
+        if state is None:
+            err_console.print("no local farm is up (nothing to stop)")
+            return
+        out_console.print(f"stopped the farm at {state['address']} ({len(state['nodes'])} nodes)", highlight=False)
+
+
+@farm_app.command()
+def join(
+    address: Annotated[str, typer.Argument(help="The farm's address, host:port (what `chipfit farm up` printed).")],
+    as_target: Annotated[
+        str | None,
+        typer.Option(
+            "--as", help="Declare this node as a catalogue target instead of detecting it (labelled declared)."
+        ),
+    ] = None,
+    cpus: Annotated[int | None, typer.Option(min=1, help="CPUs this node offers (default: its CPU quota).")] = None,
+) -> None:
+    """Make this machine a node of the farm at ADDRESS: it detects its catalogue target, backends and cores, and
+    runs until stopped (this process becomes the node: its pid is the one `farm status` shows)."""
+    with user_errors():
+        from chipfit.farm.local import join_command
+        from chipfit.farm.nodes import ray_env
+
+        argv = join_command(address, as_target, cpus)
+        sys.stdout.flush()
+        os.execve(argv[0], argv, ray_env(dict(os.environ)))
+
+
+@farm_app.command()
+def status(
+    farm: Annotated[
+        str | None, typer.Option(help="The farm's address (default: the local farm `chipfit farm up` started).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the nodes as JSON on stdout.")] = False,
+) -> None:
+    """List the farm's nodes: id, target, detected/declared, backends, busy/free, and the node's process id."""
+    with user_errors():
+        from chipfit.farm.nodes import farm_nodes
+
+        address = farm or _local_address()
+        nodes = farm_nodes(address)
+        if json_out:
+            sys.stdout.write(json.dumps({"address": address, "nodes": [n.to_dict() for n in nodes]}, indent=2) + "\n")
+            return
+        from rich.table import Table
+
+        table = Table(title=f"chipfit farm at {address}")
+        for col in ("node", "target", "how", "backends", "state", "cpus", "pid"):
+            table.add_column(col, overflow="fold")
+        for n in nodes:
+            d = n.to_dict()
+            table.add_row(
+                n.node_id[:12], n.target, n.how, ", ".join(n.backends), d["state"], str(n.cpus), str(n.pid or "-")
+            )
+        out_console.print(table)
+
+
+def _local_address() -> str:
+    from chipfit.farm.local import state_path
+    from chipfit.farm.nodes import FarmError
+    from chipfit.workspace import default_home
+
+    path = state_path(default_home())
+    if not path.exists():
+        raise FarmError("no --farm given and no local farm is up: give --farm HOST:PORT or run `chipfit farm up`.")
+    return str(json.loads(path.read_text())["address"])
