@@ -34,22 +34,41 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
 
 
+class Exports:
+    """Each family (2 layers, hidden 64, default sdpa attention) by each exporter, exported once when first asked."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.paths = folder, {}  # type: ignore[var-annotated]
+
+    def __getitem__(self, key: tuple[str, str]) -> Path:
+        if key not in self.paths:
+            family, exporter = key
+            path = self.folder / f"{family}-{exporter}.onnx"
+            module = hf.hf_encoder(family)
+            self.paths[key] = hf.export_hf(module, hf.hf_inputs(2, seq=SEQ), path, dynamo=exporter == "dynamo")
+        return self.paths[key]  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    """Each family (2 layers, hidden 64, default sdpa attention) by both exporters, exported once."""
-    folder = tmp_path_factory.mktemp("hf")
-    inputs = hf.hf_inputs(2, seq=SEQ)
-    out = {}
-    for family in hf.FAMILIES:
-        module = hf.hf_encoder(family)
-        for exporter in ("torchscript", "dynamo"):
-            path = folder / f"{family}-{exporter}.onnx"
-            out[family, exporter] = hf.export_hf(module, inputs, path, dynamo=exporter == "dynamo")
-    return out
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Exports:
+    return Exports(tmp_path_factory.mktemp("hf"))
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
-@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
+# the dynamo exporter takes ~3 s a model: BERT in every run, the other families with the benchmarks
+_SLOW = pytest.mark.bench
+
+
+@pytest.mark.parametrize(
+    ("family", "exporter"),
+    [
+        ("bert", "torchscript"),
+        ("distilbert", "torchscript"),
+        ("roberta", "torchscript"),
+        ("bert", "dynamo"),
+        pytest.param("distilbert", "dynamo", marks=_SLOW),
+        pytest.param("roberta", "dynamo", marks=_SLOW),
+    ],
+)
 def test_fusion_fuses_attention_in_hf_exports(exports, family: str, exporter: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = exports[family, exporter]
     dst = tmp_path / "model.onnx"
@@ -127,3 +146,35 @@ def test_space_has_int8_with_and_without_fusion(exports) -> None:  # type: ignor
         assert ("transformer_fusion", quant, "ort_graph_opt") in chains
         assert (quant, "ort_graph_opt") in chains
     assert ("transformer_fusion", "ort_graph_opt") in chains
+
+
+def test_mixed_precision_starts_from_int8_missing_the_bound_even_when_bf16_is_faster() -> None:
+    """int8 misses --min-fidelity, a bf16 candidate is feasible and faster than it, fp32 is slower: the int8
+    candidate is still the base (int8 with its sensitive nodes in fp32 can beat bf16); when no fp32 candidate is
+    slower than the int8 one, there is nothing to start from."""
+    from chipfit.measure.measurement import Measurement
+    from chipfit.search.mixed_precision import MixedPrecision, is_fp32
+    from chipfit.search.select import CandidateResult
+    from chipfit.search.space import Candidate
+    from chipfit.spec import Spec
+
+    def result(c: Candidate, p50: float, fidelity: float) -> CandidateResult:
+        return CandidateResult(c, Measurement("ok", {"p50_ms": p50, "fidelity": fidelity, "samples": 50}))
+
+    ref = Candidate("onnxruntime", (), {}, "cpu", 1, reference=True)
+    fused = Candidate("onnxruntime", ({"name": "transformer_fusion", "params": {}},), {}, "cpu", 1)
+    int8 = Candidate("onnxruntime", ({"name": "int8_dynamic", "params": {"per_channel": True}},), {}, "cpu", 1)
+    bf16 = Candidate("openvino", (), {"hint": "latency", "precision": "bf16", "threads": 2}, "cpu", 1)
+    assert is_fp32(ref) and is_fp32(fused) and not is_fp32(int8) and not is_fp32(bf16)
+    spec = Spec(min_fidelity=0.99)
+    mp = MixedPrecision(None, spec, deadline=None)
+    results = [result(ref, 20.0, 1.0), result(fused, 18.0, 1.0), result(int8, 9.0, 0.986), result(bf16, 8.0, 0.999)]
+    from chipfit.search.select import evaluate
+
+    evaluate(results, spec)
+    assert [r.feasible for r in results] == [True, True, False, True]
+    base = mp._base(results)
+    assert base is not None and base.candidate is int8
+    slow_int8 = [result(ref, 20.0, 1.0), result(fused, 8.0, 1.0), result(int8, 9.0, 0.986)]
+    evaluate(slow_int8, spec)
+    assert mp._base(slow_int8) is None
