@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -66,6 +67,10 @@ def join(
         ),
     ] = None,
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs this node offers (default: its CPU quota).")] = None,
+    backends: Annotated[
+        str | None,
+        typer.Option(help="Backends this node offers, comma-separated (default: every one available here)."),
+    ] = None,
 ) -> None:
     """Make this machine a node of the farm at ADDRESS: it detects its catalogue target, backends and cores, and
     runs until stopped (this process becomes the node: its pid is the one `farm status` shows)."""
@@ -73,7 +78,8 @@ def join(
         from chipfit.farm.local import join_command
         from chipfit.farm.nodes import ray_env
 
-        argv = join_command(address, as_target, cpus)
+        offered = [b.strip() for b in backends.split(",") if b.strip()] if backends is not None else None
+        argv = join_command(address, as_target, cpus, offered)
         sys.stdout.flush()
         os.execve(argv[0], argv, ray_env(dict(os.environ)))
 
@@ -116,3 +122,83 @@ def _local_address() -> str:
     if not path.exists():
         raise FarmError("no --farm given and no local farm is up: give --farm HOST:PORT or run `chipfit farm up`.")
     return str(json.loads(path.read_text())["address"])
+
+
+def fit_on_farm(
+    model: Path,
+    data: Path,
+    spec: Path | None,
+    farm: str,
+    targets: str | None,
+    out: Path | None,
+    calib_data: Path | None,
+    space: Any,
+    settings: Any,
+    store: str | None,
+    quiet: bool,
+    json_out: bool,
+    trust_pickle: bool,
+    overrides: dict[str, Any],
+) -> None:
+    """``chipfit fit ... --farm ADDRESS``: measure on the farm, print one winner per target (exit 1 when a target
+    has none)."""
+    from chipfit.farm.fit import farm_fit
+
+    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    result = farm_fit(
+        model,
+        data,
+        spec,
+        address=farm,
+        targets=names,
+        out=out,
+        calib_data=calib_data,
+        space=space,
+        settings=settings,
+        store=store,
+        progress=None if quiet else lambda line: err_console.print(line, highlight=False, markup=False),
+        trust_pickle=trust_pickle,
+        **overrides,
+    )
+    if json_out:
+        sys.stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
+    else:
+        print_farm_result(result)
+    if not result.feasible:
+        raise typer.Exit(1)
+
+
+def print_farm_result(result: Any) -> None:
+    """Each target's fit as a local fit prints it, then the winners side by side."""
+    from rich.table import Table
+
+    from chipfit.cli.output import print_fit_result
+
+    for name, t in result.targets.items():
+        out_console.rule(f"{name} ({t.how})")
+        print_fit_result(out_console, t.fit)
+    table = Table(title=f"winners per target (farm {result.address})")
+    for col in ("target", "how", "winner", "p50 ms", "p99 ms", "inf/s", "$/1M", "energy mJ", "quality", "node"):
+        table.add_column(col, overflow="fold")
+    for name, t in result.targets.items():
+        w = t.fit.winner
+        if w is None:
+            table.add_row(name, t.how, "[red]none feasible[/]", *["-"] * 7)
+            continue
+        cells = [w.metric(k) for k in ("p50_ms", "p99_ms", "throughput", "usd_per_1m", "energy_mj")]
+        quality = w.quality()
+        table.add_row(
+            name,
+            t.how,
+            w.candidate.label(),
+            *[f"{v:.3g}" if isinstance(v, (int, float)) else "-" for v in cells],
+            f"{quality:.4g}" if quality is not None else "-",
+            t.nodes.get(w.candidate.id, "")[:12] or "-",
+        )
+    out_console.print(table)
+    d = result.to_dict()["dispatch"]
+    if d["tasks"]:
+        err_console.print(
+            f"{d['tasks']} tasks on the farm; dispatch overhead median {d['overhead_median_s']:.3f}s, "
+            f"max {d['overhead_max_s']:.3f}s; variants built in {result.build_s:.1f}s before dispatch"
+        )

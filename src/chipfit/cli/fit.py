@@ -220,6 +220,21 @@ def fit(
         bool, typer.Option(help="Ignore stored results and measure everything again.", rich_help_panel="Measurement")
     ] = False,
     predict: Predict = True,
+    farm: Annotated[
+        str | None,
+        typer.Option(
+            help="Measure on a device farm instead of here: its address, host:port (see `chipfit farm up`).",
+            rich_help_panel="Farm",
+        ),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            help="With --farm: the catalogue targets to fit for, comma-separated, or 'all' (every target in the "
+            "farm). One winner per target; OUT/<target>/ holds each artifact.",
+            rich_help_panel="Farm",
+        ),
+    ] = None,
     trust_pickle: TrustPickle = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")] = False,
 ) -> None:
@@ -277,6 +292,28 @@ def fit(
             "metric": metric,
             "fidelity_metric": fidelity_metric,
         }
+        if targets is not None and farm is None:
+            raise ChipfitError("--targets needs --farm ADDRESS (the farm whose nodes measure them).")
+        if farm is not None:
+            from chipfit.cli.farm import fit_on_farm
+
+            fit_on_farm(
+                model,
+                data,
+                spec,
+                farm,
+                targets,
+                out,
+                calib_data,
+                space,
+                settings,
+                store,
+                quiet,
+                json_out,
+                trust_pickle,
+                overrides,
+            )
+            return
         with fit_progress(err_console, enabled=not quiet) as callback:
             result = run_fit(
                 model,

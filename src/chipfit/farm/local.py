@@ -68,14 +68,18 @@ def detect_target(as_target: str | None) -> tuple[str, bool]:
     return (match.name if match else "custom"), False
 
 
-def join_command(address: str, as_target: str | None, cpus: int | None = None) -> list[str]:
-    """The ``ray start`` command line that makes this process a farm node (its labels name this process's pid)."""
+def join_command(
+    address: str, as_target: str | None, cpus: int | None = None, backends: Sequence[str] | None = None
+) -> list[str]:
+    """The ``ray start`` command line that makes this process a farm node (its labels name this process's pid).
+    ``backends``: the backends it offers (default: every one available here)."""
     from chipfit.backends import available_backends
     from chipfit.hardware.cross import host_arch
     from chipfit.hardware.detect import cpu_quota
 
     target, declared = detect_target(as_target)
-    labels = node_labels(target, declared, available_backends(), os.getpid(), host_arch())
+    offered = list(backends) if backends is not None else available_backends()
+    labels = node_labels(target, declared, offered, os.getpid(), host_arch())
     return [
         *_ray_start(),
         f"--address={address}",
@@ -126,8 +130,12 @@ def _shares(n: int) -> list[set[int]]:
     return [{cores[i % len(cores)]} for i in range(n)]
 
 
-def up(targets: Sequence[str], home: Path, timeout_s: float = 180.0) -> dict[str, Any]:
-    """Start a head and one node per target here; the farm's record (address, pids, logs)."""
+def up(
+    targets: Sequence[str], home: Path, timeout_s: float = 180.0, backends: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Start a head and one node per target here; the farm's record (address, pids, logs). ``backends``: what the
+    nodes offer (default: every backend available here, detected once for all of them)."""
+    from chipfit.backends import available_backends
     from chipfit.hardware.catalog import load_catalog
 
     catalog = load_catalog()
@@ -145,6 +153,7 @@ def up(targets: Sequence[str], home: Path, timeout_s: float = 180.0) -> dict[str
     state_file.parent.mkdir(parents=True, exist_ok=True)
     logs = state_file.parent / "logs"
     logs.mkdir(exist_ok=True)
+    offered = ",".join(backends if backends is not None else available_backends())
     port = _free_port()
     address = f"{ray_module().util.get_node_ip_address()}:{port}"
     state: dict[str, Any] = {"address": address, "head_pid": None, "nodes": [], "logs": str(logs)}
@@ -166,6 +175,7 @@ def up(targets: Sequence[str], home: Path, timeout_s: float = 180.0) -> dict[str
         _wait_started(proc, logs / "head.log", "the farm's head", timeout_s)
         for i, (target, cores) in enumerate(zip(targets, _shares(len(targets)), strict=True)):
             argv = [sys.executable, "-m", "chipfit", "farm", "join", address, "--as", target, "--cpus", str(len(cores))]
+            argv += ["--backends", offered]
             log = logs / f"node-{i}-{target}.log"
             node = _spawn(argv, log, cores)
             state["nodes"].append({"target": target, "pid": node.pid, "cores": sorted(cores), "log": str(log)})
