@@ -78,25 +78,7 @@ def test_kernel_prediction_within_a_loose_factor_of_the_measurement(calibrated: 
     assert measured / 5 < predicted < measured * 5, (predicted, measured, cv)
 
 
-def test_fit_predicts_onnxruntime_candidates_from_kernels_when_calibrated(
-    calibrated: Path, chipfit_home: Path, tmp_path: Path, mlp_npz: Path, small_space: Any, fast_settings: Any
-) -> None:
-    _use(calibrated, chipfit_home)
-    mlp = tmp_path / "mlp.onnx"
-    result = chipfit.fit(mlp, mlp_npz, space=small_space, settings=fast_settings, progress=False)
-    ort = [r for r in result.candidates if r.measurement.ok and not r.candidate.reference]
-    assert ort and all(r.candidate.backend == "onnxruntime" for r in ort)
-    assert all(r.metric("predicted_p50_ms") and r.metric("predicted_p50_ms") > 0 for r in ort)
-
-
-def test_fit_without_calibration_keeps_the_store_predictor(
-    tmp_path: Path, mlp_npz: Path, small_space: Any, fast_settings: Any
-) -> None:
-    result = chipfit.fit(tmp_path / "mlp.onnx", mlp_npz, space=small_space, settings=fast_settings, progress=False)
-    assert not any(r.metric("predicted_p50_ms") for r in result.candidates)
-
-
-def test_recommend_predicts_this_cpu_from_kernels(
+def test_fit_and_recommend_predict_onnxruntime_candidates_from_kernels_when_calibrated(
     calibrated: Path, chipfit_home: Path, tmp_path: Path, mlp_npz: Path, small_space: Any, fast_settings: Any
 ) -> None:
     from chipfit.predict.model import Prediction
@@ -104,6 +86,10 @@ def test_recommend_predicts_this_cpu_from_kernels(
 
     _use(calibrated, chipfit_home)
     result = chipfit.fit(tmp_path / "mlp.onnx", mlp_npz, space=small_space, settings=fast_settings, progress=False)
+    ort = [r for r in result.candidates if r.measurement.ok and not r.candidate.reference]
+    assert ort and all(r.candidate.backend == "onnxruntime" for r in ort)
+    assert all(r.metric("predicted_p50_ms") and r.metric("predicted_p50_ms") > 0 for r in ort)
+    # recommend: this CPU's ONNX Runtime rows from the kernels of the same model
     kernel = local_kernels(result, mlp_npz, {})
     assert kernel is not None
     cand = {"backend": "onnxruntime", "passes": [], "options": {"intra_op_num_threads": 1}, "batch": 4}
@@ -112,6 +98,13 @@ def test_recommend_predicts_this_cpu_from_kernels(
     assert p.basis.startswith("kernel-level") and p.p50_ms != 100.0 and p.p99_ms == pytest.approx(p.p50_ms * 1.3)
     gpu = {**cand, "options": {"device": "cuda"}}
     assert kernel_prediction(kernel, gpu, fallback) is fallback  # not an ONNX Runtime CPU candidate
+
+
+def test_fit_without_calibration_keeps_the_store_predictor(
+    tmp_path: Path, mlp_npz: Path, small_space: Any, fast_settings: Any
+) -> None:
+    result = chipfit.fit(tmp_path / "mlp.onnx", mlp_npz, space=small_space, settings=fast_settings, progress=False)
+    assert not any(r.metric("predicted_p50_ms") for r in result.candidates)
 
 
 class _Fixed:

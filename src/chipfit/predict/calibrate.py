@@ -33,7 +33,7 @@ __all__ = [
     "train",
 ]
 
-FORMAT = 1  # bump when what a calibration holds changes: older files are then measured again
+FORMAT = 2  # bump when what a calibration holds changes: older files are then measured again
 
 
 def machine_fingerprint() -> dict[str, Any]:
@@ -189,7 +189,6 @@ def calibrate(
     rng = np.random.default_rng(0)
     queue = initial_seeds(rng, encoders=_has_torch())
     done: set[str] = set()
-    measured: set[tuple[str, int]] = set()
     start = clock()
     deadline = start + max_minutes * 60.0
     with tempfile.TemporaryDirectory(prefix="chipfit-calibrate-") as tmp:
@@ -204,7 +203,7 @@ def calibrate(
             done.add(seed.id)
             say(f"measuring the kernels of {seed.id} at {', '.join(map(str, threads))} thread(s) ({len(done)}/~)")
             try:
-                got = measure_seed(seed, Path(tmp), threads, measured, reduce_range)
+                got = measure_seed(seed, Path(tmp), threads, reduce_range)
             except Exception as exc:  # a seed that fails to build is skipped (it is a sample, not the user's model)
                 data["failed"].append(f"{seed.id}: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
@@ -214,7 +213,6 @@ def calibrate(
             data["model_rows"] += got["model_rows"]
             data["overhead"] += got["overhead"]
             data["failed"] += got["failed"]
-            measured |= {(r["sig"], r["threads"]) for r in got["kernel_rows"]}
     data["seconds"] = clock() - start
     data["heldout"] = heldout_models(data)
     data["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

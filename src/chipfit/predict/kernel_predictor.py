@@ -1,13 +1,14 @@
 """The kernel-level latency predictor (after nn-Meter): a model's latency is the per-call overhead plus the sum
 of its kernels' predicted times, each kernel predicted from its op, shapes and threads by a model trained on
-micro-benchmarks of single kernels on this machine.
+micro-benchmarks on this machine (each kernel's own time in seed models, from ONNX Runtime's profiler).
 
 Each kernel's time is ``roofline(flops, bytes, threads) × exp(g(features))``: the roofline carries the scaling
 with size (trees do not extrapolate), a gradient-boosted model ``g`` (the op is a categorical feature, so each
 kernel type gets its own splits) learns how far that kernel type is from it. A kernel type never measured
-gets the roofline times the median ratio over all measured kernels (the prior). A final non-negative linear
-fit on the whole seed models measured beside their kernels, ``latency ≈ overhead + a·Σkernels + b·n_kernels``,
-accounts for what running kernels back to back changes (caches, dispatch between nodes).
+gets the roofline times the median ratio over all measured kernels (the prior). A final fit in log space on the
+whole seed models timed beside their kernels, ``log(latency - overhead) ≈ c0 + c1·log Σkernels + c2·log
+n_kernels``, accounts for what the profiler does not see (dispatch between nodes, the profiler's own cost per
+node, preemption of long runs on a shared machine).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class KernelPredictor:
         self._ops: dict[str, int] = {}
         self._prior = 0.0  # log of the median measured / roofline ratio
         self.overhead_ms: dict[int, float] = {}
-        self.a, self.b = 1.0, 0.0
+        self.coef: tuple[float, float, float] | None = None  # whole-model fit on the kernel sum and count
         self.n_kernels = 0
         self.n_models = 0
 
@@ -51,8 +52,8 @@ class KernelPredictor:
         return x
 
     def net_ms(self, k: Kernel, threads: int, ms: float) -> float:
-        """A single-kernel model's time less the per-call overhead: the kernel's own time."""
-        return max(ms - self._overhead(threads), 0.05 * ms, 1e-4)
+        """A kernel's own time as the profiler measured it (floored at 0.1 µs)."""
+        return max(ms, 1e-4)
 
     def _overhead(self, threads: int) -> float:
         if not self.overhead_ms:
@@ -94,21 +95,19 @@ class KernelPredictor:
         return self
 
     def _fit_models(self, model_rows: Sequence[tuple[Sequence[tuple[Kernel, int]], int, float]]) -> None:
-        """The non-negative linear fit of whole-model latency on (Σ kernel predictions, kernel count)."""
-        if len(model_rows) < 3:
+        """Least squares in log space (relative error) of whole-model latency less the per-call overhead on the
+        sum of kernel predictions and the kernel count: ``log(ms - overhead) ≈ c0 + c1·log Σ + c2·log n``."""
+        if len(model_rows) < 4:
             return
-        from scipy.optimize import nnls
-
-        rows, target = [], []
+        x, y = [], []
         for kernels, threads, ms in model_rows:
             s = self.kernel_sum(kernels, threads)
             n = float(sum(c for _, c in kernels))
-            w = 1.0 / ms  # relative error: each model weighs the same whatever its size
-            rows.append([s * w, n * w])
-            target.append((ms - self._overhead(threads)) * w)
-        coef, _ = nnls(np.array(rows), np.array(target))
-        if coef[0] > 0:
-            self.a, self.b = float(coef[0]), float(coef[1])
+            x.append([1.0, math.log(max(s, 1e-5)), math.log(max(n, 1.0))])
+            y.append(math.log(max(ms - self._overhead(threads), 1e-5)))
+        coef, *_ = np.linalg.lstsq(np.array(x), np.array(y), rcond=None)
+        if 0.5 <= coef[1] <= 2.0 and abs(coef[2]) <= 1.0:  # a sane fit; else the plain sum
+            self.coef = (float(coef[0]), float(coef[1]), float(coef[2]))
 
     def kernel_ms(self, kernels: Sequence[Kernel], threads: Sequence[int]) -> np.ndarray:
         """Each kernel's predicted time alone (ms), without the per-call overhead."""
@@ -131,8 +130,12 @@ class KernelPredictor:
 
     def predict(self, kernels: Sequence[tuple[Kernel, int]], threads: int) -> float:
         """Latency (ms) of one call of a model made of ``kernels`` (each with its count) on ``threads``."""
+        s = self.kernel_sum(kernels, threads)
         n = float(sum(c for _, c in kernels))
-        return self._overhead(threads) + self.a * self.kernel_sum(kernels, threads) + self.b * n
+        if self.coef is None:
+            return self._overhead(threads) + s
+        c0, c1, c2 = self.coef
+        return self._overhead(threads) + math.exp(c0 + c1 * math.log(max(s, 1e-5)) + c2 * math.log(max(n, 1.0)))
 
     def unseen(self, kernels: Sequence[tuple[Kernel, int]]) -> list[str]:
         """The kernel types in ``kernels`` the micro-benchmarks never measured (predicted by the prior)."""

@@ -2,8 +2,6 @@
 
 A kernel is one node of the runtime's optimized graph (``passes.kernel_graph``): its op (``domain:op_type``),
 the shapes and dtypes it reads and writes, which inputs are constants (weights), and its scalar attributes.
-:func:`kernel_model` rebuilds one kernel as a one-node model (its weights copied, its other inputs the
-values captured in the real run) so that it can be timed alone.
 """
 
 from __future__ import annotations
@@ -16,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-__all__ = ["FEATURE_NAMES", "Kernel", "kernel_features", "kernel_flops", "kernel_model", "kernels_of"]
+__all__ = ["FEATURE_NAMES", "Kernel", "kernel_bytes", "kernel_features", "kernel_flops", "kernels_of"]
 
 MATMUL_OPS = {
     "MatMul",
@@ -90,30 +88,6 @@ def kernels_of(proto: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> list
         op = f"{node.domain}:{node.op_type}" if node.domain and node.domain != "ai.onnx" else node.op_type
         out.append((Kernel(op, tuple(ins), tuple(outs), _attrs(node)), node))
     return out
-
-
-def kernel_model(
-    node: onnx.NodeProto, proto: onnx.ModelProto, values: Mapping[str, np.ndarray]
-) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """A one-node model of ``node`` (its constant inputs as initializers, the others as graph inputs fed the
-    captured values) and its feeds."""
-    consts = {i.name: i for i in proto.graph.initializer}
-    inputs, inits, feeds = [], [], {}
-    for name in dict.fromkeys(n for n in node.input if n):
-        if name in consts:
-            inits.append(consts[name])
-            continue
-        v = np.asarray(values[name])
-        if v.size <= 16 and v.dtype.kind in "iub":  # a small shape-like input: a constant, as in the real graph
-            inits.append(numpy_helper.from_array(v, name))
-            continue
-        inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)))
-        feeds[name] = v
-    outputs = [onnx.ValueInfoProto(name=o) for o in node.output if o]
-    graph = helper.make_graph([node], "kernel", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
-    model.ir_version = proto.ir_version
-    return model, feeds
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -1,7 +1,8 @@
 """Micro-benchmarks for the kernel-level predictor: seed models (MLPs, CNNs, BERT-like encoders) of sampled
-sizes, batch and precision are built, optimized by ONNX Runtime as a candidate would be, and each of their
-kernels is timed alone (a one-node model on the values of a real run), interleaved with the whole seed model
-and an empty call (the per-call overhead), at each thread count.
+sizes, batch and precision are built and optimized by ONNX Runtime as a candidate would be; each kernel's own
+time comes from ONNX Runtime's profiler over repeated runs of the seed model (every kernel in turn within each
+run, so the repeats are interleaved, with the caches and thread pool as in a real model), and the whole seed
+model and an empty call (the per-call overhead) are timed interleaved, at each thread count.
 
 The seeds are drawn around the shapes real models have (widths, channels, sequence lengths, batch 1–32);
 :func:`neighbours` draws new seeds near those whose kernels the predictor got most wrong (adaptive sampling).
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from chipfit.predict.kernels import Kernel, kernel_model, kernels_of
+from chipfit.predict.kernels import Kernel, kernels_of
 
 __all__ = ["Seed", "build_seed", "initial_seeds", "measure_seed", "neighbours", "variant_kernels"]
 
@@ -165,15 +166,17 @@ def build_seed(seed: Seed, folder: Path, int8_reduce_range: bool) -> tuple[Path,
 def variant_kernels(
     model_path: Path, level: str | None, feeds: dict[str, np.ndarray]
 ) -> tuple[list[tuple[Kernel, onnx.NodeProto]], onnx.ModelProto, dict[str, np.ndarray], bytes]:
-    """The kernels ONNX Runtime runs for ``model_path`` at session ``level`` on ``feeds``, the optimized graph,
-    the run's tensor values, and the optimized model serialized (to time it whole)."""
+    """The kernels ONNX Runtime runs for ``model_path`` at session ``level`` on ``feeds``, the optimized graph
+    (nodes renamed ``k0``, ``k1``, ... so the profiler's events name them uniquely), the run's tensor values,
+    and that graph serialized (to time and profile it whole)."""
     from chipfit.passes.kernel_graph import capture, optimized_graph
 
     with tempfile.TemporaryDirectory() as tmp:
         opt = optimized_graph(model_path, level, Path(tmp) / "opt.onnx")
         proto, values = capture(opt, feeds)
-        whole = onnx.load(str(opt)).SerializeToString()
-    return kernels_of(proto, values), proto, values, whole
+    for i, node in enumerate(proto.graph.node):
+        node.name = f"k{i}"
+    return kernels_of(proto, values), proto, values, proto.SerializeToString()
 
 
 def _identity() -> tuple[bytes, dict[str, np.ndarray]]:
@@ -188,41 +191,41 @@ def _identity() -> tuple[bytes, dict[str, np.ndarray]]:
     return model.SerializeToString(), {"x": np.zeros(1, np.float32)}
 
 
-def measure_seed(
-    seed: Seed, folder: Path, threads: list[int], measured: set[tuple[str, int]], int8_reduce_range: bool
-) -> dict[str, Any]:
-    """Time ``seed``'s kernels not in ``measured`` (signature, threads), the whole seed model and an empty call,
-    interleaved, at each thread count. Returns kernels (dicts), kernel rows, model rows, overhead rows and
-    the kernels that could not run alone."""
-    from chipfit.passes.kernel_graph import time_sessions
+def _block_cv(ts: list[float], blocks: int = 5) -> float:
+    """CV of the medians of ``blocks`` consecutive runs: the noise floor of a kernel's median."""
+    parts = [p for p in np.array_split(np.asarray(ts), min(blocks, len(ts))) if len(p)]
+    meds = np.array([float(np.median(p)) for p in parts])
+    return float(meds.std() / meds.mean()) if len(meds) > 1 and meds.mean() > 0 else 0.0
+
+
+def measure_seed(seed: Seed, folder: Path, threads: list[int], int8_reduce_range: bool) -> dict[str, Any]:
+    """Profile ``seed``'s kernels (their own times) and time the whole seed model and an empty call interleaved,
+    at each thread count. Returns kernels (dicts by signature), kernel rows, model rows, overhead rows and what
+    could not run."""
+    from chipfit.passes.kernel_graph import profile_nodes, time_sessions
 
     path, level, feeds = build_seed(seed, folder, int8_reduce_range)
-    ks, proto, values, whole = variant_kernels(path, level, feeds)
+    ks, _, _, whole = variant_kernels(path, level, feeds)
     counts: dict[str, int] = {}
-    first: dict[str, tuple[Kernel, onnx.NodeProto]] = {}
-    for k, node in ks:
-        counts[k.signature] = counts.get(k.signature, 0) + 1
-        first.setdefault(k.signature, (k, node))
     out: dict[str, Any] = {"kernels": {}, "kernel_rows": [], "model_rows": [], "overhead": [], "failed": []}
-    for sig, (k, _) in first.items():
-        out["kernels"][sig] = k.to_dict()
+    for k, _ in ks:
+        counts[k.signature] = counts.get(k.signature, 0) + 1
+        out["kernels"][k.signature] = k.to_dict()
     for t in threads:
-        todo = [sig for sig in first if (sig, t) not in measured]
-        models = [(whole, feeds), _identity()]
-        for sig in todo:
-            m, f = kernel_model(first[sig][1], proto, values)
-            models.append((m.SerializeToString(), f))
-        timed = time_sessions(models, t)
+        timed = time_sessions([(whole, feeds), _identity()], t)
         if isinstance(timed[0], str):
             out["failed"].append(f"{seed.id} (whole model): {timed[0]}")
             continue
         if not isinstance(timed[1], str):
             out["overhead"].append({"threads": t, "ms": timed[1][0]})
-        for sig, res in zip(todo, timed[2:], strict=True):
-            if isinstance(res, str):
-                out["failed"].append(f"{first[sig][0].op}: {res}")
-                continue
-            out["kernel_rows"].append({"sig": sig, "threads": t, "ms": res[0], "cv": res[1], "seed": seed.id})
+        prof = profile_nodes(whole, feeds, t)
+        by_sig: dict[str, list[float]] = {}
+        for k, node in ks:
+            by_sig.setdefault(k.signature, []).extend(prof.get(node.name, []))
+        for sig, ts in by_sig.items():
+            if ts:
+                row = {"sig": sig, "threads": t, "ms": float(np.median(ts)), "cv": _block_cv(ts), "seed": seed.id}
+                out["kernel_rows"].append(row)
         out["model_rows"].append(
             {
                 "seed": seed.id,
