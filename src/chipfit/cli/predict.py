@@ -54,9 +54,9 @@ def calibrate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the calibration's summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
-    """Measure single-kernel micro-benchmarks on this machine for the kernel-level latency predictor.
+    """Measure kernel micro-benchmarks on this machine for the kernel-level latency predictor.
 
-    Seed models (MLPs, CNNs, BERT-like encoders; fp32 and int8; batch 1-32) are optimized by ONNX Runtime and each kernel of the optimized graph is timed alone (median of 5 interleaved rounds), more where the held-out error is highest, within --max-minutes. The result is cached per machine (CPU, cores, ONNX Runtime version) under the chipfit home and reused: `chipfit fit` and `chipfit recommend` then predict ONNX Runtime candidates from their kernels."""
+    Seed models (MLPs, CNNs, BERT-like encoders; fp32 and int8; batch 1-32) are optimized by ONNX Runtime as a candidate would be; each kernel of the optimized graph gets its own time from ONNX Runtime's profiler over repeated runs, and the whole seed model is timed beside it (median of 5 interleaved rounds, their CV the noise floor); more seeds are drawn near those predicted worst, within --max-minutes. The result is cached per machine (CPU, cores, ONNX Runtime version) under the chipfit home and reused: `chipfit fit` and `chipfit recommend` then predict ONNX Runtime candidates from their kernels."""
     with user_errors():
         from chipfit.errors import SpecError
         from chipfit.predict.calibrate import calibrate, summary
