@@ -117,6 +117,7 @@ def measure(n: int, predictor: Any, progress: Any = print) -> list[dict[str, Any
                             "pred": predictor.predict(ks, t),
                             "n_kernels": sum(c for _, c in ks),
                             "unseen": predictor.unseen(ks),
+                            "kernels": [[k.to_dict(), c] for k, c in ks],  # to score other predictors offline
                         }
                     )
     return rows
