@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -142,26 +143,31 @@ def fit_on_farm(
 ) -> None:
     """``chipfit fit ... --farm ADDRESS``: measure on the farm, print one winner per target (exit 1 when a target
     has none)."""
-    from chipfit.farm.fit import farm_fit
+    from chipfit.farm.fit import farm_fit as run_farm_fit
 
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
-    result = farm_fit(
-        model,
-        data,
-        spec,
-        address=farm,
-        targets=names,
-        out=out,
-        calib_data=calib_data,
-        space=space,
-        settings=settings,
-        store=store,
-        progress=None if quiet else lambda line: err_console.print(line, highlight=False, markup=False),
-        trust_pickle=trust_pickle,
-        **overrides,
-    )
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # Ray prints node deaths on stdout: keep it for the result
+        result = run_farm_fit(
+            model,
+            data,
+            spec,
+            address=farm,
+            targets=names,
+            out=out,
+            calib_data=calib_data,
+            space=space,
+            settings=settings,
+            store=store,
+            progress=None if quiet else lambda line: err_console.print(line, highlight=False, markup=False),
+            trust_pickle=trust_pickle,
+            **overrides,
+        )
+        from chipfit.farm.nodes import ray_module
+
+        ray_module().shutdown()
     if json_out:
-        sys.stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
+        stdout.write(json.dumps(result.to_dict(), default=str) + "\n")
     else:
         print_farm_result(result)
     if not result.feasible:

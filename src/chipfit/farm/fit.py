@@ -216,11 +216,13 @@ def farm_fit(
         if isinstance(spec, Spec)
         else load_spec(spec, **constraints)
     )
-    out_dir = check_writable(Path(out)) if out is not None else None
     raw_data = load_data(data)
     raw_calib = load_data(calib_data) if calib_data is not None else None
     nodes = farm_nodes(address)
     names = resolve_targets(nodes, targets)
+    out_dir = Path(out) if out is not None else None
+    for t in names if out_dir is not None else ():
+        check_writable(out_dir / t)  # OUT/<target>/: each target's artifact
     m = load_model(model, home=home, trust_pickle=trust_pickle)
     dataset = validate_data(raw_data, m)
     calib = validate_data(raw_calib, m) if raw_calib is not None else None

@@ -3,8 +3,9 @@ listed target on this machine, each pinned to its own share of the cores; ``down
 
 A node is ``ray start --block`` with chipfit's labels and one measurement slot (``farm.nodes``). ``join`` replaces
 its own process with it (so the pid a node advertises is the process that hosts it: ``kill`` it and the node
-goes); ``up`` runs ``chipfit farm join ... --as TARGET`` for each target, one after the other (Ray nodes started
-in parallel on one host clash over ports), and records what it started in ``$CHIPFIT_HOME/farm/local.json``.
+goes); ``up`` runs ``chipfit farm join ... --as TARGET`` for each target, one after the other (nodes started
+together on a small host time out registering), each node's agent on its own free port, and records what it
+started in ``$CHIPFIT_HOME/farm/local.json``.
 Nothing here runs ``ray stop``, which would stop every Ray on the machine.
 """
 
@@ -180,7 +181,7 @@ def up(
             node = _spawn(argv, log, cores)
             state["nodes"].append({"target": target, "pid": node.pid, "cores": sorted(cores), "log": str(log)})
             _write(state_file, state)
-            _wait_started(node, log, f"node {i} ({target})", timeout_s)
+            _wait_started(node, log, f"node {i} ({target})", timeout_s)  # one by one: together, they time out
         _wait_registered(address, len(targets), timeout_s)
     except BaseException:
         down(home)

@@ -8,7 +8,9 @@ measurement slot, so that two measurements never share a node's cores. Ray itsel
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,10 +100,18 @@ def ray_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def ray_module() -> Any:
-    """``import ray`` after setting this process's Ray environment (Ray reads it once, when first imported)."""
+    """``import ray`` after setting this process's Ray environment (Ray reads its configuration when first imported,
+    and again when told to)."""
+    imported = "ray" in sys.modules
+    before = os.environ.get(AUTH_ENV)
     ray_env(os.environ)  # type: ignore[arg-type]
     import ray
 
+    if imported and before is None and os.environ.get(AUTH_ENV) == "token":
+        with contextlib.suppress(Exception):  # imported earlier (by a test, a plug-in): make Ray read the mode again
+            from ray._raylet import Config
+
+            Config.initialize("")
     return ray
 
 

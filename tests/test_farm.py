@@ -1,0 +1,174 @@
+"""The device farm on a real local multi-node Ray cluster (``ray.cluster_utils.Cluster``, one per module): three
+nodes declared as two catalogue targets, with the labels and slot ``chipfit farm join`` gives a node; Ray's
+health checks shortened so a killed node is declared dead in seconds. No mocks of Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray")
+
+from chipfit.farm.fit import farm_fit
+from chipfit.farm.local import HEALTH_CHECK
+from chipfit.farm.nodes import SLOT, farm_nodes, node_labels, ray_module
+from chipfit.store import Store, default_url
+
+C5, C6G = "aws-c5.xlarge", "aws-c6g.xlarge"
+_STORE = 100 * 2**20
+FLAGS = ["--measure-time", "0.15", "--batch-sizes", "1", "--threads", "1", "--execution-modes", "sequential"]
+FLAGS += ["--passes", "none", "-q"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    ray = ray_module()
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "_system_config": HEALTH_CHECK,
+            "object_store_memory": _STORE,
+            "include_dashboard": False,
+        },
+    )
+    c.chipfit_nodes = {}
+    for name, target in (("c5", C5), ("c6g-a", C6G), ("c6g-b", C6G)):
+        labels = node_labels(target, True, ["onnxruntime"], os.getpid(), "x86_64")
+        c.chipfit_nodes[name] = c.add_node(num_cpus=1, resources={SLOT: 1}, labels=labels, object_store_memory=_STORE)
+    c.wait_for_nodes()
+    yield c
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def _ids(cluster: Any, target: str) -> set[str]:
+    return {n.node_id for n in farm_nodes(cluster.address) if n.target == target}
+
+
+def test_status_json_lists_the_nodes_with_target_and_how(cluster: Any, cli_run: Any) -> None:
+    out = json.loads(cli_run("farm", "status", "--farm", cluster.address, "--json"))
+    nodes = out["nodes"]
+    assert sorted(n["target"] for n in nodes) == [C5, C6G, C6G]
+    for n in nodes:
+        assert n["how"] == "declared" and n["backends"] == ["onnxruntime"]
+        assert n["state"] in ("free", "busy") and n["pid"] == os.getpid() and n["slots"] == 1 and n["cpus"] == 1
+
+
+def test_fit_sends_each_candidate_to_a_node_of_its_target(
+    cluster: Any, mlp: Path, mlp_npz: Path, cli_run: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["fit", str(mlp), "--data", str(mlp_npz), "--farm", cluster.address, "--targets", f"{C5},{C6G}"]
+    args += [*FLAGS, "--backends", "onnxruntime,openvino", "--opt-levels", "none,all", "--out", str(out), "--json"]
+    result = json.loads(cli_run(*args))
+    assert set(result["targets"]) == {C5, C6G}
+    for target, t in result["targets"].items():
+        nodes = _ids(cluster, target)
+        measured = [c for c in t["candidates"] if c["source"] == "measured"]
+        assert len(measured) == 3, t["candidates"]  # the reference, the model as given, ORT level 'all'
+        assert all(c["status"] == "ok" and c["node"] in nodes and c["how"] == "declared" for c in measured)
+        assert t["winner"] is not None and t["winner"]["node"] in nodes and t["how"] == "declared"
+        # a backend no node of the target offers: skipped, with the reason
+        ov = [c for c in t["candidates"] if c["backend"] == "openvino"]
+        assert ov and all(
+            c["status"] == "skipped" and f"no node of {target} has backend openvino" in c["error"] for c in ov
+        )
+        assert (out / target / "manifest.json").exists()
+    # the same command again: every measurement reused from the store, none dispatched
+    again = json.loads(cli_run(*args))
+    for t in again["targets"].values():
+        assert {c["source"] for c in t["candidates"]} <= {"stored", "skipped"}
+    assert again["dispatch"]["tasks"] == 0
+
+
+def test_a_target_not_in_the_farm_is_bad_input(cluster: Any, mlp: Path, mlp_npz: Path, cli_run: Any) -> None:
+    args = ["fit", str(mlp), "--data", str(mlp_npz), "--farm", cluster.address, "--targets", "aws-c7g.xlarge"]
+    err = " ".join(cli_run(*args, *FLAGS, code=2).split())
+    assert "aws-c7g.xlarge is not in the farm" in err and f"its targets: {C5}, {C6G}" in err
+    err = " ".join(cli_run("fit", str(mlp), "--data", str(mlp_npz), "--targets", C5, code=2).split())
+    assert "--targets needs --farm" in err
+
+
+def test_driver_killed_then_the_same_command_reuses_what_was_measured(
+    cluster: Any, mlp: Path, mlp_npz: Path, cli_run: Any, chipfit_home: Path
+) -> None:
+    args = ["fit", str(mlp), "--data", str(mlp_npz), "--farm", cluster.address, "--targets", C5, *FLAGS]
+    args += ["--backends", "onnxruntime", "--opt-levels", "none,basic,extended,all", "--measure-time", "0.5"]
+    args += ["--json"]
+    env = dict(os.environ, CHIPFIT_HOME=str(chipfit_home))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "chipfit", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    store = Store(default_url(chipfit_home))
+    deadline = time.monotonic() + 60
+    while store.count() < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = store.count()
+    assert before >= 2, "the driver stored nothing before it was killed"
+    result = json.loads(cli_run(*args))["targets"][C5]
+    sources = [c["source"] for c in result["candidates"] if c["source"] != "skipped"]
+    assert sources.count("stored") >= before and set(sources) <= {"stored", "measured"}
+    assert store.count() == len(sources)  # each candidate stored once: none measured twice
+
+
+def test_a_node_killed_mid_run_loses_nothing(cluster: Any, mlp: Path, mlp_npz: Path) -> None:
+    from chipfit.measure.stats import TimingPolicy
+    from chipfit.search.driver import MeasureSettings
+    from chipfit.search.space import SpaceOptions
+
+    done: list[str] = []
+    killed: list[str] = []
+    nodes = cluster.chipfit_nodes
+
+    def killer() -> None:  # once two aws-c6g results are in, kill the node that measured the latest: it is busy again
+        while sum(line.startswith(C6G) for line in done) < 2:
+            time.sleep(0.05)
+        latest = [line for line in done if line.startswith(C6G)][-1]
+        name = next(n for n in ("c6g-a", "c6g-b") if nodes[n].node_id[:12] in latest)
+        time.sleep(0.3)
+        cluster.remove_node(nodes[name], allow_graceful=False)
+        killed.append(nodes[name].node_id)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    space = SpaceOptions(
+        backends=("onnxruntime",), batch_sizes=(1,), threads=(1,), execution_modes=("sequential",), passes=()
+    )
+    settings = MeasureSettings(
+        timing=TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.5), timeout_s=60, probe=False
+    )
+    result = farm_fit(
+        mlp,
+        mlp_npz,
+        address=cluster.address,
+        targets=[C6G],
+        space=space,
+        settings=settings,
+        progress=done.append,
+        fresh=None,
+    )
+    thread.join(timeout=30)
+    assert killed, "the node was not killed"
+    t = result.targets[C6G]
+    measured = [r for r in t.fit.candidates if r.source != "skipped"]
+    ids = [r.candidate.id for r in measured]
+    assert len(ids) == len(set(ids)) == 5  # the reference and four graph levels, each once
+    assert all(r.measurement.ok for r in measured), [r.measurement.error for r in measured]
+    assert t.lost == 0 and t.redispatched >= 1
+    assert any("re-dispatched" in n for r in measured for n in r.measurement.notes)
