@@ -1,5 +1,9 @@
 """A trainable for `chipfit explore`: an MLP on scikit-learn's digits, trained epoch by epoch, reporting
-validation accuracy after each epoch and checkpointing so that a trial can resume."""
+validation accuracy after each epoch and checkpointing so that a trial can resume.
+
+The digits are split three ways: 60% train, 20% validation (what trials score and the search compares) and a
+20% test split that no trial ever scores (`test_data`), so that a search's pick can be judged on digits it
+never saw (benchmarks/asha.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +15,31 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 
-def data() -> tuple[torch.Tensor, ...]:
-    """Train / validation split of digits (the last 20% held out)."""
+def _splits() -> tuple[torch.Tensor, ...]:
+    """Train / validation / test of digits, shuffled once with a fixed seed."""
     x, y = load_digits(return_X_y=True)
     idx = np.random.default_rng(0).permutation(len(x))
     x, y = x[idx].astype(np.float32) / 16.0, y[idx].astype(np.int64)
-    cut = int(0.8 * len(x))
-    return torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]), torch.from_numpy(x[cut:]), torch.from_numpy(y[cut:])
+    a, b = int(0.6 * len(x)), int(0.8 * len(x))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    return xt[:a], yt[:a], xt[a:b], yt[a:b], xt[b:], yt[b:]
+
+
+def data() -> tuple[torch.Tensor, ...]:
+    """Train / validation split of digits (the test split is held out: see `test_data`)."""
+    return _splits()[:4]
 
 
 def eval_data() -> dict[str, np.ndarray]:
     """The validation digits as `fit` data: the input `x` and `labels`."""
     _, _, xva, yva = data()
     return {"x": xva.numpy(), "labels": yva.numpy()}
+
+
+def test_data() -> dict[str, np.ndarray]:
+    """The test digits, which no trial scores: for judging the configuration a search picks."""
+    xte, yte = _splits()[4:]
+    return {"x": xte.numpy(), "labels": yte.numpy()}
 
 
 def build(hidden: int, layers: int, activation: str) -> nn.Module:

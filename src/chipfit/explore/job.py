@@ -32,10 +32,11 @@ __all__ = [
     "schema_fingerprint",
 ]
 
-TRIAL_PROTOCOL = 3  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle
+TRIAL_PROTOCOL = 4  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle; 4: max_units
 SCHEMAS = {
     2: "19c341d30843d029",
     3: "06c6deaef8206bc6",
+    4: "1658a2794ea3f6bb",
 }  # TRIAL_PROTOCOL -> schema_fingerprint(); a test keeps them in step
 TrialStatus = Literal["complete", "pruned", "stopped", "rejected", "fail"]
 _STATUSES: tuple[str, ...] = ("complete", "pruned", "stopped", "rejected", "fail")
@@ -94,6 +95,7 @@ class TrialJob:
     prune: bool = True  # ASHA on (else every trial runs to the end)
     outcome_file: str | None = None  # the local runner's: where the child writes its outcome
     trust_pickle: bool = False  # model files and checkpoints may be unpickled (runs code from them)
+    max_units: int | None = None  # a budget in resource units: the trial stops (stopped) once it trained these
 
     def __post_init__(self) -> None:
         if self.threads < 1:

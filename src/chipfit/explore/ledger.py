@@ -45,7 +45,9 @@ class Ledger:
             raise ValueError(f"Ledger.every_s must be a positive number of seconds, got {every_s!r}.")
         self.study, self.meter, self.share, self.clock, self.every_s = study, meter, share, clock, every_s
         self.wall_before = float(study.user_attrs.get(WALL_ATTR, 0.0))  # earlier runs of this study
-        meter.device_s = sum(charged_device_s(t) for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        meter.device_s = sum(charged_device_s(t) for t in trials)
+        meter.units = sum(float(t.user_attrs.get("charged_units", 0.0) or 0.0) for t in trials)
         self.started = clock.monotonic()
         meter.wall_s = self.wall_before
         self._covered = -math.inf  # the clock up to which the record already counts
@@ -82,12 +84,13 @@ class Ledger:
         for trial, t0 in self._t0.values():
             self._record(trial, now - t0 + self.every_s, ahead=self.every_s)
 
-    def finish(self, trial: Any) -> float:
-        """Charge a trial that ended its exact time; returns its seconds."""
+    def finish(self, trial: Any, units: float = 0.0) -> float:
+        """Charge a trial that ended its exact time and the resource ``units`` it trained; returns its seconds."""
         _, t0 = self._t0.pop(trial.number)
         seconds = self.clock.monotonic() - t0
-        self.meter.charge(seconds * self.share)
+        self.meter.charge(seconds * self.share, units=units)
         self._record(trial, seconds)
+        trial.set_user_attr("charged_units", units)
         return seconds
 
     def close(self) -> None:

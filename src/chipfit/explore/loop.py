@@ -84,9 +84,17 @@ def run_loop(
     spu_at, spu_measured = -math.inf, None
     folder = checkpoints if checkpoints is not None else work / "checkpoints"
 
+    units = meter.budget.unit == "units"
+
+    def units_left() -> int:
+        """Resource units a new trial may train: the budget's, less what the running trials may still train."""
+        return int(meter.left - sum(r.job.max_units or 0 for r in running) + 1e-9)
+
     def wall_left(n: int) -> float:
         """Wall seconds until the budget (or the deadline) is spent with ``n`` trials running."""
-        if meter.budget.unit == "s":
+        if units:
+            left = math.inf
+        elif meter.budget.unit == "s":
             left = meter.budget.amount - ledger.wall()
         else:
             left = (meter.seconds_left() - ledger.running_device_s()) / (s.share * max(1, n))
@@ -108,14 +116,17 @@ def run_loop(
                 else STARTUP_S + space.min_resource * spu
             )
             more = s.max_trials is None or n_trials < s.max_trials
+            if units:  # a budget in resource units: a trial starts while the units left train it to a rung
+                more = more and units_left() >= space.min_resource
             if len(running) < s.concurrency and left > need and more and not (sched and sched.closed):
-                running.append(_start(study, space, runner, ledger, s, left, storage_url, folder, sched, clock))
+                cap = min(space.max_resource, units_left()) if units else None
+                running.append(_start(study, space, runner, ledger, s, left, storage_url, folder, sched, clock, cap))
                 n_trials += 1
                 if callback:
                     callback("start", running[-1], None, meter)
                 continue
             if not more and not running:
-                stopped_by = "max_trials"
+                stopped_by = "budget" if units and units_left() < space.min_resource else "max_trials"
             if sched is not None and len(running) < s.concurrency and left <= need:
                 if not sched.closed:
                     stopped_by = "deadline"
@@ -159,6 +170,7 @@ def _start(
     folder: Path,
     sched: DeadlineScheduler | None,
     clock: Clock,
+    max_units: int | None = None,
 ) -> Running:
     trial = study.ask()
     config = space.sample(trial)
@@ -179,6 +191,7 @@ def _start(
         export=s.export,
         prune=s.prune,
         trust_pickle=s.trust_pickle,
+        max_units=max_units,
     )
     if sched is not None:
         sched.assign(trial.number, s.threads)
@@ -202,7 +215,7 @@ def _finish(study: Any, ledger: Ledger, runner: Any, r: Running, callback: Callb
 def _tell(study: Any, ledger: Ledger, r: Running, outcome: TrialOutcome, callback: Callback | None) -> None:
     import optuna
 
-    ledger.finish(r.trial)
+    ledger.finish(r.trial, _units(study, r.number, outcome))
     r.trial.set_user_attr("status", outcome.status)
     if outcome.reason:
         r.trial.set_user_attr("reason", outcome.reason)
@@ -216,3 +229,15 @@ def _tell(study: Any, ledger: Ledger, r: Running, outcome: TrialOutcome, callbac
         study.tell(r.trial, state=optuna.trial.TrialState.FAIL)
     if callback:
         callback("done", r, outcome, ledger.meter)
+
+
+def _units(study: Any, number: int, outcome: TrialOutcome) -> float:
+    """The resource units a trial trained: its outcome's last step, else (killed) the last step it reported. A
+    failed trial costs at least one unit, so that a trainable that always fails cannot run on forever when the
+    budget is in units."""
+    if outcome.steps is not None:
+        units = float(outcome.steps)
+    else:
+        frozen = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        units = float(max(frozen[0].intermediate_values, default=0)) if frozen else 0.0
+    return max(units, 1.0) if outcome.status == "fail" else units

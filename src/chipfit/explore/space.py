@@ -6,6 +6,8 @@
     direction: maximize                    # or minimize
     resource: {min: 1, max: 27}            # per trial; ASHA's rungs are min·η^k up to max
     reduction_factor: 3                    # η
+    sampler: tpe                           # optional: tpe (default) or random
+    pruner: asha                           # optional: asha (default) or hyperband (Optuna's HyperbandPruner)
     seconds_per_unit: 2.0                  # optional estimate, for --preview and the can-it-afford check
     deploy:                                # optional; needed for --max-p99-ms / delivering the winner
       model: trainable.py:model            # config -> untrained torch.nn.Module (checked before training)
@@ -49,6 +51,7 @@ class ExploreSpace:
     params: dict[str, dict[str, Any]]
     seconds_per_unit: float | None = None
     sampler: str = "tpe"
+    pruner: str = "asha"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -181,6 +184,10 @@ def load_space(path: str | Path) -> ExploreSpace:
         file = (p.parent / str(ref).partition(":")[0]).resolve()
         if not file.is_file():
             raise _bad(p, f"'{key}': {file} does not exist. Write 'file.py:function', relative to the space file.")
+    if str(doc.get("sampler", "tpe")) not in ("tpe", "random"):
+        raise _bad(p, f"'sampler' must be tpe or random, got {doc['sampler']!r}.")
+    if str(doc.get("pruner", "asha")) not in ("asha", "hyperband"):
+        raise _bad(p, f"'pruner' must be asha or hyperband, got {doc['pruner']!r}.")
     spu = doc.get("seconds_per_unit")
     if spu is not None and not (isinstance(spu, (int, float)) and spu > 0 and math.isfinite(spu)):
         raise _bad(p, f"'seconds_per_unit' must be a positive number of seconds, got {spu!r}.")
@@ -193,6 +200,7 @@ def load_space(path: str | Path) -> ExploreSpace:
         "params",
         "seconds_per_unit",
         "sampler",
+        "pruner",
     }
     known -= {"deploy"}  # kept in extra, read through ExploreSpace.deploy
     return ExploreSpace(
@@ -206,5 +214,6 @@ def load_space(path: str | Path) -> ExploreSpace:
         params=params,
         seconds_per_unit=float(spu) if spu is not None else None,
         sampler=str(doc.get("sampler", "tpe")),
+        pruner=str(doc.get("pruner", "asha")),
         extra={k: v for k, v in doc.items() if k not in known},
     )

@@ -46,6 +46,10 @@ def pruner(space: ExploreSpace, prune: bool) -> Any:
 
     if not prune:
         return optuna.pruners.NopPruner()
+    if space.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=space.min_resource, max_resource=space.max_resource, reduction_factor=space.reduction_factor
+        )
     return optuna.pruners.SuccessiveHalvingPruner(
         min_resource=space.min_resource, reduction_factor=space.reduction_factor
     )

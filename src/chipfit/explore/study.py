@@ -104,8 +104,11 @@ def preview(space: ExploreSpace, meter: CostMeter, seconds_per_unit: float) -> d
         per_config += (r - prev) * seconds_per_unit / eta**k  # the share of configs that train to rung k
         prev = r
     seconds = meter.seconds_left()
+    if meter.budget.unit == "units":  # what the units left buy, with no time charged for a trial's start
+        seconds = meter.left * seconds_per_unit
+        per_config -= STARTUP_S
     n = int(seconds // per_config)
-    full = STARTUP_S + space.max_resource * seconds_per_unit
+    full = STARTUP_S * (meter.budget.unit != "units") + space.max_resource * seconds_per_unit
     return {
         "seconds_per_unit": seconds_per_unit,
         "full_trial_s": full,
@@ -182,6 +185,11 @@ def explore(
         if resumed:
             (announce or log.warning)(
                 resume_line(study.study_name, Path(space_path), trials_before, meter, spent_before)
+            )
+        if meter.budget.unit == "units" and meter.left < space.min_resource:
+            raise SpecError(
+                f"--budget {meter.budget} leaves {meter.left:g} resource units, less than the first rung "
+                f"({space.min_resource}); raise the budget. Nothing was spent."
             )
         if space.seconds_per_unit is not None and not study.trials:
             full = STARTUP_S + space.max_resource * space.seconds_per_unit

@@ -100,6 +100,8 @@ class TrialContext:
             raise optuna.TrialPruned(f"below its rung at step {step}")
         if self._clock.time() > self.job.deadline:
             raise BudgetStop("the budget left is spent")
+        if self.job.max_units is not None and self.max_resource > int(step) >= self.job.max_units:
+            raise BudgetStop(f"the budget's resource units are spent (this trial could train {self.job.max_units})")
         self._apply_threads()
 
     def checkpoint(self, state: Any) -> Path:
@@ -184,7 +186,10 @@ def run_trial(job: TrialJob, trial: Any = None, clock: Clock = SYSTEM_CLOCK) -> 
         out = TrialOutcome.failed(f"out of memory (trial memory cap {job.max_memory_mb} MB)")
     except BaseException as exc:  # everything a trainable can raise is recorded on its trial
         out = TrialOutcome.failed(f"{type(exc).__name__}: {exc}", traceback.format_exc()[-3000:])
-    return replace(out, threads=ctx.threads) if ctx is not None else out
+    if ctx is None:
+        return out
+    steps = out.steps if out.steps is not None else (ctx.reports[-1][0] if ctx.reports else 0)
+    return replace(out, threads=ctx.threads, steps=steps)  # steps: what a budget in resource units is charged
 
 
 def _train(ctx: TrialContext, job: TrialJob) -> TrialOutcome:
