@@ -126,7 +126,10 @@ def _cand(passes: list[dict[str, Any]], batch: int = 1) -> Candidate:
 def test_guide_skips_candidates_predicted_far_from_the_best_measured() -> None:
     slow, near = [{"name": "fp16", "params": {}}], [{"name": "int8_dynamic", "params": {}}]
     fixed = _Fixed({json.dumps(slow): 40.0, json.dumps(near): 12.0})
-    guide = Guide(lambda c: None, trained=False, rel_error=float("inf"), kernel=fixed)
+    from chipfit.predict.model import Prediction
+
+    store_says = Prediction(1.0, 1.3, 1.0, float("inf"), "roofline × 3")  # the untrained store predictor
+    guide = Guide(lambda c: store_says, trained=False, rel_error=float("inf"), kernel=fixed)
     best = CandidateResult(_cand([]), Measurement("ok", {"p50_ms": 10.0}), "measured")
     spec = Spec(objective="latency")
     reason = guide.skip_reason(_cand(slow), spec, [best])
@@ -134,7 +137,9 @@ def test_guide_skips_candidates_predicted_far_from_the_best_measured() -> None:
     assert guide.skip_reason(_cand(near), spec, [best]) is None  # within the margin: measured
     assert guide.skip_reason(_cand(slow), spec, []) is None  # nothing measured yet: no bar
     assert guide.skip_reason(_cand(slow), Spec(objective="memory"), [best]) is None  # not ranked by p50
-    assert [c.passes for c in guide.order([_cand(slow), _cand(near)])] == [tuple(near), tuple(slow)]
+    other = Candidate(backend="openvino", passes=(), options={}, batch=1)  # no kernel-level prediction: rescaled
+    assert [c.passes for c in guide.order([_cand(slow), other, _cand(near)])] == [tuple(near), (), tuple(slow)]
+    assert guide.scale == pytest.approx(26.0)  # the median of the kernel-level / store ratios (12, 40)
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc"])

@@ -33,7 +33,7 @@ __all__ = [
     "train",
 ]
 
-FORMAT = 2  # bump when what a calibration holds changes: older files are then measured again
+FORMAT = 3  # bump when what a calibration holds changes: older files are then measured again
 
 
 def machine_fingerprint() -> dict[str, Any]:

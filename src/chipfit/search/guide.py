@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class Guide:
     rel_error: float
     kernel: Any = None  # a LocalKernelPredictor when this machine is calibrated
     first_batch: int = 1
+    scale: float = 1.0  # the store predictor's numbers times this: on the kernel-level scale
 
     def kernel_ms(self, c: Candidate) -> float | None:
         """The kernel-level prediction of ``c`` (ONNX Runtime on the CPU, this machine calibrated), else None."""
@@ -46,10 +48,20 @@ class Guide:
     def promise(self, c: Candidate) -> float:
         """What candidates are ordered by: the kernel-level prediction when there is one, else the predictor's."""
         k = self.kernel_ms(c) if c.batch == self.first_batch else None  # other batches: only to skip, lazily
-        return k if k is not None else float(self.predict(c).p50_ms)
+        return k if k is not None else float(self.predict(c).p50_ms) * self.scale
+
+    def _rescale(self, candidates: list[Candidate]) -> None:
+        """Put the store predictor's numbers on the kernel-level scale (the median ratio over the candidates both
+        predict), so that candidates predicted by either are ordered together."""
+        if self.kernel is None:
+            return
+        pairs = [(self.kernel_ms(c), float(self.predict(c).p50_ms)) for c in candidates if c.batch == self.first_batch]
+        ratios = [k / o for k, o in pairs if k is not None and o > 0]
+        self.scale = statistics.median(ratios) if ratios else 1.0
 
     def order(self, candidates: list[Candidate]) -> list[Candidate]:
         """Stable sort by predicted p50 within runs of the same stage (batch, option sweep); reference first."""
+        self._rescale([c for c in candidates if not c.reference])
         out: list[Candidate] = []
         run: list[Candidate] = []
 
