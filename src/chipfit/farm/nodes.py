@@ -139,13 +139,12 @@ def connect(address: str) -> Any:
 def farm_nodes(address: str) -> list[FarmNode]:
     """Every chipfit node the cluster at ``address`` knows (dead ones included), in joining order."""
     ray = connect(address)
-    free: dict[str, float] = {}
-    try:  # what each live node has free now (a busy node has lent its slot)
-        from ray.util.state import list_nodes
+    try:  # what each live node has free now (a busy node has lent its slot); a Ray developer API
+        from ray._private.state import available_resources_per_node
 
-        states = {s.node_id: s for s in list_nodes(detail=True, timeout=10)}
-    except Exception:  # the state API needs the dashboard; without it nodes show their totals
-        states = {}
+        available: dict[str, dict[str, float]] = dict(available_resources_per_node())
+    except Exception:  # another Ray: nodes are shown free (a resource in use up to its last unit is not listed)
+        available = {}
     out = []
     for n in ray.nodes():
         labels: dict[str, str] = dict(n.get("Labels") or {})
@@ -155,9 +154,6 @@ def farm_nodes(address: str) -> list[FarmNode]:
         resources = n.get("Resources") or {}
         node_id = str(n["NodeID"])
         slots = int(resources.get(SLOT, 0))
-        state = states.get(node_id)
-        available = getattr(state, "resources_available", None) if state is not None else None
-        free[node_id] = float(available.get(SLOT, slots)) if isinstance(available, dict) else float(slots)
         pid = labels.get(f"{_PREFIX}pid", "")
         backends = labels.get(f"{_PREFIX}backends", "none")
         out.append(
@@ -170,10 +166,10 @@ def farm_nodes(address: str) -> list[FarmNode]:
                 address=str(n.get("NodeManagerAddress", "")),
                 alive=bool(n.get("Alive")),
                 slots=slots,
-                slots_free=int(free[node_id]),
+                slots_free=int(available[node_id].get(SLOT, 0)) if node_id in available else slots,
                 cpus=int(resources.get("CPU", 0)),
                 arch=labels.get(f"{_PREFIX}arch", ""),
-                state_message=str(getattr(state, "state_message", "") or "") if state is not None else "",
+                state_message=str(n.get("DeathReasonMessage") or ""),
             )
         )
     return out
