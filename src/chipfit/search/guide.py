@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ class Guide:
 
     def kernel_ms(self, c: Candidate) -> float | None:
         """The kernel-level prediction of ``c`` (ONNX Runtime on the CPU, this machine calibrated), else None."""
-        if self.kernel is None or c.reference:
+        if self.kernel is None or c.reference or c.skip:  # a candidate never measured is not built to predict it
             return None
         return self.kernel.predict_ms(c.to_dict())
 
@@ -61,7 +62,10 @@ class Guide:
 
     def order(self, candidates: list[Candidate]) -> list[Candidate]:
         """Stable sort by predicted p50 within runs of the same stage (batch, option sweep); reference first."""
+        t0 = time.monotonic()
         self._rescale([c for c in candidates if not c.reference])
+        if self.kernel is not None:
+            log.info("kernel-level predictions of the candidates took %.1fs", time.monotonic() - t0)
         out: list[Candidate] = []
         run: list[Candidate] = []
 
