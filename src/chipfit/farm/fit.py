@@ -221,8 +221,9 @@ def farm_fit(
     nodes = farm_nodes(address)
     names = resolve_targets(nodes, targets)
     out_dir = Path(out) if out is not None else None
-    for t in names if out_dir is not None else ():
-        check_writable(out_dir / t)  # OUT/<target>/: each target's artifact
+    if out_dir is not None:
+        for t in names:
+            check_writable(out_dir / t)  # OUT/<target>/: each target's artifact
     m = load_model(model, home=home, trust_pickle=trust_pickle)
     dataset = validate_data(raw_data, m)
     calib = validate_data(raw_calib, m) if raw_calib is not None else None

@@ -109,7 +109,7 @@ def ray_module() -> Any:
 
     if imported and before is None and os.environ.get(AUTH_ENV) == "token":
         with contextlib.suppress(Exception):  # imported earlier (by a test, a plug-in): make Ray read the mode again
-            from ray._raylet import Config
+            from ray._raylet import Config  # type: ignore[attr-defined]
 
             Config.initialize("")
     return ray
