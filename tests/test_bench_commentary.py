@@ -150,6 +150,31 @@ def test_asha_verdict_is_by_test_accuracy_and_names_the_best_arm() -> None:
     assert "+0.0200 (random @100%)" in lost and "+0.0350 (ASHA @10%)" in lost  # validation overstates test
 
 
+# -- transformer rows -----------------------------------------------------------------------------------------
+
+
+def test_transformer_goals_and_the_optimum_comparison_follow_the_numbers() -> None:
+    ort, opt, chip = "ORT default fp32", "Optimum avx512_vnni dynamic int8", "chipfit winner `x`"
+
+    def timing(chip_b1: float, chip_b8: float) -> dict:
+        return {
+            1: {ort: timed(1.0), opt: timed(2.1), chip: timed(chip_b1)},
+            8: {ort: timed(1.0), opt: timed(1.6), chip: timed(chip_b8)},
+        }
+
+    fid = {ort: 1.0, opt: 0.9935, chip: 0.995}
+    won = text(c.transformer_commentary(timing(2.6, 1.6), fid, chip, opt, 80.0))
+    assert "batch 1): **reached** (2.60×" in won and "Batch 8 (≥ 1.5×): **reached**" in won
+    assert "Time to answer (≤ 90 s): **reached** (80 s)" in won
+    assert "Batch 1: chipfit's winner is ahead of Optimum" in won and "Batch 8: chipfit's winner is level with" in won
+    lost = text(c.transformer_commentary(timing(1.85, 1.2), {**fid, chip: 0.98}, chip, opt, 192.0))
+    assert "batch 1): **not reached** (1.85×" in lost and "cosine 0.9800" in lost and "**not reached** (192 s)" in lost
+    assert "Batch 1: chipfit's winner is behind Optimum" in lost and "ratio 0.88" in lost
+    blocked = text(c.transformer_commentary(timing(2.6, 1.6), fid, chip, None, 80.0))
+    assert "Optimum's row is blocked" in blocked
+    assert "not measured" in text(c.transformer_commentary(timing(2.6, 1.6), fid, None, opt, 80.0))
+
+
 # -- serving --------------------------------------------------------------------------------------------------
 
 
