@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,9 +123,19 @@ def connect(address: str) -> Any:
     ``RAY_AUTH_MODE`` says otherwise."""
     ray = ray_module()
     if ray.is_initialized():
-        return ray
+        if ray.get_runtime_context().gcs_address == address:
+            return ray
+        ray.shutdown()  # attached to another farm
     if ":" not in address:
         raise FarmError(f"--farm '{address}' is not a Ray address: give host:port, as `chipfit farm up` prints it.")
+    host, _, port = address.rpartition(":")
+    try:  # Ray retries an unreachable head for minutes: a closed port is said at once
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise FarmError(
+            f"cannot reach the farm at '{address}' ({exc}). Start one with `chipfit farm up --local-nodes T1,T2` "
+            "or give the address a running farm's head printed."
+        ) from None
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
