@@ -128,7 +128,7 @@ def test_driver_killed_then_the_same_command_reuses_what_was_measured(
     cluster: Any, mlp: Path, mlp_npz: Path, cli_run: Any, chipfit_home: Path
 ) -> None:
     args = ["fit", str(mlp), "--data", str(mlp_npz), "--farm", cluster.address, "--targets", C5, *FLAGS]
-    args += ["--backends", "onnxruntime", "--opt-levels", "none,basic,all", "--measure-time", "0.3"]
+    args += ["--backends", "onnxruntime", "--opt-levels", "none,all", "--measure-time", "0.3"]
     args += ["--json"]
     env = dict(os.environ, CHIPFIT_HOME=str(chipfit_home))
     driver = subprocess.Popen(
@@ -136,12 +136,12 @@ def test_driver_killed_then_the_same_command_reuses_what_was_measured(
     )
     store = Store(default_url(chipfit_home))
     deadline = time.monotonic() + 60
-    while store.count() < 2 and time.monotonic() < deadline and driver.poll() is None:
+    while store.count() < 1 and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.1)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = store.count()
-    assert before >= 2, "the driver stored nothing before it was killed"
+    assert before >= 1, "the driver stored nothing before it was killed"
     result = json.loads(cli_run(*args))["targets"][C5]
     sources = [c["source"] for c in result["candidates"] if c["source"] != "skipped"]
     assert sources.count("stored") >= before and set(sources) <= {"stored", "measured"}
@@ -176,7 +176,7 @@ def test_killed_nodes_re_dispatched_or_lost_with_the_reason_and_the_run_goes_on(
     space = SpaceOptions(
         backends=("onnxruntime",), batch_sizes=(1,), threads=(1,), execution_modes=("sequential",), passes=()
     )
-    timing = TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.5)
+    timing = TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.3)
     settings = MeasureSettings(timing=timing, timeout_s=60, probe=False)
     result = farm_fit(
         mlp, mlp_npz, address=cluster.address, targets=[C5, C6G], space=space, settings=settings, progress=done.append
