@@ -114,8 +114,12 @@ def test_fusion_says_why_when_nothing_fuses(tmp_path: Path) -> None:
     assert len(res.notes) == 4 and all("0 of 1 attention blocks" in n or "not used" in n for n in res.notes[1:])
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
-def test_static_int8_calibrates_through_the_padding_mask(exports, method: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("method", "activations"), [("minmax", "int8"), ("entropy", "int8"), ("percentile", "int8"), ("minmax", "uint8")]
+)
+def test_static_int8_calibrates_through_the_padding_mask(
+    exports, method: str, activations: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     src = exports["bert", "torchscript"]
     calib = hf.hf_inputs(16, seq=SEQ, seed=1)  # padded rows: the mask's float-min values reach the scores
     folder = tmp_path / "calib"
@@ -124,13 +128,17 @@ def test_static_int8_calibrates_through_the_padding_mask(exports, method: str, t
         np.save(folder / f"{name}.npy", arr)
     ctx = PassContext(folder, f"calib-{method}", list(calib))
     dst = tmp_path / "q.onnx"
-    res = get_pass("int8_static").apply(src, dst, {"calibrate": method, "per_channel": True, "samples": 16}, ctx)
+    params = {"calibrate": method, "per_channel": True, "samples": 16, "activation_type": activations}
+    res = get_pass("int8_static").apply(src, dst, params, ctx)
     assert res.applied, res.notes
     proto = onnx.load(str(dst))
     scales = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("_scale")]
     assert scales and all(np.isfinite(s).all() and (s > 0).all() for s in scales)
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["Softmax"] == 2
+    zero_points = [i for i in proto.graph.initializer if i.name.endswith("_zero_point")]
+    want = TensorProto.UINT8 if activations == "uint8" else TensorProto.INT8
+    assert any(z.data_type == want for z in zero_points)
     feeds = hf.hf_inputs(8, seq=SEQ, seed=2)
     # random weights, int8 activations and weights: cosine ≥ 0.98 (the unrestricted quantizer gave ~0.4 on a
     # real encoder, or failed on the mask's non-finite range)

@@ -256,8 +256,11 @@ def precision_variants(path: Path) -> tuple[list[list[dict[str, Any]]], dict[int
         methods = ("minmax", "percentile") if transformer else ("minmax", "entropy", "percentile")
         for pre in prefixes:
             for method in methods if pre == prefix else methods[:1]:
-                for pc in (True,) if transformer else (False, True):
-                    step = {"name": "int8_static", "params": {"calibrate": method, "per_channel": pc}}
+                for pc in (False,) if transformer else (False, True):
+                    params: dict[str, Any] = {"calibrate": method, "per_channel": pc}
+                    if transformer:  # U8S8: x86 CPU kernels run S8S8 QDQ MatMuls slower than fp32
+                        params["activation_type"] = "uint8"
+                    step = {"name": "int8_static", "params": params}
                     variants.append([*pre, step, opt("all")])
     skip: dict[int, str] = {}
     if has_float(path):

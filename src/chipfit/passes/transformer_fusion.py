@@ -115,19 +115,25 @@ def _differs(reference: list[np.ndarray], path: Path, feeds: dict[str, np.ndarra
     return None
 
 
-def _ort(src: Path, dst: Path, model_type: str, heads: int, hidden: int) -> None:
+def _ort(src: Path, dst: Path, params: dict[str, Any], heads: int, hidden: int) -> None:
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0)
+    model_type = params.get("model_type", "bert")
+    options = FusionOptions(model_type)
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = bool(params.get("skip_layer_norm", True))
+    optimized = optimize_model(
+        str(src), model_type=model_type, num_heads=heads, hidden_size=hidden, optimization_options=options, opt_level=0
+    )
     optimized.save_model_to_file(str(dst), use_external_data_format=is_large(src))
 
 
-def _ort_plain(src: Path, dst: Path, tmp: Path, model_type: str) -> list[str]:
-    _ort(src, dst, model_type, 0, 0)
+def _ort_plain(src: Path, dst: Path, tmp: Path, params: dict[str, Any]) -> list[str]:
+    _ort(src, dst, params, 0, 0)
     return []
 
 
-def _ort_canonical(src: Path, dst: Path, tmp: Path, model_type: str) -> list[str]:
+def _ort_canonical(src: Path, dst: Path, tmp: Path, params: dict[str, Any]) -> list[str]:
     from chipfit.passes._attention import canonicalize, heads_and_hidden
 
     model = onnx.load(str(src))
@@ -135,20 +141,20 @@ def _ort_canonical(src: Path, dst: Path, tmp: Path, model_type: str) -> list[str
     heads, hidden = heads_and_hidden(model)
     canon = tmp / "canonical.onnx"
     onnx.save_model(model, str(canon), save_as_external_data=is_large(src), location="canonical.onnx.data")
-    _ort(canon, dst, model_type, heads, hidden)
+    _ort(canon, dst, params, heads, hidden)
     return [*notes, f"heads {heads}, hidden {hidden} read from the graph"] if heads else notes
 
 
-def _onnxscript(src: Path, dst: Path, tmp: Path, model_type: str) -> list[str]:
+def _onnxscript(src: Path, dst: Path, tmp: Path, params: dict[str, Any]) -> list[str]:
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     model, _stats = optimize_for_ort(ir.load(str(src)))
     ir.save(model, str(dst), external_data="model.onnx.data" if is_large(src) else None)
-    return []
+    return ["onnxscript's fusions take no skip_layer_norm parameter: ignored"] if "skip_layer_norm" in params else []
 
 
-_WAYS: tuple[tuple[str, Callable[[Path, Path, Path, str], list[str]]], ...] = (
+_WAYS: tuple[tuple[str, Callable[[Path, Path, Path, dict[str, Any]], list[str]]], ...] = (
     ("ONNX Runtime's optimizer", _ort_plain),
     ("ONNX Runtime's optimizer on the canonicalized attention", _ort_canonical),
     ("onnxscript's optimize_for_ort", _onnxscript),
@@ -157,12 +163,17 @@ _WAYS: tuple[tuple[str, Callable[[Path, Path, Path, str], list[str]]], ...] = (
 
 class TransformerFusion:
     name = "transformer_fusion"
-    params: ClassVar[dict[str, tuple[Any, ...]]] = {"model_type": ("bert", "gpt2", "bart", "t5", "vit")}
+    params: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "model_type": ("bert", "gpt2", "bart", "t5", "vit"),
+        "skip_layer_norm": (True, False),  # residual Add + LayerNorm as one SkipLayerNormalization kernel
+    }
 
     def apply(self, src: Path, dst: Path, params: dict[str, Any], ctx: PassContext) -> PassResult:
         model_type = params.get("model_type", "bert")
-        if model_type not in self.params["model_type"]:
-            raise ValueError(f"transformer_fusion: model_type must be one of {self.params['model_type']}")
+        for key, value in params.items():
+            if key not in self.params or value not in self.params[key]:
+                allowed = "; ".join(f"{k}: {v}" for k, v in self.params.items())
+                raise ValueError(f"transformer_fusion: unknown parameter or value {key}={value!r}; allowed: {allowed}")
         graph = load_graph(src)
         blocks = attention_softmaxes(graph)
         if not blocks:
@@ -180,7 +191,7 @@ class TransformerFusion:
                 quiet = logging.root.manager.disable  # the optimizers log every pattern they do not match
                 logging.disable(logging.WARNING)
                 try:
-                    notes = way(src, out, tmp, model_type)
+                    notes = way(src, out, tmp, {**params, "model_type": model_type})
                 except Exception as exc:
                     tried.append(f"{label} failed ({type(exc).__name__}: {str(exc)[:160]})")
                     continue
