@@ -186,3 +186,14 @@ def test_mixed_precision_starts_from_int8_missing_the_bound_even_when_bf16_is_fa
     slow_int8 = [result(ref, 20.0, 1.0), result(fused, 8.0, 1.0), result(int8, 9.0, 0.986)]
     evaluate(slow_int8, spec)
     assert mp._base(slow_int8) is None
+
+
+def test_transformers_run_with_denormals_flushed_and_the_plain_session_swept(exports) -> None:  # type: ignore[no-untyped-def]
+    from chipfit.backends.onnxruntime import backend, session_options
+    from chipfit.model import load_model
+
+    opts = backend.option_space(load_model(exports["bert", "torchscript"]), 2)
+    assert opts.options[0]["denormal_as_zero"] is True
+    assert any("denormal_as_zero" not in o for o in opts.options[opts.primary :])
+    so = session_options(opts.options[0])
+    assert so.get_session_config_entry("session.set_denormal_as_zero") == "1"
