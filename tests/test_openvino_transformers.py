@@ -93,7 +93,7 @@ def test_nncf_int8_on_bert_runs_int8_kernels_on_openvino_with_close_outputs(bert
 
     path, _, x = bert
     ref = backend.compile(path, "cpu", {"precision": "f32", "threads": 1}).run(x)[0]
-    out, notes = _variant(bert, [{"name": "nncf_int8", "params": {"preset": "mixed", "samples": 16}}])
+    out, notes = _variant(bert, [{"name": "nncf_int8", "params": {"preset": "mixed", "samples": 8}}])
     assert any("int8 by NNCF" in n and "transformer" in n for n in notes), notes
     q = onnx.load(str(out), load_external_data=False)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 12  # 6 Linear per layer, 2 layers
@@ -102,7 +102,7 @@ def test_nncf_int8_on_bert_runs_int8_kernels_on_openvino_with_close_outputs(bert
     assert _cosine(exe.run(x)[0], ref) > 0.99  # random weights: no outlier channels, int8 stays close
 
     kept, notes = _variant(
-        bert, [{"name": "nncf_int8", "params": {"preset": "mixed", "keep_sensitive": True, "samples": 16}}]
+        bert, [{"name": "nncf_int8", "params": {"preset": "mixed", "keep_sensitive": True, "samples": 8}}]
     )
     # per layer: Q·Kᵀ, softmax·V and the feed-forward output projection (its input is the GELU's)
     assert any("kept in float by NNCF: 6 nodes" in n for n in notes), notes

@@ -215,9 +215,9 @@ class OpenVinoBackend:
         variants: list[list[dict[str, Any]]] = [[]]
         skip: dict[int, str] = {}
         if nncf_int8.quantizable(model.path):
-            variants.append([{"name": "nncf_int8", "params": {"preset": "mixed"}}])
-            if is_transformer(model.path):
+            if is_transformer(model.path):  # first: the one that keeps a transformer's fidelity
                 variants.append([{"name": "nncf_int8", "params": {"preset": "mixed", "keep_sensitive": True}}])
+            variants.append([{"name": "nncf_int8", "params": {"preset": "mixed"}}])
             if importlib.util.find_spec("nncf") is None:
                 for i in range(1, len(variants)):
                     skip[i] = f"nncf_int8: NNCF is not installed: {INSTALL}"
