@@ -71,6 +71,23 @@ def test_bf16_is_measured_for_every_openvino_variant_where_the_cpu_has_it(bert: 
         assert len(skipped) == 1 and "native bf16" in (skipped[0].skip or "")
 
 
+def test_without_native_bf16_it_is_listed_once_as_skipped_with_the_reason(
+    bert: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU without AVX512-BF16/AMX (the detection says so): OpenVINO would emulate bf16, slowly."""
+    import chipfit.hardware.detect as detect
+    from chipfit.backends.openvino import backend
+    from chipfit.model import load_model
+
+    real = detect.cpu_features
+    monkeypatch.setattr(detect, "cpu_features", lambda isa=None: {**real(isa), "bf16": False})
+    opts = backend.option_space(load_model(bert[0]), 2)
+    assert opts.primary == 1 and [o["precision"] for o in opts.options[: opts.primary]] == ["f32"]
+    skipped = [opts.options[j] for j in opts.option_skip]
+    assert [o["precision"] for o in skipped] == ["bf16"]
+    assert "no native bf16" in next(iter(opts.option_skip.values()))
+
+
 def test_the_f32_baseline_really_runs_f32_and_bf16_reads_back_bf16(bert: Any) -> None:
     from chipfit.backends.openvino import backend, native_bf16
 
