@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("ray")
 
 from chipfit.farm.fit import farm_fit
-from chipfit.farm.local import HEALTH_CHECK
+from chipfit.farm.local import HEALTH_CHECK, group_alive
 from chipfit.farm.nodes import SLOT, farm_nodes, node_labels, ray_module
 from chipfit.store import Store, default_url
 
@@ -203,3 +203,25 @@ def test_an_unreachable_farm_is_bad_input_at_once(cli_run: Any) -> None:
     assert "cannot reach the farm at '127.0.0.1:1'" in err and "chipfit farm up" in err
     err = " ".join(cli_run("farm", "status", "--farm", "nonsense", code=2).split())
     assert "--farm 'nonsense' is not a Ray address" in err
+
+
+@pytest.mark.bench  # a real `farm up` starts a head and a node with `ray start` (~40 s here): run by `make bench`
+def test_farm_up_status_kill_and_down_with_the_real_commands(cli_run: Any, chipfit_home: Path) -> None:
+    address = cli_run("farm", "up", "--local-nodes", C5).strip().splitlines()[-1]
+    state = json.loads((chipfit_home / "farm" / "local.json").read_text())
+    try:
+        assert state["address"] == address and len(state["nodes"]) == 1
+        pid = state["nodes"][0]["pid"]
+        (node,) = json.loads(cli_run("farm", "status", "--json"))["nodes"]
+        assert node["target"] == C5 and node["how"] == "declared" and node["state"] == "free" and node["pid"] == pid
+        os.kill(pid, signal.SIGKILL)  # the node's process: Ray's head declares the node dead within seconds
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and node["state"] != "dead":
+            time.sleep(0.5)
+            (node,) = json.loads(cli_run("farm", "status", "--json"))["nodes"]
+        assert node["state"] == "dead"
+    finally:
+        out = cli_run("farm", "down")
+    assert f"stopped the farm at {address}" in out
+    assert not any(group_alive(g) for g in [state["head_pid"], pid])  # every process `up` started is gone
+    assert not (chipfit_home / "farm" / "local.json").exists()

@@ -25,7 +25,7 @@ from typing import Any
 
 from chipfit.farm.nodes import SLOT, FarmError, farm_nodes, node_labels, ray_env, ray_module
 
-__all__ = ["HEALTH_CHECK", "detect_target", "down", "join_command", "state_path", "up"]
+__all__ = ["HEALTH_CHECK", "detect_target", "down", "group_alive", "join_command", "state_path", "up"]
 
 # how fast the head notices a dead node: a probe every second, dead after 3 missed (Ray's defaults take 20-70 s)
 HEALTH_CHECK = {
@@ -237,20 +237,21 @@ def down(home: Path, grace_s: float = 10.0) -> dict[str, Any] | None:
         for g in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(g, sig)
-        deadline = time.monotonic() + grace_s
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+        deadline = time.monotonic() + grace_s  # after SIGKILL, the wait for the kernel to finish them
+        while time.monotonic() < deadline and any(group_alive(g) for g in groups):
             time.sleep(0.2)
     state_file.unlink(missing_ok=True)
     return state
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which a container's init may never reap, do not)."""
+    import psutil
+
     with contextlib.suppress(ChildProcessError, OSError):  # reap our own child (when `up` ran in this process)
         os.waitpid(pgid, os.WNOHANG)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
