@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,9 +82,14 @@ def score_on_test(checkpoint: str, params: dict[str, Any]) -> float:
     return float((pred == test["labels"]).mean())
 
 
-def one(work: Path, budget: str, seed: int, pruner: str | None, sampler: str, share: float) -> dict[str, Any]:
-    """One run (an explore study of its own, checkpoints under ``work``), judged on the test split."""
+def one(
+    work: Path, budget: str, seed: int, pruner: str | None, sampler: str, share: float, cpu: int | None = None
+) -> dict[str, Any]:
+    """One run (an explore study of its own, checkpoints under ``work``), judged on the test split; ``cpu``:
+    the core it (and its trials) may use."""
     os.environ["CHIPFIT_HOME"] = str(work / "home")
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     b = parse_budget(budget)
     amount = b.amount * share
     name = f"{pruner or 'full'}-{sampler}-{seed}"
@@ -112,19 +118,36 @@ def one(work: Path, budget: str, seed: int, pruner: str | None, sampler: str, sh
     }
 
 
-def section(work: Path, budget: str = DEFAULT_BUDGET, seeds: int = 5, jobs: int = 1) -> list[str]:
-    """Every arm on every seed, each run in its own process (``jobs`` at a time: with a budget in units,
-    parallel runs train the same epochs); returns the markdown section."""
+def section(
+    work: Path, budget: str = DEFAULT_BUDGET, seeds: int = 5, jobs: int = 1, log: Path | None = None
+) -> list[str]:
+    """Every arm on every seed, each run in its own process pinned to one core (``jobs`` at a time: with a
+    budget in units, parallel runs train the same epochs); returns the markdown section. ``log``: each run's
+    result is appended there as it ends (JSON lines; ``--from-log`` writes the table from them)."""
     tasks = [(seed, arm) for arm in ARMS for seed in range(seeds)]  # the longest (random search) first
+    cpus = sorted(os.sched_getaffinity(0))
+    free = list(cpus) * max(1, -(-jobs // len(cpus)))  # one core per run (its trials then use one thread)
+    lock = threading.Lock()
 
     def run(task: tuple[int, tuple[str, str | None, str, float]]) -> dict[str, Any]:
-        seed, (_, pruner, sampler, share) = task
-        cmd = [sys.executable, __file__, "--one", json.dumps([str(work), budget, seed, pruner, sampler, share])]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seed, (label, pruner, sampler, share) = task
+        with lock:
+            cpu = free.pop(0)
+        try:
+            args = [str(work), budget, seed, pruner, sampler, share, cpu]
+            cmd = [sys.executable, __file__, "--one", json.dumps(args)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        finally:
+            with lock:
+                free.append(cpu)
         sys.stderr.write(done.stderr[-2000:])
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        result = {"arm": label, "seed": seed, **json.loads(done.stdout.strip().splitlines()[-1])}
+        if log is not None:
+            with lock, log.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+        return result
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -138,7 +161,15 @@ def section(work: Path, budget: str = DEFAULT_BUDGET, seeds: int = 5, jobs: int 
     return table(runs, budget, seeds, wall, jobs)
 
 
-def table(runs: dict[str, list[dict[str, Any]]], budget: str, seeds: int, wall: float, jobs: int) -> list[str]:
+def table(
+    runs: dict[str, list[dict[str, Any]]],
+    budget: str,
+    seeds: int,
+    wall: float,
+    jobs: int,
+    seed_ids: list[int] | None = None,
+) -> list[str]:
+    """``jobs`` 0: ``wall`` is the runs' summed wall time (a table from a log)."""
     b = parse_budget(budget)
     unit = "epochs" if b.unit == "units" else "s of wall time"
     labels = list(runs)
@@ -146,18 +177,23 @@ def table(runs: dict[str, list[dict[str, Any]]], budget: str, seeds: int, wall: 
         HEADER,
         "",
         f"Budget: random search {b.amount:g} {unit}, the other arms 10% of it ({b.amount * 0.1:g} {unit}); "
-        f"trials one at a time, {cpu_quota()} cores in the CPU quota, {jobs} run{'s' if jobs != 1 else ''} at a "
-        f"time ({wall / 60:.0f} min for the whole table). Per seed: the **test accuracy of the configuration the "
-        f"run picked** (360 digits no trial scores), then its best validation accuracy and the trials it started "
-        f"(trained to the end).",
+        f"trials one at a time, each run on one core ({cpu_quota()} in the CPU quota; "
+        + (
+            f"{jobs} run{'s' if jobs != 1 else ''} at a time, {wall / 60:.0f} min"
+            if jobs
+            else f"{wall / 60:.0f} min of runs in all"
+        )
+        + "; the machine was shared with other work, which a budget in epochs does not feel). Per seed: the **test "
+        "accuracy of the configuration the run picked** (360 digits no trial scores), then its best validation "
+        "accuracy and the trials it started (trained to the end).",
         "",
         "| seed | " + " | ".join(f"{k}: test (val) | trials" for k in labels) + " |",
         "|---" * (1 + 2 * len(labels)) + "|",
     ]
-    for seed in range(seeds):
+    for i, seed in enumerate(seed_ids if seed_ids is not None else range(seeds)):
         cells = []
         for k in labels:
-            r = runs[k][seed]
+            r = runs[k][i]
             cells += [f"**{r['test']:.4f}** ({r['best']:.4f})", f"{r['trials']} ({r['complete']})"]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     med = [
@@ -169,20 +205,37 @@ def table(runs: dict[str, list[dict[str, Any]]], budget: str, seeds: int, wall: 
     return [*lines, "", *asha_commentary(runs, _trainable().test_data()["labels"].size)]
 
 
+def from_log(path: Path, budget: str) -> list[str]:
+    """The table from a ``--log`` file: the seeds every arm finished (wall time: the log's first to last run)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    seeds = sorted(s for s in {r["seed"] for r in rows} if all((a[0], s) in by for a in ARMS))
+    if not seeds:
+        raise SystemExit(f"{path}: no seed has a result for every arm ({', '.join(a[0] for a in ARMS)}).")
+    runs = {a[0]: [by[(a[0], s)] for s in seeds] for a in ARMS}
+    return table(runs, budget, len(seeds), sum(r["wall"] for r in rows), 0, seeds)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--append", help="Replace (or add) this section in the given markdown file.")
     ap.add_argument("--budget", default=DEFAULT_BUDGET, help="random search's budget (the others get 10%%)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (a budget in units is not skewed by it)")
+    ap.add_argument("--log", help="append each run's result to this JSON-lines file as it ends")
+    ap.add_argument("--from-log", help="write the table from a --log file (its complete seeds) instead of running")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a single run, as JSON arguments of one(): prints its result
     args = ap.parse_args(argv)
     if args.one:
-        work, budget, seed, pruner, sampler, share = json.loads(args.one)
-        print(json.dumps(one(Path(work), budget, seed, pruner, sampler, share)))
+        work, budget, seed, pruner, sampler, share, cpu = json.loads(args.one)
+        print(json.dumps(one(Path(work), budget, seed, pruner, sampler, share, cpu)))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        lines = section(Path(tmp), args.budget, args.seeds, args.jobs)
+    if args.from_log:
+        lines = from_log(Path(args.from_log), args.budget)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = Path(args.log) if args.log else None
+            lines = section(Path(tmp), args.budget, args.seeds, args.jobs, log)
     from _md import emit
 
     emit(lines, HEADER, args.append)

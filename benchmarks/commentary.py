@@ -316,8 +316,7 @@ def transformer_commentary(
         f"**{verdict(fit_s <= TIME_TO_ANSWER_GOAL_S)}** ({fit_s:.0f} s)."
     ]
     if optimum is None:
-        out.append("Optimum's row is blocked (above), so chipfit is not compared with it here.")
-        return out
+        return [*out, "", "Optimum's row is blocked (above), so chipfit is not compared with it here."]
     for batch in (1, 8):
         c, o = timing[batch][chipfit], timing[batch][optimum]
         ratio = c["speedup_median"] / o["speedup_median"]
@@ -327,10 +326,11 @@ def transformer_commentary(
             where = "behind"
         else:
             where = "level with (the IQRs overlap)"
-        out.append(
+        out += [
+            "",
             f"Batch {batch}: chipfit's winner is {where} Optimum's avx512_vnni dynamic int8 "
-            f"({_x(c)} vs {_x(o)} over ORT, ratio {ratio:.2f}; cosine {fid:.4f} vs {fidelity[optimum]:.4f})."
-        )
+            f"({_x(c)} vs {_x(o)} over ORT, ratio {ratio:.2f}; cosine {fid:.4f} vs {fidelity[optimum]:.4f}).",
+        ]
     return out
 
 

@@ -129,8 +129,10 @@ def cosine(run: Any, reference: Any, feeds: dict[str, np.ndarray], batch: int = 
 
 def section(work: Path, rounds: int = 20, calib: int = 128, fit_args: list[str] | None = None) -> list[str]:
     import chipfit
+    from chipfit.hardware.detect import cpu_quota
     from chipfit.testing.hf_models import sentences, tokenize
 
+    load = os.getloadavg()[0]
     model, tokenizer = export_minilm(work)
     np.savez(work / "calib.npz", **tokenize(tokenizer, sentences(calib, seed=1)))
     evalset = tokenize(tokenizer, sentences(64, seed=2))
@@ -154,7 +156,9 @@ def section(work: Path, rounds: int = 20, calib: int = 128, fit_args: list[str] 
         "with `torch.onnx.export` (TorchScript exporter, opset 17, dynamic batch and sequence), on generated "
         f"sentences tokenized and padded to 128 tokens. Timed interleaved in one process ({rounds} rounds, "
         "alternating the runners); speedup = median and IQR of the per-round ratios to ORT's default fp32 "
-        "session. Cosine = chipfit's `cosine` fidelity to the fp32 outputs on 64 other sentences.",
+        "session. Cosine = chipfit's `cosine` fidelity to the fp32 outputs (every token's vector) on 64 other "
+        f"sentences. Load average at the start: {load:.1f} on {cpu_quota()} cores (the machine is shared: "
+        "absolute times vary with it, the interleaved ratios much less).",
         "",
         "| runner | batch 1 p50 ms | batch 1 speedup | batch 8 p50 ms | batch 8 speedup | cosine vs fp32 |",
         "|---|---|---|---|---|---|",
