@@ -70,4 +70,4 @@ def passes_list(value: str | None) -> tuple[str, ...] | None:
         return None
     if value.strip() == "none":
         return ()
-    return words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "fp16"))
+    return words(value, "--passes", ("transformer_fusion", "int8_dynamic", "int8_static", "nncf_int8", "fp16"))

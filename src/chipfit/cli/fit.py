@@ -171,7 +171,8 @@ def fit(
     passes: Annotated[
         str | None,
         typer.Option(
-            help="Precision and fusion passes to try: transformer_fusion, int8_dynamic, int8_static, fp16, or 'none' "
+            help="Precision and fusion passes to try: transformer_fusion, int8_dynamic, int8_static, nncf_int8 (OpenVINO), "
+            "fp16, or 'none' "
             "for fp32 graph variants only. Default: all that suit the model and CPU (fp16 only with fast fp16; "
             "naming it measures it anyway).",
             rich_help_panel="Search space",
