@@ -22,6 +22,7 @@ pytest.importorskip("ray")
 from chipfit.farm.fit import farm_fit
 from chipfit.farm.local import HEALTH_CHECK, group_alive
 from chipfit.farm.nodes import SLOT, farm_nodes, node_labels, ray_module
+from chipfit.measure.stats import TimingPolicy
 from chipfit.store import Store, default_url
 
 C5, C6G = "aws-c5.xlarge", "aws-c6g.xlarge"
@@ -31,10 +32,13 @@ FLAGS += ["--passes", "none", "-q"]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ray = ray_module()
     from ray.cluster_utils import Cluster
 
+    saved = os.environ.get("CHIPFIT_HOME")  # the nodes' own chipfit home (their cache of shipped files)
+    nodes_home = tmp_path_factory.mktemp("farm-nodes-home")
+    os.environ["CHIPFIT_HOME"] = str(nodes_home)
     c = Cluster(
         initialize_head=True,
         head_node_args={
@@ -49,6 +53,11 @@ def cluster() -> Iterator[Any]:
         labels = node_labels(target, True, ["onnxruntime"], os.getpid(), "x86_64")
         c.chipfit_nodes[name] = c.add_node(num_cpus=1, resources={SLOT: 1}, labels=labels, object_store_memory=_STORE)
     c.wait_for_nodes()
+    if saved is None:
+        os.environ.pop("CHIPFIT_HOME")
+    else:
+        os.environ["CHIPFIT_HOME"] = saved
+    c.nodes_home = nodes_home
     yield c
     if ray.is_initialized():
         ray.shutdown()
@@ -114,6 +123,63 @@ def test_fit_sends_each_candidate_to_a_node_of_its_target(
     for t in again["targets"].values():
         assert {c["source"] for c in t["candidates"]} <= {"stored", "skipped"}
     assert again["dispatch"]["tasks"] == 0
+
+
+def test_a_node_without_the_drivers_files_gets_them_shipped(
+    cluster: Any, mlp: Path, mlp_npz: Path, tmp_path: Path
+) -> None:
+    """The driver's files are gone by the time the task runs (as on a node of another host): the node fetches each
+    by content from Ray's object store, mirrors the tree, finds the variant the driver built, and sends back the
+    reference outputs it saved."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from chipfit.data import load_data, validate_data
+    from chipfit.farm.ship import Shipper, manifest, mirror_path
+    from chipfit.farm.task import FarmReply, FarmTask, run_task
+    from chipfit.measure.job import PassStep, QualityJob, WorkerJob
+    from chipfit.model import load_model
+    from chipfit.passes import PassContext, apply_passes
+
+    ray = ray_module()
+    drv = tmp_path / "driver"
+    (drv / "variants").mkdir(parents=True)
+    model = load_model(mlp)
+    data_dir = validate_data(load_data(mlp_npz), model).save(drv / "eval")
+    step = PassStep(name="ort_graph_opt", params={"level": "all"})
+    variant, _ = apply_passes(
+        model.path, model.sha256, [step.as_dict()], drv / "variants", PassContext(None, None, ["x"])
+    )
+    job = WorkerJob(
+        model_path=model.path,
+        model_sha256=model.sha256,
+        passes=(step,),
+        backend="onnxruntime",
+        options={"intra_op_num_threads": 1},
+        input_names=("x",),
+        data_dir=data_dir,
+        variants_dir=drv / "variants",
+        home=drv,
+        timing=TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.15),
+        quality=QualityJob(chunk=32, save_reference=drv / "refs" / "ref.npz"),
+    )
+    files = manifest([model.path, data_dir, variant.parent])
+    task = FarmTask(task_id="ship", target=C6G, job=job, timeout_s=60, workdir=drv / "jobs" / "ship", files=files)
+    blobs = Shipper(ray).refs_for(files)
+    gone = tmp_path / "elsewhere"
+    drv.rename(gone)  # data, variant and home are no longer where the job says
+    node = cluster.chipfit_nodes["c6g-b"]
+    remote = ray.remote(run_task).options(
+        num_cpus=0, resources={SLOT: 1}, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+    )
+    reply = FarmReply.from_json(ray.get(remote.remote(task.to_json(), blobs), timeout=120))
+    assert reply.result.status == "ok", reply.result.error
+    assert reply.shipped and reply.reference_b64 is not None
+    mirror = cluster.nodes_home / "farm-cache" / "mirror"
+    shipped_variant = mirror_path(mirror, variant.parent)
+    assert (shipped_variant / "model.onnx").read_bytes() == (
+        gone / variant.parent.relative_to(drv) / "model.onnx"
+    ).read_bytes()
+    assert sorted(p.name for p in shipped_variant.parent.iterdir()) == [variant.parent.name]  # not rebuilt there
 
 
 def test_a_target_not_in_the_farm_is_bad_input(cluster: Any, mlp: Path, mlp_npz: Path, cli_run: Any) -> None:

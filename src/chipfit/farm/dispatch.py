@@ -33,6 +33,7 @@ class Work:
     task: FarmTask
     backend: str
     tried: list[str] = field(default_factory=list)  # why earlier attempts ended (node and error)
+    blobs: dict[str, Any] = field(default_factory=dict)  # sha256 -> Ray object: the task's files, when shipped
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Dispatcher:
             max_retries=0,  # chipfit re-queues, on a node of the same target
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
             name=f"chipfit-measure-{work.task.task_id}",
-        ).remote(work.task.to_json())
+        ).remote(work.task.to_json(), work.blobs)
 
     def _refresh(self) -> None:
         """Mark the nodes the head reports dead."""

@@ -14,6 +14,7 @@ node's environment fingerprint beside them: the same command again reuses them (
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import time
@@ -27,6 +28,7 @@ from chipfit.errors import SpecError
 from chipfit.farm.dispatch import Dispatcher, Outcome, Work
 from chipfit.farm.nodes import FarmError, FarmNode, farm_nodes
 from chipfit.farm.result import FarmFitResult, TargetResult
+from chipfit.farm.ship import ShippedFile, Shipper, manifest
 from chipfit.farm.task import FarmTask
 from chipfit.hardware.detect import environment_fingerprint, fingerprint_hash
 from chipfit.measure.measurement import Measurement
@@ -77,7 +79,11 @@ class _Run:
         self.redispatched: dict[str, int] = {}
         self.overheads: list[float] = []
         self.fingerprints: dict[str, dict[str, Any]] = {}  # per target: a measuring node's environment
+        self.variant_dirs: dict[str, list[Path]] = {}  # pass chain -> the folder of each of its steps, built here
         self.dispatcher = Dispatcher(address, nodes)
+        here = self.dispatcher.ray.util.get_node_ip_address()
+        # files go through Ray's object store only when a node is on another host (a local farm shares them)
+        self.shipper = Shipper(self.dispatcher.ray) if any(n.address != here for n in nodes) else None
 
     def say(self, line: str) -> None:
         if self.progress is not None:
@@ -115,11 +121,20 @@ class _Run:
                     timeout_s=cap_s(ctx, c),
                     memory_limit_mb=settings.memory_limit_mb,
                     workdir=ctx.workdir / c.id,
+                    files=self.files(ctx, c),
                 )
-                works.append(Work(task, c.backend))
+                works.append(Work(task, c.backend, blobs=self.shipper.refs_for(task.files) if self.shipper else {}))
                 by_task[task.task_id] = (t, c)
         if works:
             self.dispatcher.run(works, lambda o: self.arrived(o, *by_task[o.work.task.task_id]))
+
+    def files(self, ctx: SearchContext, c: Candidate) -> tuple[ShippedFile, ...]:
+        """What the task reads: model, data, the variant's steps as built here, the reference outputs."""
+        from chipfit.onnx_files import onnx_files
+
+        steps = self.variant_dirs.get(repr(c.passes), [])
+        reference = None if c.reference else ctx.reference_path
+        return manifest([*onnx_files(ctx.model_path), ctx.data_dir, ctx.calib_dir, *steps, reference])
 
     def arrived(self, o: Outcome, t: str, c: Candidate) -> None:
         """One task's outcome: stored at once (a lost one is not: the next run measures it)."""
@@ -132,6 +147,8 @@ class _Run:
             self.say(f"{t}: LOST {c.label()}: {o.lost}")
             return
         reply = o.reply
+        if reply.reference_b64 is not None and not ctx.reference_path.exists():  # saved on a node that mirrors
+            ctx.reference_path.write_bytes(base64.b64decode(reply.reference_b64))
         m = reply.result.to_measurement(reply.wall_s)
         m.metrics["farm_node"] = reply.node_id
         m.notes += [f"re-dispatched: {why}" for why in o.work.tried]
@@ -183,10 +200,14 @@ def _build_variants(run: _Run, candidates: dict[str, list[Candidate]]) -> float:
             if c.skip or not c.passes or key in done:
                 continue
             done.add(key)
-            try:
-                apply_passes(
-                    ctx.model_path, ctx.model_sha256, [dict(p) for p in c.passes], ctx.variants_dir, ctx.pass_context()
-                )
+            try:  # each step's folder, for nodes that get the variant shipped
+                steps = [dict(p) for p in c.passes]
+                run.variant_dirs[key] = [
+                    apply_passes(
+                        ctx.model_path, ctx.model_sha256, steps[: i + 1], ctx.variants_dir, ctx.pass_context()
+                    )[0].parent
+                    for i in range(len(steps))
+                ]
             except Exception as exc:  # the node's worker reports the failure as the candidate's result
                 run.say(f"building {c.pass_label()} failed here ({type(exc).__name__}); its nodes will report it")
     return time.monotonic() - t0

@@ -8,6 +8,7 @@ which environment it was measured). Serialised and read back only here, with the
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chipfit.farm.ship import ShippedFile, materialize
 from chipfit.measure.job import PROTOCOL, WorkerJob, WorkerProtocolError, WorkerResult
 
 __all__ = ["FarmReply", "FarmTask", "run_task"]
@@ -34,6 +36,7 @@ class FarmTask(_Frozen):
     timeout_s: float = Field(gt=0)
     memory_limit_mb: int | None = None
     workdir: Path
+    files: tuple[ShippedFile, ...] = ()  # what the job reads, for a node that does not share the driver's files
 
     def to_json(self) -> str:
         return json.dumps({"protocol": PROTOCOL, "kind": "FarmTask", "body": self.model_dump(mode="json")})
@@ -55,6 +58,8 @@ class FarmReply(_Frozen):
     fingerprint: dict[str, Any]
     started: float  # the node's clock (time.time) when the task began and ended: the dispatch overhead is the rest
     finished: float
+    shipped: bool = False  # the node mirrored the driver's files (it does not share them)
+    reference_b64: str | None = None  # the reference outputs a mirroring node saved, for the driver to keep
 
     def to_json(self) -> str:
         return json.dumps({"protocol": PROTOCOL, "kind": "FarmReply", "body": self.model_dump(mode="json")})
@@ -74,25 +79,36 @@ def _load(cls: type[Any], text: str) -> Any:
     return cls.model_validate(envelope["body"])
 
 
-def run_task(task_json: str) -> str:
-    """On a node: measure the task's candidate in an isolated worker process; the ``FarmReply`` as JSON."""
+def run_task(task_json: str, blobs: dict[str, Any] | None = None) -> str:
+    """On a node: measure the task's candidate in an isolated worker process; the ``FarmReply`` as JSON.
+    ``blobs``: content sha256 -> Ray object holding it, for the files this node does not share with the driver."""
     from chipfit.hardware.detect import cpu_quota, environment_fingerprint
     from chipfit.measure.runner import run_worker
+    from chipfit.workspace import default_home
 
     started = time.time()
     task = FarmTask.from_json(task_json)
     node_id = _node_id()
     threads = cpu_quota()
-    missing = [p for p in (task.job.model_path, task.job.data_dir) if not p.exists()]
-    if missing:  # the farm shares files through a common filesystem; a node without it cannot measure
-        result = WorkerResult(
-            status="failed",
-            error=f"setup: this node ({node_id[:12]}) does not see {', '.join(map(str, missing))}: farm nodes need "
-            "the driver's chipfit home on a shared filesystem (same path)",
-        )
-        wall = 0.0
+    job, workdir, root = task.job, task.workdir, None
+    reference: str | None = None
+    try:
+        if task.files:
+            job, workdir, root = materialize(
+                task.job, task.workdir, task.files, _fetcher(blobs), default_home() / "farm-cache"
+            )
+        missing = [p for p in (job.model_path, job.data_dir) if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{', '.join(map(str, missing))} (farm nodes need the driver's files: shared or shipped)"
+            )
+    except (OSError, KeyError) as exc:
+        result, wall = WorkerResult(status="failed", error=f"setup: node {node_id[:12]} lacks a file: {exc}"), 0.0
     else:
-        result, wall = run_worker(task.job, task.workdir, task.timeout_s, task.memory_limit_mb, threads)
+        result, wall = run_worker(job, workdir, task.timeout_s, task.memory_limit_mb, threads)
+        saved = job.quality.save_reference
+        if root is not None and saved is not None and saved.exists():
+            reference = base64.b64encode(saved.read_bytes()).decode()
     reply = FarmReply(
         task_id=task.task_id,
         result=result,
@@ -103,8 +119,23 @@ def run_task(task_json: str) -> str:
         fingerprint=environment_fingerprint(),
         started=started,
         finished=time.time(),
+        shipped=root is not None,
+        reference_b64=reference,
     )
     return reply.to_json()
+
+
+def _fetcher(blobs: dict[str, Any] | None) -> Any:
+    def fetch(sha256: str) -> bytes:
+        if not blobs or sha256 not in blobs:
+            raise KeyError(
+                f"content {sha256[:12]} was not shipped (the driver ships files when a node is on another host)"
+            )
+        import ray
+
+        return bytes(ray.get(blobs[sha256], timeout=600))
+
+    return fetch
 
 
 def _node_id() -> str:
