@@ -5,8 +5,8 @@ arrives; then the local fit's selection, one winner per target.
 The search follows a local fit's stages, each dispatched in parallel across the farm: the reference (the baseline
 and the source of fidelity's reference outputs), every variant at the first batch size with its backend's default
 options, the other options for the fastest variants, and larger batches for the fastest configurations. Variants
-are built on the driver before anything is dispatched, so building never overlaps a node's measurement (the farm
-shares chipfit's home with its nodes: the same path on a shared filesystem, as on a local farm).
+are built on the driver before anything is dispatched, so building never overlaps a node's measurement; a node
+reads the driver's files in place, or gets them shipped by content (``farm.ship``).
 
 Measurements are stored under the target and whether it was declared (``--as``) or detected, with the measuring
 node's environment fingerprint beside them: the same command again reuses them (none measured twice).
