@@ -7,7 +7,8 @@ Three runners on that one export, timed interleaved in one process at batch 1 an
 - Optimum's one-call `AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)` (dynamic int8),
   run by `optimum-onnx` in its own virtualenv (`.venv-optimum`, `make bench-deps`: its pins clash with the
   project's) as a subprocess that writes the quantized ONNX file, then loaded here in a default ORT session;
-- chipfit's winner of `chipfit fit <export> --data <calibration npz> --min-fidelity 0.99`, with a fresh store.
+- chipfit's winner of `chipfit fit <export> --data <calibration npz> --min-fidelity 0.99`, with a fresh results
+  store (`--fresh-home`: an empty CHIPFIT_HOME too, so no cached machine calibration either).
 Each row's fidelity is the cosine to the fp32 outputs (chipfit's `cosine` metric) on other sentences; the wall
 time of each tool's run is the "time to answer".
 
@@ -92,12 +93,14 @@ def optimum_quantize(folder: Path, out: Path) -> dict[str, Any]:
     return {"model": files[0], "wall_s": wall, "in_process_s": float(done.stdout.strip().splitlines()[-1])}
 
 
-def chipfit_fit(model: Path, data: Path, out: Path, home: Path, extra: list[str]) -> dict[str, Any]:
-    """``chipfit fit --min-fidelity 0.99`` as a user runs it, with a fresh store (``CHIPFIT_HOME``)."""
+def chipfit_fit(model: Path, data: Path, out: Path, work: Path, fresh_home: bool, extra: list[str]) -> dict[str, Any]:
+    """``chipfit fit --min-fidelity 0.99`` as a user runs it, with a fresh results store (``--store``); with
+    ``fresh_home`` also an empty ``CHIPFIT_HOME`` (no machine calibration cached either), else the user's."""
     cmd = [str(ROOT / ".venv" / "bin" / "chipfit"), "fit", str(model), "--data", str(data)]
-    cmd += ["--min-fidelity", f"{FIDELITY:g}", "--out", str(out), "--json", "--quiet", *extra]
+    cmd += ["--min-fidelity", f"{FIDELITY:g}", "--out", str(out), "--store", f"sqlite:///{work / 'fresh.db'}"]
+    cmd += ["--json", "--quiet", *extra]
     t0 = time.perf_counter()
-    env = {**os.environ, "CHIPFIT_HOME": str(home)}
+    env = {**os.environ, "CHIPFIT_HOME": str(work / "home")} if fresh_home else None
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
@@ -127,7 +130,9 @@ def cosine(run: Any, reference: Any, feeds: dict[str, np.ndarray], batch: int = 
     return fidelity([np.concatenate(outs)], [np.concatenate(refs)], "cosine")
 
 
-def section(work: Path, rounds: int = 20, calib: int = 128, fit_args: list[str] | None = None) -> list[str]:
+def section(
+    work: Path, rounds: int = 20, calib: int = 128, fit_args: list[str] | None = None, fresh_home: bool = False
+) -> list[str]:
     import chipfit
     from chipfit.hardware.detect import cpu_quota
     from chipfit.testing.hf_models import sentences, tokenize
@@ -137,7 +142,7 @@ def section(work: Path, rounds: int = 20, calib: int = 128, fit_args: list[str] 
     np.savez(work / "calib.npz", **tokenize(tokenizer, sentences(calib, seed=1)))
     evalset = tokenize(tokenizer, sentences(64, seed=2))
     opt = optimum_quantize(model.parent, work / "optimum")
-    fit = chipfit_fit(model, work / "calib.npz", work / "chipfit", work / "home", fit_args or [])
+    fit = chipfit_fit(model, work / "calib.npz", work / "chipfit", work, fresh_home, fit_args or [])
     runners: dict[str, Any] = {"ORT default fp32": _session(model)}
     if "model" in opt:
         runners["Optimum avx512_vnni dynamic int8"] = _session(opt["model"])
@@ -176,7 +181,9 @@ def section(work: Path, rounds: int = 20, calib: int = 128, fit_args: list[str] 
         lines.append(f"| chipfit winner | `chipfit fit` failed: {fit['failed']} | | | | |")
     lines += [
         "",
-        "Time to answer (wall time of each tool's run on this machine, fresh store for chipfit):",
+        "Time to answer (wall time of each tool's run on this machine; chipfit with a fresh results store"
+        + (" and an empty CHIPFIT_HOME" if fresh_home else ", this machine's cached calibration kept")
+        + "):",
         "",
         "| tool | wall s |",
         "|---|---|",
@@ -199,12 +206,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds per batch size")
     ap.add_argument("--calib", type=int, default=128, help="sentences in the npz chipfit fit gets")
     ap.add_argument("--keep", help="work in this folder (kept) instead of a temporary one")
+    ap.add_argument("--fresh-home", action="store_true", help="chipfit fit with an empty CHIPFIT_HOME too")
     ap.add_argument("fit_args", nargs="*", help="more `chipfit fit` arguments, after --")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        lines = section(work, args.rounds, args.calib, args.fit_args)
+        lines = section(work, args.rounds, args.calib, args.fit_args, args.fresh_home)
     from _md import emit
 
     emit(lines, HEADER, args.append)
