@@ -11,12 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from chipfit.cli.common import app, err_console, out_console, user_errors
+from chipfit.cli.common import OneLineErrors, app, err_console, out_console, user_errors
 
 __all__ = ["farm_app"]
 
 farm_app = typer.Typer(
-    help="A device farm on Ray: machines that measure candidates for their catalogue target.", no_args_is_help=True
+    cls=OneLineErrors,  # each command's help reflowed to the terminal's width
+    help="A device farm on Ray: machines that measure candidates for their catalogue target.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 app.add_typer(farm_app, name="farm")
 
