@@ -80,6 +80,8 @@ def test_fusion_fuses_attention_in_hf_exports(exports, family: str, exporter: st
     assert "2 of 2 attention blocks" in res.notes[0]
     feeds = hf.hf_inputs(4, seq=SEQ, seed=3)  # other inputs than the pass checked with, padded rows included
     np.testing.assert_allclose(_run(dst, feeds), _run(src, feeds), rtol=1e-3, atol=1e-4)
+    again = get_pass("transformer_fusion").apply(dst, tmp_path / "again.onnx", {}, PassContext())
+    assert not again.applied and "already fused" in again.notes[0]
 
 
 def _toy_attention(path: Path) -> Path:

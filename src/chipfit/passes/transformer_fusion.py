@@ -178,9 +178,11 @@ class TransformerFusion:
         blocks = attention_softmaxes(graph)
         if not blocks:
             return PassResult(False, ["transformer_fusion: no attention (MatMul → Softmax → MatMul) in the graph"])
+        already = _attention_count(fused_counts(graph))
+        if already >= blocks:
+            return PassResult(False, [f"transformer_fusion: attention is already fused ({already} fused ops)"])
         feeds = sample_feeds(graph)
         reference = _outputs(src, feeds)
-        already = _attention_count(fused_counts(graph))
         tried: list[str] = []
         best: tuple[int, int, Path, str, list[str]] | None = None  # attention, all fused, path, what, notes
         with tempfile.TemporaryDirectory(dir=dst.parent) as tmp_dir:
