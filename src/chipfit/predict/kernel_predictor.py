@@ -6,9 +6,9 @@ Each kernel's time is ``roofline(flops, bytes, threads) × exp(g(features))``: t
 with size (trees do not extrapolate), a gradient-boosted model ``g`` (the op is a categorical feature, so each
 kernel type gets its own splits) learns how far that kernel type is from it. A kernel type never measured
 gets the roofline times the median ratio over all measured kernels (the prior). A final fit in log space on the
-whole seed models timed beside their kernels, ``log(latency - overhead) ≈ c0 + c1·log Σkernels + c2·log
-n_kernels``, accounts for what the profiler does not see (dispatch between nodes, the profiler's own cost per
-node, preemption of long runs on a shared machine).
+whole seed models timed beside their kernels, ``log(latency - overhead) ≈ c·(1, log Σkernels, log n_kernels,
+one thread, int8 share, small-kernel share)``, accounts for what the profiler does not see (dispatch between
+nodes, the profiler's own cost per node, preemption of long runs on a shared machine).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class KernelPredictor:
         self._ops: dict[str, int] = {}
         self._prior = 0.0  # log of the median measured / roofline ratio
         self.overhead_ms: dict[int, float] = {}
-        self.coef: tuple[float, float, float] | None = None  # whole-model fit on the kernel sum and count
+        self.coef: list[float] | None = None  # the whole-model fit (see _model_features)
         self.n_kernels = 0
         self.n_models = 0
 
@@ -94,20 +94,35 @@ class KernelPredictor:
         self._fit_models(model_rows)
         return self
 
+    def _model_features(self, kernels: Sequence[tuple[Kernel, int]], threads: int) -> list[float]:
+        """What the whole-model fit reads: log Σ kernels, log kernel count, one thread or more, the share of Σ in
+        int8 kernels, and the share of kernels under 10 µs (where per-node costs outweigh the kernel)."""
+        ms = self.kernel_ms([k for k, _ in kernels], [threads] * len(kernels))
+        s = float(sum(m * c for m, (_, c) in zip(ms, kernels, strict=True)))
+        n = float(sum(c for _, c in kernels))
+        int8 = sum(
+            m * c for m, (k, c) in zip(ms, kernels, strict=True) if any(t in ("int8", "uint8") for _, t, _ in k.inputs)
+        )
+        small = sum(c for m, (_, c) in zip(ms, kernels, strict=True) if m < 0.01)
+        return [
+            1.0,
+            math.log(max(s, 1e-5)),
+            math.log(max(n, 1.0)),
+            float(threads == 1),
+            float(int8) / max(s, 1e-9),
+            float(small) / max(n, 1.0),
+        ]
+
     def _fit_models(self, model_rows: Sequence[tuple[Sequence[tuple[Kernel, int]], int, float]]) -> None:
-        """Least squares in log space (relative error) of whole-model latency less the per-call overhead on the
-        sum of kernel predictions and the kernel count: ``log(ms - overhead) ≈ c0 + c1·log Σ + c2·log n``."""
-        if len(model_rows) < 4:
+        """Least squares in log space (relative error) of whole-model latency less the per-call overhead on
+        :meth:`_model_features`; with fewer than 8 seed models, the plain sum."""
+        if len(model_rows) < 8:
             return
-        x, y = [], []
-        for kernels, threads, ms in model_rows:
-            s = self.kernel_sum(kernels, threads)
-            n = float(sum(c for _, c in kernels))
-            x.append([1.0, math.log(max(s, 1e-5)), math.log(max(n, 1.0))])
-            y.append(math.log(max(ms - self._overhead(threads), 1e-5)))
-        coef, *_ = np.linalg.lstsq(np.array(x), np.array(y), rcond=None)
-        if 0.5 <= coef[1] <= 2.0 and abs(coef[2]) <= 1.0:  # a sane fit; else the plain sum
-            self.coef = (float(coef[0]), float(coef[1]), float(coef[2]))
+        x = np.array([self._model_features(k, t) for k, t, _ in model_rows])
+        y = np.array([math.log(max(ms - self._overhead(t), 1e-5)) for _, t, ms in model_rows])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        if 0.5 <= coef[1] <= 2.0:  # a sane fit; else the plain sum
+            self.coef = [float(c) for c in coef]
 
     def kernel_ms(self, kernels: Sequence[Kernel], threads: Sequence[int]) -> np.ndarray:
         """Each kernel's predicted time alone (ms), without the per-call overhead."""
@@ -130,12 +145,10 @@ class KernelPredictor:
 
     def predict(self, kernels: Sequence[tuple[Kernel, int]], threads: int) -> float:
         """Latency (ms) of one call of a model made of ``kernels`` (each with its count) on ``threads``."""
-        s = self.kernel_sum(kernels, threads)
-        n = float(sum(c for _, c in kernels))
         if self.coef is None:
-            return self._overhead(threads) + s
-        c0, c1, c2 = self.coef
-        return self._overhead(threads) + math.exp(c0 + c1 * math.log(max(s, 1e-5)) + c2 * math.log(max(n, 1.0)))
+            return self._overhead(threads) + self.kernel_sum(kernels, threads)
+        z = float(np.dot(self.coef, self._model_features(kernels, threads)))
+        return self._overhead(threads) + math.exp(min(z, 20.0))
 
     def unseen(self, kernels: Sequence[tuple[Kernel, int]]) -> list[str]:
         """The kernel types in ``kernels`` the micro-benchmarks never measured (predicted by the prior)."""
