@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--calibrate-minutes", type=float, default=20.0)
     ap.add_argument("--home", help="A chipfit home whose calibration to use (default: calibrate a fresh one).")
     ap.add_argument("--json", help="Also write the per-configuration rows to this JSON file.")
+    ap.add_argument(
+        "--time-to-answer", action="store_true", help="With --kernel: also fit a 6-layer encoder without/with it."
+    )
     args = ap.parse_args()
     from _md import emit
 
@@ -126,6 +129,11 @@ def main() -> None:
         from predictor_kernels import kernel_section
 
         lines = kernel_section(args.models or 30, args.calibrate_minutes, args.home, args.json)
+        if args.time_to_answer and args.home:
+            from predictor_kernels import time_to_answer
+
+            lines += ["`chipfit fit --min-fidelity 0.99`, BERT-like encoder (6 x 384, seq 128), batch 1:", ""]
+            lines += [*time_to_answer(args.home), ""]
         emit(lines, KERNEL_HEADER, args.append)
         return
     with tempfile.TemporaryDirectory() as tmp:

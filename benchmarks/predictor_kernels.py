@@ -228,3 +228,37 @@ def kernel_section(n: int, minutes: float, home: str | None, json_path: str | No
         "",
     ]
     return lines
+
+
+def time_to_answer(calibrated_home: str, layers: int = 6) -> list[str]:
+    """`fit --min-fidelity 0.99` on a BERT-like encoder (``layers`` x hidden 384, seq 128), from a fresh home and
+    store, without and then with this machine's calibration: elapsed, candidates measured, the winner."""
+    import shutil
+
+    import chipfit
+    from chipfit.predict.calibrate import calibration_path
+    from chipfit.testing.models import bert_inputs, bert_like, export_onnx
+
+    out = [
+        "| run | elapsed | measured | skipped by kernel-level prediction | winner | winner p50 (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
+        work = Path(tmp)
+        model = export_onnx(bert_like(layers=layers), bert_inputs(1), work / "bert.onnx")
+        np.savez(work / "data.npz", **bert_inputs(64))
+        for name, calibrated in (("fresh store, no calibration", False), ("fresh store, calibrated", True)):
+            home = work / f"home-{int(calibrated)}"
+            home.mkdir()
+            if calibrated:
+                shutil.copy2(calibration_path(Path(calibrated_home)), calibration_path(home))
+            t0 = time.monotonic()
+            r = chipfit.fit(model, work / "data.npz", min_fidelity=0.99, home=home, progress=False)
+            elapsed = time.monotonic() - t0
+            measured = sum(c.source == "measured" for c in r.candidates)
+            kernel = sum("kernel-level" in (c.measurement.error or "") for c in r.candidates)
+            w = r.winner
+            label = f"{w.candidate.backend} {w.candidate.pass_label()} {w.candidate.options}" if w else "none"
+            p50 = f"{w.metric('p50_ms'):.1f}" if w else "–"
+            out.append(f"| {name} | {elapsed:.0f} s | {measured} | {kernel} | `{label}` | {p50} |")
+    return out
