@@ -29,7 +29,7 @@ from conftest import make_mlp
 def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A chipfit home calibrated for a couple of seconds (the first seeds are MLPs: a few kernel types)."""
     home = tmp_path_factory.mktemp("calibrated")
-    calibrate(0.03, home=home)
+    calibrate(0.05, home=home)
     return home
 
 
@@ -146,3 +146,19 @@ def test_guide_skips_candidates_predicted_far_from_the_best_measured() -> None:
 def test_calibrate_rejects_bad_minutes(cli_run: Any, value: str) -> None:
     err = cli_run("predict", "calibrate", "--max-minutes", value, code=2)
     assert "--max-minutes" in err
+
+
+def test_predict_eval_reports_the_kernel_level_predictor_with_its_noise_floor(
+    calibrated: Path, chipfit_home: Path, cli_run: Any
+) -> None:
+    _use(calibrated, chipfit_home)
+    report = json.loads(cli_run("predict-eval", "--json", "-q"))
+    k = report["kernel_level"]
+    data = load_calibration(chipfit_home) or {}
+    seeds = {r["seed"] for r in data["model_rows"]}
+    if len(seeds) >= 3:  # held out by seed model: every whole-model timing is scored once
+        assert k["n"] == len(data["model_rows"]) and k["models"] == len(seeds)
+        assert 0 <= k["within_10pct"] <= 1 and k["median_ape"] >= 0 and k["noise_cv"] >= 0
+    else:
+        assert k["n"] == 0
+    assert "noise_floor" in report or report["n"] == 0  # the store's evaluation (empty here)
