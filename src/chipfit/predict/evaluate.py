@@ -117,8 +117,7 @@ def predict_eval(
             "median_ape": float(np.median(ape[idx])),
             "spearman": _spearman(pred[idx], actual[idx]),
         }
-    noise = [_noise(r["metrics"]) for r in rows]
-    noise = [v for v in noise if v is not None]
+    noise = [v for v in (_noise(r["metrics"]) for r in rows) if v is not None]
     return {
         "n": len(rows),
         "models": len(groups),
