@@ -100,15 +100,16 @@ class Guide:
         if spec.objective == "latency":
             best = min(p for _, p in done)
             if k > best * m:
-                return f"predicted p50 {k:.3g} ms (kernel-level) > {m:.2f} × the best measured {best:.3g} ms " + (
-                    "(not measured)"
+                return f"{c.label()}: predicted p50 {k:.3g} ms (kernel-level) > {m:.2f} × the best measured " + (
+                    f"{best:.3g} ms (not measured)"
                 )
             return None
         best_thr = max(b / p * 1e3 for b, p in done)
         thr = c.batch / k * 1e3
         if thr * m < best_thr:
             return (
-                f"predicted throughput {thr:.3g}/s (kernel-level) < the best measured {best_thr:.3g}/s / {m:.2f} "
+                f"{c.label()}: predicted throughput {thr:.3g}/s (kernel-level) < the best measured "
+                f"{best_thr:.3g}/s / {m:.2f} "
                 "(not measured)"
             )
         return None
