@@ -286,3 +286,17 @@ def test_farm_up_status_kill_and_down_with_the_real_commands(cli_run: Any, chipf
     assert f"stopped the farm at {address}" in out
     assert not any(group_alive(g) for g in [state["head_pid"], pid])  # every process `up` started is gone
     assert not (chipfit_home / "farm" / "local.json").exists()
+
+
+def test_a_node_joining_without_as_advertises_the_target_it_detects() -> None:
+    from chipfit.farm.local import join_command
+    from chipfit.hardware.local import match_local
+
+    argv = join_command("127.0.0.1:1", None, 1, ["onnxruntime"])
+    labels = dict(kv.split("=", 1) for kv in next(a for a in argv if a.startswith("--labels="))[9:].split(","))
+    match, info = match_local()
+    assert labels["chipfit.dev/target"] == (match.name if match else "custom")
+    assert labels["chipfit.dev/declared"] == "false"
+    assert labels["chipfit.dev/match"] == ("exact" if info["exact"] else "closest")
+    assert labels["chipfit.dev/pid"] == str(os.getpid()) and labels["chipfit.dev/backends"] == "onnxruntime"
+    assert "--num-cpus=1" in argv and '--resources={"chipfit_slot": 1}' in argv

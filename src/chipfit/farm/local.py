@@ -52,8 +52,9 @@ def _ray_start() -> list[str]:
     return [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats"]
 
 
-def detect_target(as_target: str | None) -> tuple[str, bool]:
-    """The catalogue target this machine is (``--as`` declares one instead): (name, declared)."""
+def detect_target(as_target: str | None) -> tuple[str, bool, str]:
+    """The catalogue target this machine is (``--as`` declares one instead): (name, declared, how it matched:
+    ``declared``, ``exact`` — the catalogue's CPU — or ``closest``, the entry it resembles most)."""
     from chipfit.hardware.catalog import load_catalog
     from chipfit.hardware.local import match_local
 
@@ -64,9 +65,9 @@ def detect_target(as_target: str | None) -> tuple[str, bool]:
                 f"--as: unknown target '{as_target}'. Known: {', '.join(sorted(catalog))} "
                 "(add your own with a catalogue file in $CHIPFIT_HOME/hardware/)."
             )
-        return as_target, True
-    match, _ = match_local(catalog)
-    return (match.name if match else "custom"), False
+        return as_target, True, "declared"
+    match, info = match_local(catalog)
+    return (match.name if match else "custom"), False, ("exact" if info.get("exact") else "closest")
 
 
 def join_command(
@@ -78,9 +79,9 @@ def join_command(
     from chipfit.hardware.cross import host_arch
     from chipfit.hardware.detect import cpu_quota
 
-    target, declared = detect_target(as_target)
+    target, declared, match = detect_target(as_target)
     offered = list(backends) if backends is not None else available_backends()
-    labels = node_labels(target, declared, offered, os.getpid(), host_arch())
+    labels = node_labels(target, declared, offered, os.getpid(), host_arch(), match)
     return [
         *_ray_start(),
         f"--address={address}",

@@ -39,10 +39,14 @@ class FarmError(ChipfitError):
     """A farm that cannot be reached, or asked for something it does not have (exit code 2)."""
 
 
-def node_labels(target: str, declared: bool, backends: list[str], pid: int, arch: str) -> dict[str, str]:
-    """The Ray labels a node starts with (each value within Ray's label syntax: 63 characters of ``[\\w.-]``)."""
+def node_labels(
+    target: str, declared: bool, backends: list[str], pid: int, arch: str, match: str | None = None
+) -> dict[str, str]:
+    """The Ray labels a node starts with (each value within Ray's label syntax: 63 characters of ``[\\w.-]``).
+    ``match``: how a detected target matched the catalogue (``exact`` or ``closest``)."""
     return {
         f"{_PREFIX}target": target,
+        f"{_PREFIX}match": match or ("declared" if declared else "exact"),
         f"{_PREFIX}declared": "true" if declared else "false",
         f"{_PREFIX}backends": ".".join(backends) or "none",
         f"{_PREFIX}pid": str(pid),
@@ -65,6 +69,7 @@ class FarmNode:
     slots_free: int
     cpus: int
     arch: str = ""
+    match: str = ""
     state_message: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -74,7 +79,10 @@ class FarmNode:
 
     @property
     def how(self) -> str:
-        return "declared" if self.declared else "detected"
+        """``declared``, ``detected`` (the catalogue's own CPU) or ``detected (closest)``: the entry it resembles."""
+        if self.declared:
+            return "declared"
+        return "detected (closest)" if self.match == "closest" else "detected"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +188,7 @@ def farm_nodes(address: str) -> list[FarmNode]:
                 slots_free=int(available[node_id].get(SLOT, 0)) if node_id in available else slots,
                 cpus=int(resources.get("CPU", 0)),
                 arch=labels.get(f"{_PREFIX}arch", ""),
+                match=labels.get(f"{_PREFIX}match", ""),
                 state_message=str(n.get("DeathReasonMessage") or ""),
             )
         )
