@@ -9,7 +9,7 @@ from pathlib import Path
 def replace_section(path: Path, header: str, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     pattern = re.compile(re.escape(header) + r".*?(?=\n## |\Z)", re.S)
-    new = pattern.sub(lambda _: text.rstrip("\n"), old) if header in old else old.rstrip("\n") + "\n\n" + text
+    new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if header in old else old.rstrip("\n") + "\n\n" + text
     path.write_text(new if new.endswith("\n") else new + "\n")
 
 
