@@ -20,6 +20,7 @@ from chipfit.predict.local import kernel_counts
 from chipfit.predict.microbench import Seed, build_seed, variant_kernels
 
 ROUNDS = 7
+SENTINEL = Seed("mlp", (1024, 2048, 1024), 8, "fp32")  # ~ms: timed beside every model to show load drift
 
 # (family, dims): the calibration's seeds are drawn from the same families at other sizes
 MLPS = [
@@ -85,6 +86,9 @@ def measure(n: int, predictor: Any, progress: Any = print) -> list[dict[str, Any
     reduce_range = not cpu_features()["int8_dot"]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kernel-corpus-") as tmp:
+        # a fixed model timed beside every corpus model: how much the machine's load drifts between them
+        spath, slevel, sfeeds = build_seed(SENTINEL, Path(tmp), reduce_range)
+        sentinel = variant_kernels(spath, slevel, sfeeds)[3], sfeeds
         for mi, (family, dims, variants, batches) in enumerate(corpus(n)):
             model = f"{family}-{'x'.join(map(str, dims))}"
             progress(f"[{mi + 1}/{n}] {model}: {len(variants)} variants x batch {batches} x threads {threads}")
@@ -100,8 +104,11 @@ def measure(n: int, predictor: Any, progress: Any = print) -> list[dict[str, Any
                         continue
                     configs.append((seed, kernel_counts([k for k, _ in ks]), whole, feeds))
             for t in threads:  # every configuration of a model interleaved, ROUNDS rounds
-                timed = time_sessions([(w, f) for _, _, w, f in configs], t, rounds=ROUNDS, min_round_s=0.02)
-                for (seed, ks, _, _), res in zip(configs, timed, strict=True):
+                timed = time_sessions(
+                    [sentinel, *((w, f) for _, _, w, f in configs)], t, rounds=ROUNDS, min_round_s=0.02
+                )
+                drift = timed[0][0] if not isinstance(timed[0], str) else None
+                for (seed, ks, _, _), res in zip(configs, timed[1:], strict=True):
                     if isinstance(res, str):
                         progress(f"  {seed.id} t{t}: {res}")
                         continue
@@ -113,6 +120,7 @@ def measure(n: int, predictor: Any, progress: Any = print) -> list[dict[str, Any
                             "batch": seed.batch,
                             "threads": t,
                             "ms": res[0],
+                            "sentinel_ms": drift,
                             "cv": res[1],
                             "pred": predictor.predict(ks, t),
                             "n_kernels": sum(c for _, c in ks),
@@ -187,6 +195,11 @@ def kernel_section(n: int, minutes: float, home: str | None, json_path: str | No
     actual = np.array([r["ms"] for r in rows])
     pred = np.array([r["pred"] for r in rows])
     noise = float(np.median([r["cv"] for r in rows]))
+    drift = {}
+    for r in rows:
+        if r["sentinel_ms"]:
+            drift.setdefault(r["threads"], {})[r["model"]] = r["sentinel_ms"]
+    drift_cv = {t: float(np.std(list(v.values())) / np.mean(list(v.values()))) for t, v in drift.items() if v}
     lines = [
         "## Kernel-level latency predictor (issue 16)",
         "",
@@ -197,6 +210,10 @@ def kernel_section(n: int, minutes: float, home: str | None, json_path: str | No
         f"batch 1-32; threads 1 and {cpu_quota()}): ground truth = median of {ROUNDS} interleaved repeats, noise "
         "floor = median CV of those repeats. Wall time of this benchmark: "
         f"{(time.monotonic() - t0) / 60:.1f} min.",
+        "",
+        "Load drift: a fixed sentinel model timed beside every corpus model varied by "
+        + ", ".join(f"{cv:.0%} (CV, {t} thread(s))" for t, cv in sorted(drift_cv.items()))
+        + " across the run: the machine's load changes between models more than within one model's repeats.",
         "",
         "| predictor | n | within ±10% | median abs. error | Spearman | noise floor (CV) |",
         "|---|---|---|---|---|---|",
@@ -210,6 +227,13 @@ def kernel_section(n: int, minutes: float, home: str | None, json_path: str | No
     if len({r["model"] for r in rows}) >= 5:
         lines.append(
             _row("kernel-level + corpus correction (grouped 5-fold by model)", scores(corrected(rows), actual), noise)
+        )
+    norm = [i for i, r in enumerate(rows) if r["sentinel_ms"]]
+    if norm:  # a diagnostic, not the result: each truth rescaled by how much slower the sentinel ran beside it
+        ref = {t: float(np.median(list(v.values()))) for t, v in drift.items()}
+        truth = np.array([rows[i]["ms"] * ref[rows[i]["threads"]] / rows[i]["sentinel_ms"] for i in norm])
+        lines.append(
+            _row("  same, truth rescaled by the sentinel's drift (diagnostic)", scores(pred[norm], truth), noise)
         )
     if held.get("n"):
         lines.append(
