@@ -174,8 +174,11 @@ def calibrate(
     runs) and cache them. Returns (the calibration, whether the cache was reused as it was). A cached
     calibration is reused unless ``fresh``."""
     from chipfit.hardware.detect import cpu_features, cpu_quota
+    from chipfit.measure.lock import measurement_lock
+    from chipfit.workspace import default_home
 
     say = progress or (lambda _line: None)
+    lock_home = home or default_home()
     fp = machine_fingerprint()
     path = calibration_path(home, fp)
     cached = None if fresh else load_calibration(home)
@@ -202,8 +205,12 @@ def calibrate(
                 continue
             done.add(seed.id)
             say(f"measuring the kernels of {seed.id} at {', '.join(map(str, threads))} thread(s) ({len(done)}/~)")
-            try:
-                got = measure_seed(seed, Path(tmp), threads, reduce_range)
+            try:  # holding the measurement lock of these cores: a fit measuring beside it takes turns
+                with measurement_lock(lock_home, wait_s=600.0, what=f"chipfit predict calibrate ({seed.id})") as lock:
+                    got = measure_seed(seed, Path(tmp), threads, reduce_range)
+                if lock.note is not None:
+                    data["failed"].append(f"{seed.id}: measured under another run's load ({lock.note})")
+                    continue
             except Exception as exc:  # a seed that fails to build is skipped (it is a sample, not the user's model)
                 data["failed"].append(f"{seed.id}: {type(exc).__name__}: {str(exc)[:200]}")
                 continue
