@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["attention_softmax_nodes", "canonicalize", "mask_input", "prune_and_sort"]
+__all__ = ["attention_softmax_nodes", "canonicalize", "heads_and_hidden", "mask_input", "prune_and_sort"]
 
 _UP = {"Add", "Div", "Mul", "Where", "Sub", "Cast", "Reshape", "Transpose"}
 _DOWN = {"Where", "Cast", "Dropout", "Identity"}
