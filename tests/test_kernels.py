@@ -136,6 +136,10 @@ def test_guide_skips_candidates_predicted_far_from_the_best_measured() -> None:
     assert reason and "40 ms (kernel-level)" in reason and "10 ms" in reason
     assert guide.skip_reason(_cand(near), spec, [best]) is None  # within the margin: measured
     assert guide.skip_reason(_cand(slow), spec, []) is None  # nothing measured yet: no bar
+    # this run measured a candidate at a quarter of its prediction (a busier calibration, a quieter machine now):
+    # predictions are scaled by it, and the slow one (40 ms predicted -> 10 ms) is measured
+    scaled = CandidateResult(_cand([]), Measurement("ok", {"p50_ms": 10.0, "predicted_p50_ms": 40.0}), "measured")
+    assert guide.skip_reason(_cand(slow), spec, [scaled]) is None
     assert guide.skip_reason(_cand(slow), Spec(objective="memory"), [best]) is None  # not ranked by p50
     other = Candidate(backend="openvino", passes=(), options={}, batch=1)  # no kernel-level prediction: rescaled
     assert [c.passes for c in guide.order([_cand(slow), other, _cand(near)])] == [tuple(near), (), tuple(slow)]

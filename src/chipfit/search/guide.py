@@ -87,7 +87,8 @@ class Guide:
 
     def _far(self, c: Candidate, spec: Spec, feasible: Sequence[Any]) -> str | None:
         """With a latency objective the winner is the lowest p50 at any batch, with throughput the highest
-        batch/p50: a kernel-level prediction beyond the best measured by the margin cannot win."""
+        batch/p50: a kernel-level prediction beyond the best measured by the margin cannot win. Predictions are
+        first scaled by the median measured / predicted p50 of this run's candidates measured so far."""
         if self.kernel is None or spec.objective not in _RANKED:
             return None
         done = [(r.candidate.batch, r.metric("p50_ms")) for r in feasible if r.metric("p50_ms")]
@@ -96,6 +97,9 @@ class Guide:
         k = self.kernel_ms(c)
         if k is None:
             return None
+        # this run's measured / predicted: the machine's load now, and any bias of the calibration, cancel out
+        seen = [r.metric("p50_ms") / r.metric("predicted_p50_ms") for r in feasible if r.metric("predicted_p50_ms")]
+        k *= statistics.median(seen) if seen else 1.0
         m = self.far_margin()
         if spec.objective == "latency":
             best = min(p for _, p in done)
