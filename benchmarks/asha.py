@@ -119,12 +119,18 @@ def one(
 
 
 def section(
-    work: Path, budget: str = DEFAULT_BUDGET, seeds: int = 5, jobs: int = 1, log: Path | None = None
+    work: Path,
+    budget: str = DEFAULT_BUDGET,
+    seeds: int = 5,
+    jobs: int = 1,
+    log: Path | None = None,
+    arms: list[str] | None = None,
 ) -> list[str]:
     """Every arm on every seed, each run in its own process pinned to one core (``jobs`` at a time: with a
     budget in units, parallel runs train the same epochs); returns the markdown section. ``log``: each run's
     result is appended there as it ends (JSON lines; ``--from-log`` writes the table from them)."""
-    tasks = [(seed, arm) for arm in ARMS for seed in range(seeds)]  # the longest (random search) first
+    chosen = [a for a in ARMS if arms is None or a[0] in arms]
+    tasks = [(seed, arm) for arm in chosen for seed in range(seeds)]  # the longest (random search) first
     cpus = sorted(os.sched_getaffinity(0))
     free = list(cpus) * max(1, -(-jobs // len(cpus)))  # one core per run (its trials then use one thread)
     lock = threading.Lock()
@@ -153,7 +159,7 @@ def section(
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         results = list(pool.map(run, tasks))
     wall = time.monotonic() - t0
-    runs: dict[str, list[dict[str, Any]]] = {arm[0]: [] for arm in ARMS}
+    runs: dict[str, list[dict[str, Any]]] = {arm[0]: [] for arm in chosen}
     for (_, arm), r in zip(tasks, results, strict=True):
         runs[arm[0]].append(r)
     if any(not r["complete"] for rs in runs.values() for r in rs):
@@ -230,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (a budget in units is not skewed by it)")
     ap.add_argument("--log", help="append each run's result to this JSON-lines file as it ends")
+    ap.add_argument("--arms", help=f"comma-separated arms to run (default all: {', '.join(a[0] for a in ARMS)})")
     ap.add_argument("--from-log", help="write the table from a --log file (its complete seeds) instead of running")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a single run, as JSON arguments of one(): prints its result
     args = ap.parse_args(argv)
@@ -242,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(args.log) if args.log else None
-            lines = section(Path(tmp), args.budget, args.seeds, args.jobs, log)
+            arms = [a.strip() for a in args.arms.split(",")] if args.arms else None
+            lines = section(Path(tmp), args.budget, args.seeds, args.jobs, log, arms)
     from _md import emit
 
     emit(lines, HEADER, args.append)
