@@ -1,11 +1,10 @@
 """The kernels ONNX Runtime runs for a model: the nodes of its optimized graph (fused ops such as FusedMatMul,
 Attention, SkipLayerNormalization, DynamicQuantizeMatMul, QLinearConv, NCHWc convolutions) with the tensors
-each reads and writes at a given input, and the timing of single-kernel models for the latency predictor's
-micro-benchmarks.
+each reads and writes at a given input; each node's own time from ONNX Runtime's profiler, and whole models
+timed in interleaved rounds, for the latency predictor's micro-benchmarks.
 
 ONNX's shape inference does not know ONNX Runtime's contrib ops, so shapes come from one run of the optimized
-graph with every intermediate tensor exposed as an output (the captured values also feed the micro-benchmark
-of each kernel, so integer inputs such as token ids stay valid). onnxruntime is imported here (passes/ may).
+graph with every intermediate tensor exposed as an output. onnxruntime is imported here (passes/ may).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["capture", "model_bytes", "optimized_graph", "profile_nodes", "session_feeds", "time_sessions"]
+__all__ = ["capture", "optimized_graph", "profile_nodes", "time_sessions"]
 
 LEVEL_NAMES = ("disable", "basic", "extended", "all")
 
@@ -152,47 +151,3 @@ def profile_nodes(
         if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
             per.setdefault(e["name"][: -len("_kernel_time")], []).append(float(e["dur"]) / 1e3)
     return {name: ts[2:] for name, ts in per.items() if len(ts) > 2}
-
-
-def model_bytes(proto: onnx.ModelProto) -> bytes:
-    """``proto`` serialized for :func:`time_sessions`."""
-    return bytes(proto.SerializeToString())
-
-
-def session_feeds(model_path: Path, batch: int, sample: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Inputs for one run at ``batch``: ``sample``'s arrays (one row each, repeated to ``batch``) when given,
-    else generated from the input types (dynamic dims other than the first set to 1; integers zero)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    feeds: dict[str, Any] = {}
-    rng = np.random.default_rng(0)
-    for inp in sess.get_inputs():
-        if sample is not None and inp.name in sample:
-            row = np.asarray(sample[inp.name])[:1]
-            feeds[inp.name] = np.repeat(row, batch, axis=0) if row.ndim else row
-            continue
-        shape = [
-            batch if i == 0 and not isinstance(d, int) else d if isinstance(d, int) else 1
-            for i, d in enumerate(inp.shape)
-        ]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(_ORT_TYPES.get(inp.type, onnx.TensorProto.FLOAT))
-        feeds[inp.name] = (
-            rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(shape, dtype)
-        )
-    return feeds
-
-
-_ORT_TYPES = {
-    "tensor(float)": onnx.TensorProto.FLOAT,
-    "tensor(float16)": onnx.TensorProto.FLOAT16,
-    "tensor(double)": onnx.TensorProto.DOUBLE,
-    "tensor(int64)": onnx.TensorProto.INT64,
-    "tensor(int32)": onnx.TensorProto.INT32,
-    "tensor(int8)": onnx.TensorProto.INT8,
-    "tensor(uint8)": onnx.TensorProto.UINT8,
-    "tensor(bool)": onnx.TensorProto.BOOL,
-}
