@@ -39,12 +39,12 @@ def hf_encoder(
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    common = {"vocab_size": vocab, "max_position_embeddings": max_positions + 2}
+    common: dict[str, Any] = {"vocab_size": vocab, "max_position_embeddings": max_positions + 2}
     if family == "distilbert":
         config: Any = tf.DistilBertConfig(n_layers=layers, dim=hidden, n_heads=heads, hidden_dim=4 * hidden, **common)
         cls: Any = tf.DistilBertModel
     else:
-        kw = {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads}
+        kw: dict[str, Any] = {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads}
         kw["intermediate_size"] = 4 * hidden
         config, cls = (tf.BertConfig(**kw, **common), tf.BertModel)
         if family == "roberta":
