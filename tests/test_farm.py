@@ -207,6 +207,10 @@ def test_driver_killed_then_the_same_command_reuses_what_was_measured(
     sources = [c["source"] for c in result["candidates"] if c["source"] != "skipped"]
     assert sources.count("stored") >= before and set(sources) <= {"stored", "measured"}
     assert store.count() == len(sources)  # each candidate stored once: none measured twice
+    from chipfit.predict import training_rows
+
+    # these nodes only declared their target (--as): their rows never train the predictor as that hardware
+    assert store.count() >= 1 and training_rows(store) == []
 
 
 def test_killed_nodes_re_dispatched_or_lost_with_the_reason_and_the_run_goes_on(

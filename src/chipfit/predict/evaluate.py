@@ -34,7 +34,8 @@ def target_for_env(env: Mapping[str, Any], local: Target, local_cpu: Mapping[str
 
 
 def training_rows(store: Any, local: Target | None = None) -> list[dict[str, Any]]:
-    """Every ok measurement of a model whose graph the store knows, with the target it was measured on."""
+    """Every ok measurement of a model whose graph the store knows, with the target it was measured on; farm
+    nodes that only declared their target (``farm join --as``) are left out: they did not run on it."""
     from chipfit.hardware.detect import local_machine
     from chipfit.hardware.local import local_target
 
@@ -46,6 +47,8 @@ def training_rows(store: Any, local: Target | None = None) -> list[dict[str, Any
         info = models.get(row["model_hash"])
         if info is None or row["candidate"].get("target", "cpu") != "cpu":
             continue
+        if ((row["env"] or {}).get("farm") or {}).get("declared"):
+            continue  # measured on a farm node that only declared its target (--as): not that target's numbers
         target = target_for_env(row["env"] or {}, local, local_cpu)
         out.append({**row, "info": info, "target": target})
     return out

@@ -79,7 +79,7 @@ def features(info: Mapping[str, Any], candidate: Mapping[str, Any], target: Targ
         float(opts.get("execution_mode") == "parallel"),
         float("transformer_fusion" in names),
         float("int8_dynamic" in names),
-        float("int8_static" in names),
+        float(bool(names & {"int8_static", "nncf_int8"})),  # static int8 (ORT QDQ or NNCF)
         float("fp16" in names),
         float("ort_graph_opt" in names),
         float(bool(opts.get("tune_trials"))),

@@ -44,7 +44,7 @@ def model_info(stats: Any) -> dict[str, Any]:
 def node_dtype(passes: Sequence[Mapping[str, Any]]) -> str:
     """The arithmetic dtype the candidate's passes give its heavy nodes."""
     names = {p.get("name") for p in passes}
-    if names & {"int8_dynamic", "int8_static"}:
+    if names & {"int8_dynamic", "int8_static", "nncf_int8"}:
         return "int8"
     if "fp16" in names:
         return "fp16"
