@@ -213,6 +213,28 @@ def test_tvm_on_bert_imports_or_fails_with_the_converters_reason(bert: Any) -> N
     np.testing.assert_allclose(exe.run(x)[0], want, rtol=1e-3, atol=1e-4)
 
 
+def test_tvm_compiles_the_canonical_attention_form_of_a_bert_export(bert: Any) -> None:
+    """TVM's variant of a transformer is the attention_canonical pass (checked against the original's outputs):
+    its compiled module matches ONNX Runtime on the original export, padded rows included."""
+    pytest.importorskip("tvm")
+    import onnxruntime as ort
+
+    from chipfit.backends import backend_info
+    from chipfit.backends.tvm import backend
+    from chipfit.model import load_model
+
+    if not backend_info("tvm").available:
+        pytest.skip(backend_info("tvm").reason or "tvm unavailable")
+    path, _, x = bert
+    (variant,) = backend.option_space(load_model(path), 1).variants
+    assert [p["name"] for p in variant] == ["attention_canonical"]
+    out, notes = _variant(bert, variant)
+    assert any("attention_canonical: " in n and "masks rebuilt" in n for n in notes), notes
+    exe = backend.compile(out, "cpu", {"threads": 1})
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(exe.run(x)[0], want, rtol=1e-3, atol=1e-4)
+
+
 def test_constant_of_shape_with_an_empty_shape_is_folded_to_a_scalar() -> None:
     """The TorchScript BERT export's pattern TVM 0.27's converter fails on (scalar ConstantOfShape)."""
     from chipfit.backends._tvm_onnx import fold_constant_of_shape

@@ -226,9 +226,15 @@ class TvmBackend:
 
     def option_space(self, model: Model, cpus: int) -> OptionSet:
         """Tuned with the run's tuning budget (``tune_trials: None`` is filled in by the space from
-        ``--tune-trials`` / ``--tune-time``, and dropped without one), and untuned (the probe decides)."""
+        ``--tune-trials`` / ``--tune-time``, and dropped without one), and untuned (the probe decides); a
+        transformer in its canonical attention form."""
+        from chipfit.passes.transformer_fusion import is_transformer
+
         options: list[dict[str, Any]] = [{"threads": cpus, "tune_trials": None}, {"threads": cpus, "tune_trials": 0}]
-        return OptionSet(variants=[[]], options=options, reference_options=None)
+        # TVM 0.27's importer fails on Hugging Face exports' attention (SDPA guards, index-built masks) and
+        # compiles its canonical form (the pass checks the rewrite against the original's outputs)
+        variant = [{"name": "attention_canonical", "params": {}}] if is_transformer(model.path) else []
+        return OptionSet(variants=[variant], options=options, reference_options=None)
 
     def package(self, model_path: Path, target: str, options: Mapping[str, Any], dest: Path) -> dict[str, Any]:
         """Compile once more (the tuning database makes it quick) and ship the shared library."""

@@ -19,7 +19,15 @@ from chipfit.passes.base import Pass, PassContext, PassResult
 
 __all__ = ["BUILTIN", "Pass", "PassContext", "PassResult", "apply_passes", "get_pass"]
 
-BUILTIN: tuple[str, ...] = ("ort_graph_opt", "transformer_fusion", "fp16", "int8_dynamic", "int8_static", "nncf_int8")
+BUILTIN: tuple[str, ...] = (
+    "ort_graph_opt",
+    "transformer_fusion",
+    "attention_canonical",
+    "fp16",
+    "int8_dynamic",
+    "int8_static",
+    "nncf_int8",
+)
 
 
 def get_pass(name: str) -> Pass:

@@ -31,7 +31,7 @@ import onnx
 from chipfit.passes._graph import attention_softmaxes, is_large, load_graph
 from chipfit.passes.base import PassContext, PassResult
 
-__all__ = ["TransformerFusion", "fused_counts", "is_transformer", "pass_", "sample_feeds"]
+__all__ = ["TransformerFusion", "differs_from", "fused_counts", "is_transformer", "pass_", "sample_feeds"]
 
 _ATTENTION_OPS = ("Attention", "MultiHeadAttention", "QAttention", "PackedAttention", "GroupQueryAttention")
 _FUSED_OPS = (*_ATTENTION_OPS, "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu", "FastGelu")
@@ -113,6 +113,11 @@ def _differs(reference: list[np.ndarray], path: Path, feeds: dict[str, np.ndarra
             diff = float(np.max(np.abs(a - b))) if a.shape == b.shape else float("nan")
             return f"output {k} differs from the original (max |Δ| {diff:.3g}, shape {a.shape} vs {b.shape})"
     return None
+
+
+def differs_from(original: Path, path: Path, feeds: dict[str, np.ndarray]) -> str | None:
+    """Why ``path``'s outputs on ``feeds`` are not ``original``'s (None when they match within RTOL/ATOL)."""
+    return _differs(_outputs(original, feeds), path, feeds)
 
 
 def _ort(src: Path, dst: Path, params: dict[str, Any], heads: int, hidden: int) -> None:

@@ -55,7 +55,7 @@ def _with_threads(opt: dict[str, Any], space: SpaceOptions) -> list[dict[str, An
 def _keep_variant(variant: list[dict[str, Any]], space: SpaceOptions, has_levels: bool) -> bool:
     """Precision/fusion variants are filtered by ``space.passes``; plain graph levels by ``space.opt_levels``
     (for backends that have them)."""
-    families = {p["name"] for p in variant} - {"ort_graph_opt"}
+    families = {p["name"] for p in variant} - {"ort_graph_opt", "attention_canonical"}  # graph forms, not precisions
     if families:
         return space.passes is None or families <= set(space.passes)
     if space.opt_levels is None or not has_levels:
