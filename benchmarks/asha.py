@@ -221,12 +221,28 @@ def table(
 def from_log(path: Path, budget: str) -> list[str]:
     """The table from a ``--log`` file: the seeds every arm finished (wall time: the log's first to last run)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by = {(r["arm"], r["seed"]): r for r in rows}
+    by: dict[tuple[str, int], dict[str, Any]] = {}
+    repeats = []  # (arm, seed) run twice: how far apart the two picks' test accuracies are
+    for r in rows:  # the first run of an (arm, seed) is the table's
+        key = (r["arm"], r["seed"])
+        if key in by:
+            repeats.append(abs(r["test"] - by[key]["test"]))
+        else:
+            by[key] = r
     seeds = sorted(s for s in {r["seed"] for r in rows} if all((a[0], s) in by for a in ARMS))
     if not seeds:
         raise SystemExit(f"{path}: no seed has a result for every arm ({', '.join(a[0] for a in ARMS)}).")
     runs = {a[0]: [by[(a[0], s)] for s in seeds] for a in ARMS}
-    return table(runs, budget, len(seeds), sum(r["wall"] for r in rows), 0, seeds)
+    lines = table(runs, budget, len(seeds), sum(r["wall"] for r in rows), 0, seeds)
+    if repeats:
+        lines += [
+            f"Reproducibility: {len(repeats)} (arm, seed) runs were repeated; their picks' test accuracies differ by "
+            f"up to {max(repeats):.4f} (median {statistics.median(repeats):.4f}) between the two runs, as much as "
+            "the arms differ: a seeded run is not repeatable (a trial's define-by-run suggestion, the trainable's "
+            "weight decay, is drawn in the trial's process by a sampler that is not seeded).",
+            "",
+        ]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:
