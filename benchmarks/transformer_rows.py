@@ -139,7 +139,8 @@ def section(
 
     load = os.getloadavg()[0]
     model, tokenizer = export_minilm(work)
-    np.savez(work / "calib.npz", **tokenize(tokenizer, sentences(calib, seed=1)))
+    calib_feeds = tokenize(tokenizer, sentences(calib, seed=1))
+    np.savez(work / "calib.npz", input_ids=calib_feeds["input_ids"], attention_mask=calib_feeds["attention_mask"])
     evalset = tokenize(tokenizer, sentences(64, seed=2))
     opt = optimum_quantize(model.parent, work / "optimum")
     fit = chipfit_fit(model, work / "calib.npz", work / "chipfit", work, fresh_home, fit_args or [])
