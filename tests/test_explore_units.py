@@ -58,3 +58,46 @@ def test_the_space_picks_the_pruner(tmp_path: Path) -> None:
     assert isinstance(pruner(hb, False), optuna.pruners.NopPruner)
     with pytest.raises(SpecError, match="'pruner' must be asha or hyperband"):
         load_space(space_file(tmp_path, SPACE + "pruner: median\n"))
+
+
+SUGGESTING = """
+def train(ctx):
+    noise = ctx.suggest_float("noise", 0.0, 1.0)  # define-by-run, drawn in the trial's process
+    ctx.report(noise, 1)
+"""
+
+
+def _suggested(folder: Path, seed: int) -> list[float]:
+    """What three trials' trainable suggested for itself, each trial run from its job (opened from storage)."""
+    import time
+
+    from chipfit.explore.job import TrialJob
+    from chipfit.explore.studies import open_storage, open_study
+    from chipfit.explore.trial import run_trial
+
+    folder.mkdir()
+    (folder / "t.py").write_text(SUGGESTING)
+    (folder / "s.yaml").write_text(
+        "trainable: t.py:train\nmetric: m\nresource: {min: 1, max: 1}\nsampler: random\n"
+        "params:\n  a: {type: float, low: 0, high: 1}\n"
+    )
+    url = f"sqlite:///{folder}/s.db"
+    space = load_space(folder / "s.yaml")
+    study = open_study(space, open_storage(url), seed, prune=False)
+    out = []
+    for _ in range(3):
+        trial = study.ask()
+        config = space.sample(trial)
+        job = TrialJob(str(folder / "s.yaml"), study.study_name, url, trial.number, config, str(folder / "c.pkl"),
+                       time.time() + 60, seed=seed)  # fmt: skip
+        outcome = run_trial(job)
+        assert outcome.status == "complete", outcome
+        out.append(float(outcome.value))
+    return out
+
+
+def test_what_a_trainable_suggests_itself_follows_the_studys_seed(tmp_path: Path) -> None:
+    # the trial's process opens its study with a sampler seeded by the study's seed and the trial's number
+    # (Optuna's default would be an unseeded TPE: the same explore command could not be repeated)
+    first, again, other = (_suggested(tmp_path / n, s) for n, s in (("a", 1), ("b", 1), ("c", 2)))
+    assert first == again and first != other and len(set(first)) == 3

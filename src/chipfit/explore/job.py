@@ -32,11 +32,13 @@ __all__ = [
     "schema_fingerprint",
 ]
 
-TRIAL_PROTOCOL = 4  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle; 4: max_units
+TRIAL_PROTOCOL = 5  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle; 4: max_units;
+# 5: seed
 SCHEMAS = {
     2: "19c341d30843d029",
     3: "06c6deaef8206bc6",
     4: "1658a2794ea3f6bb",
+    5: "7e5998905c77b9b9",
 }  # TRIAL_PROTOCOL -> schema_fingerprint(); a test keeps them in step
 TrialStatus = Literal["complete", "pruned", "stopped", "rejected", "fail"]
 _STATUSES: tuple[str, ...] = ("complete", "pruned", "stopped", "rejected", "fail")
@@ -96,6 +98,7 @@ class TrialJob:
     outcome_file: str | None = None  # the local runner's: where the child writes its outcome
     trust_pickle: bool = False  # model files and checkpoints may be unpickled (runs code from them)
     max_units: int | None = None  # a budget in resource units: the trial stops (stopped) once it trained these
+    seed: int = 0  # the study's seed (with the trial's number, seeds what the trainable suggests in its process)
 
     def __post_init__(self) -> None:
         if self.threads < 1:

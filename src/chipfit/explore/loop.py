@@ -41,6 +41,7 @@ class LoopSettings:
     prune: bool = True
     poll_s: float = 0.05
     trust_pickle: bool = False  # trials may load pickled model files and checkpoints (runs code from them)
+    seed: int = 0  # the study's seed: parameters a trainable suggests itself are drawn from it too
 
 
 @dataclass
@@ -192,6 +193,7 @@ def _start(
         prune=s.prune,
         trust_pickle=s.trust_pickle,
         max_units=max_units,
+        seed=s.seed,
     )
     if sched is not None:
         sched.assign(trial.number, s.threads)

@@ -23,6 +23,7 @@ __all__ = [
     "open_study",
     "pruner",
     "reopen_trial",
+    "sampler",
     "study_folder",
     "study_name",
     "trial_state",
@@ -60,6 +61,9 @@ def reopen_trial(study: Any, storage: Any, number: int) -> Any:
     import optuna
 
     study_id = storage.get_study_id_from_name(study.study_name)
+    # the study's own (caching) storage must know the trial before the trainable suggests into it: reading the
+    # study's running trials through it does that (a TPE sampler used to do it by chance; a random one does not)
+    study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
@@ -87,6 +91,14 @@ def study_folder(url: str, name: str) -> Path:
     return default_home() / "explore" / key
 
 
+def sampler(space: ExploreSpace, seed: int) -> Any:
+    """The space's sampler (random or TPE), seeded: a study with the same seed samples the same configs."""
+    import optuna
+
+    kind = optuna.samplers.RandomSampler if space.sampler == "random" else optuna.samplers.TPESampler
+    return kind(seed=seed)
+
+
 def open_study(
     space: ExploreSpace, storage: Any, seed: int, prune: bool, now: float | None = None, new: bool = False
 ) -> Any:
@@ -100,13 +112,12 @@ def open_study(
     from chipfit.explore.ledger import RECORDED_UNTIL
 
     name = study_name(space, storage, new)
-    seeded = optuna.samplers.RandomSampler if space.sampler == "random" else optuna.samplers.TPESampler
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         load_if_exists=True,
         direction="maximize" if space.direction == "maximize" else "minimize",
-        sampler=seeded(seed=seed),
+        sampler=sampler(space, seed),
         pruner=pruner(space, prune),
     )
     now = time.time() if now is None else now

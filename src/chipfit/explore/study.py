@@ -211,6 +211,7 @@ def explore(
             export=(out is not None or bound is not None) and bool(space.deploy),
             prune=prune,
             trust_pickle=trust_pickle,
+            seed=seed,
         )
         sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
         stopped_by = run_loop(

@@ -151,10 +151,13 @@ def _open(job: TrialJob, space: Any) -> Any:
     """The study's live trial of ``job`` (Optuna's public API: the trial found by its number)."""
     import optuna
 
-    from chipfit.explore.studies import open_storage, pruner, reopen_trial
+    from chipfit.explore.studies import open_storage, pruner, reopen_trial, sampler
 
     storage = open_storage(job.storage, created=True)
-    study = optuna.load_study(study_name=job.study, storage=storage, pruner=pruner(space, job.prune))
+    # parameters the trainable suggests itself are drawn here, in the trial's process: seeded by the study's
+    # seed and the trial's number (Optuna's default would be an unseeded TPE: runs could not be repeated)
+    seeded = sampler(space, job.seed * 100_003 + job.trial_number)
+    study = optuna.load_study(study_name=job.study, storage=storage, pruner=pruner(space, job.prune), sampler=seeded)
     return reopen_trial(study, storage, job.trial_number)
 
 
