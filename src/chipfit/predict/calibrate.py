@@ -89,20 +89,8 @@ def train(data: dict[str, Any], exclude_seeds: set[str] | None = None) -> Kernel
 def seed_errors(data: dict[str, Any], folds: int = 3) -> dict[str, float]:
     """Per seed, the median relative error of its kernels' predictions by a predictor trained without that
     seed's fold (grouped k-fold by seed): where adaptive sampling looks next."""
-    seeds = sorted({r["seed"] for r in data["kernel_rows"]})
-    if len(seeds) < folds:
-        return {}
     kernels = {sig: Kernel.from_dict(d) for sig, d in data["kernels"].items()}
-    errors: dict[str, list[float]] = {}
-    for f in range(folds):
-        held = set(seeds[f::folds])
-        model = train(data, held)
-        rows = [r for r in data["kernel_rows"] if r["seed"] in held]
-        ks = [kernels[r["sig"]] for r in rows]
-        pred = model.kernel_ms(ks, [int(r["threads"]) for r in rows])
-        for r, k, p in zip(rows, ks, pred, strict=True):
-            actual = model.net_ms(k, int(r["threads"]), float(r["ms"]))
-            errors.setdefault(r["seed"], []).append(abs(p - actual) / actual)
+    errors = _held_out_errors(data, kernels, lambda row, _: str(row["seed"]), folds)
     return {s: float(np.median(v)) for s, v in errors.items()}
 
 
@@ -276,6 +264,14 @@ def summary(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kernel_errors(data: dict[str, Any], kernels: dict[str, Kernel], folds: int = 3) -> dict[str, list[float]]:
+    return _held_out_errors(data, kernels, lambda _, kernel: kernel.op, folds)
+
+
+def _held_out_errors(
+    data: dict[str, Any], kernels: dict[str, Kernel], key: Callable[[dict[str, Any], Kernel], str], folds: int
+) -> dict[str, list[float]]:
+    """Relative errors of kernel predictions made by a predictor trained without the kernel's seed (grouped
+    k-fold by seed), grouped by ``key(row, kernel)``; empty with fewer seeds than folds."""
     seeds = sorted({r["seed"] for r in data["kernel_rows"]})
     out: dict[str, list[float]] = {}
     if len(seeds) < folds:
@@ -288,5 +284,5 @@ def _kernel_errors(data: dict[str, Any], kernels: dict[str, Kernel], folds: int 
         pred = model.kernel_ms(ks, [int(r["threads"]) for r in rows])
         for r, k, p in zip(rows, ks, pred, strict=True):
             actual = model.net_ms(k, int(r["threads"]), float(r["ms"]))
-            out.setdefault(k.op, []).append(abs(p - actual) / actual)
+            out.setdefault(key(r, k), []).append(abs(p - actual) / actual)
     return out
