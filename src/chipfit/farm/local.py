@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from chipfit.farm.nodes import SLOT, FarmError, farm_nodes, node_labels, ray_env, ray_module
+from chipfit.fsutil import pid_alive
 
 __all__ = ["HEALTH_CHECK", "detect_target", "down", "group_alive", "join_command", "state_path", "up"]
 
@@ -214,15 +215,7 @@ def _write(path: Path, state: dict[str, Any]) -> None:
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and pid_alive(pid)
 
 
 def down(home: Path, grace_s: float = 10.0) -> dict[str, Any] | None:
