@@ -34,7 +34,8 @@ def explore(
     budget: Annotated[
         str | None,
         typer.Option(
-            help="200usd, 5gpu-h, 10cpu-h or wall time (2h): the study's total, earlier runs included; never exceeded."
+            help="200usd, 5gpu-h, 10cpu-h, wall time (2h) or resource units (500units: the epochs or steps trials train, "
+            "whatever the machine's load): the study's total, earlier runs included; never exceeded.",
         ),
     ] = None,
     deadline: Annotated[
