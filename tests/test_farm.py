@@ -263,6 +263,59 @@ def test_killed_nodes_re_dispatched_or_lost_with_the_reason_and_the_run_goes_on(
     ]
 
 
+def test_recommend_on_the_farm_measures_its_targets_there_and_predicts_the_rest(
+    cluster: Any, mlp: Path, mlp_npz: Path, cli_run: Any, tmp_path: Path
+) -> None:
+    """aws-c6g (the node left, which declared it) and a node that detected its target are measured on their nodes
+    (after the node-killing test: its measurements are over when this one adds a node); a target not in the farm is
+    predicted by a predictor trained with the detected node's measurements (never the declared
+    ones), whose error against the farm's measurements is reported per farm target."""
+    from rich.console import Console
+
+    from chipfit.cli.recommend_table import recommend_table
+    from chipfit.farm.predict import farm_training_rows
+    from chipfit.hardware.catalog import load_catalog
+    from chipfit.predict import training_rows
+    from chipfit.recommend import recommend
+    from chipfit.search.driver import MeasureSettings
+    from chipfit.search.space import SpaceOptions
+
+    err = " ".join(cli_run("recommend", str(mlp), "--data", str(mlp_npz), "--farm", "127.0.0.1:1", code=2).split())
+    assert "cannot reach the farm at '127.0.0.1:1'" in err
+    detected, pi5 = "aws-c7g.xlarge", "raspberry-pi-5"
+    labels = node_labels(detected, False, ["onnxruntime"], os.getpid(), "x86_64")
+    extra = cluster.add_node(num_cpus=1, resources={SLOT: 1}, labels=labels, object_store_memory=_STORE)
+    cluster.wait_for_nodes()
+    try:
+        space = SpaceOptions(
+            backends=("onnxruntime",), batch_sizes=(1,), threads=(1,), execution_modes=("sequential",), passes=(),
+            opt_levels=("none", "all"),
+        )  # fmt: skip
+        timing = TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.15)
+        store = Store(default_url(tmp_path / "h"))
+        kw = {"space": space, "settings": MeasureSettings(timing=timing, probe=False), "store": store}
+        rec = recommend(
+            mlp, mlp_npz, targets=(C6G, detected, pi5), farm=cluster.address, fit_kwargs=kw | {"home": tmp_path / "h"}
+        )
+    finally:
+        cluster.remove_node(extra)
+    rows = {t["name"]: t for t in rec.targets}
+    assert rows[C6G]["source"] == "declared" and rows[C6G]["node"] in _ids(cluster, C6G)
+    assert rows[detected]["source"] == "measured" and rows[detected]["node"] == extra.node_id
+    assert rows[pi5]["source"] == "predicted" and C5 not in rows  # not asked for
+    for name, declared in ((C6G, True), (detected, False)):
+        farm = rec.farm["targets"][name]
+        assert farm["declared"] is declared and farm["n"] >= 2 and farm["median_ape"] >= 0
+        assert rows[name]["predictor_error"]["n"] == farm["n"]
+    trained = {r["target"].name for r in farm_training_rows(training_rows(store), load_catalog())}
+    assert detected in trained and C6G not in trained  # declared rows never train the predictor
+    console = Console(width=160, record=True)
+    console.print(recommend_table(rec.targets, "cost", 160)[0])
+    text = console.export_text()
+    assert "declared" in text and "measured" in text and "predicted" in text
+    assert json.loads(json.dumps(rec.to_dict(), default=str))["farm"]["address"] == cluster.address
+
+
 def test_an_unreachable_farm_is_bad_input_at_once(cli_run: Any) -> None:
     err = " ".join(cli_run("farm", "status", "--farm", "127.0.0.1:1", code=2).split())
     assert "cannot reach the farm at '127.0.0.1:1'" in err and "chipfit farm up" in err

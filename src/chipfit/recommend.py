@@ -12,6 +12,11 @@ On the catalogue target that is this machine's CPU (at most as many threads as t
 Runtime rows are predicted from their kernels when ``chipfit predict calibrate`` has measured this machine
 (the kernel-level predictor, with its own held-out error), else as above.
 
+With ``farm=ADDRESS`` the targets present in the farm are measured on their nodes (``farm_fit``): ``measured``
+where the node detected its target, ``declared`` where it only declared it (``farm join --as``: never that
+hardware's numbers). The predictor is trained with the detected nodes' measurements too, and per farm target its
+median absolute error against the farm's measurements of the same candidates is reported.
+
 A sanity rule bounds the learned correction: a target whose peak compute (every dtype) and memory bandwidth are
 all at most this machine's detected target at its CPU quota is never predicted faster than what was measured
 here at the same variant and batch; such a prediction is raised to the measurement and the row says so.
@@ -49,6 +54,7 @@ class Recommendation:
     fit: Any  # the local FitResult
     predictor: dict[str, Any] = field(default_factory=dict)
     basis: dict[str, str] = field(default_factory=dict)  # said once: this machine, predictions, error bars, clamp
+    farm: dict[str, Any] = field(default_factory=dict)  # with --farm: its address, and per target nodes and error
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,7 @@ class Recommendation:
             "predictor": self.predictor,
             "basis": self.basis,
             "targets": self.targets,
+            **({"farm": self.farm} if self.farm else {}),
         }
 
 
@@ -123,11 +130,14 @@ def recommend(
     objective: str = "cost",
     fit_kwargs: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    farm: str | None = None,
     **constraints: Any,
 ) -> Recommendation:
-    """Rank catalogue targets for ``model``: this machine measured (via ``fit``), the others predicted.
+    """Rank catalogue targets for ``model``: this machine measured (via ``fit``), the others predicted; with
+    ``farm`` (a farm's address, host:port) the targets present in the farm measured on their nodes.
     ``progress`` is called with one line per phase (and per target predicted)."""
     from chipfit.errors import SpecError
+    from chipfit.farm.predict import farm_error, farm_targets, farm_training_rows
     from chipfit.hardware.local import local_target
     from chipfit.pipeline import fit
     from chipfit.predict import Predictor, model_info, predict_eval, training_rows
@@ -144,13 +154,26 @@ def recommend(
         from chipfit.errors import ModelError
 
         raise ModelError(f"Model file '{model}' does not exist. Pass the path of an .onnx or .pt2 file.")
+    on_farm = farm_targets(farm, targets, cat) if farm is not None else []  # an unreachable farm: FarmError at once
     say("profiling: measuring candidates on this machine")
+    store = kw.get("store") if isinstance(kw.get("store"), Store) else Store(kw.get("store"))
+    kw["store"] = store
     result = fit(model, data, objective=fit_objective, **constraints, **kw)
     spec = result.spec
-    store = kw.get("store") if isinstance(kw.get("store"), Store) else Store(kw.get("store"))
+    farmed = None
+    if farm is not None and on_farm:
+        from chipfit.farm.fit import farm_fit
+
+        say(f"measuring on the farm at {farm}: {', '.join(on_farm)}")
+        farm_kw = {k: kw[k] for k in ("space", "settings", "home") if kw.get(k) is not None}
+        budget = {"time_budget": kw["time_budget"]} if kw.get("time_budget") else {}
+        farmed = farm_fit(
+            model, data, address=farm, targets=on_farm, store=store, progress=say, objective=fit_objective,
+            **farm_kw, **budget, **constraints,
+        )  # fmt: skip
     say("reading the store's measurements (and this machine's peak rates)")
     local, match = local_target()
-    rows = training_rows(store, local)
+    rows = farm_training_rows(training_rows(store, local), cat)
     say(f"training the predictor on {len(rows)} measurements")
     predictor = Predictor().fit(rows)
     n_models = len({r["model_hash"] for r in rows})
@@ -180,8 +203,19 @@ def recommend(
             quality_ok[r.candidate.pass_label()] = list(r.candidate.passes)
     # predict only at batch sizes measured here: the correction is not extrapolated beyond them
     batches = sorted({r.candidate.batch for r in result.candidates if r.measurement.ok}) or [1]
-    chosen = [cat[t] for t in targets] if targets else list(cat.values())
+    chosen = (
+        [cat[t] for t in targets if t not in on_farm] if targets else [t for t in cat.values() if t.name not in on_farm]
+    )
     error_basis = _error_basis(evaluation, predictor)
+    farm_info: dict[str, Any] = {}
+    if farmed is not None:
+        farm_info = {"address": farm, "targets": {}}
+        for name, tr in farmed.targets.items():
+            errors = farm_error(predictor, info, cat[name], tr.fit.candidates)
+            farm_info["targets"][name] = {"declared": tr.declared, "nodes": sorted(set(tr.nodes.values()))} | errors
+            measured_row = farm_row(cat[name], tr, spec, min_throughput)
+            if measured_row is not None:
+                out.append(measured_row | {"predictor_error": errors})
     for i, target in enumerate(chosen, 1):
         say(f"predicting {target.name} ({i}/{len(chosen)})")
         items = [
@@ -236,8 +270,36 @@ def recommend(
             "than measured here (k ≤ 1: never faster)"
         ),
     }
+    if farm_info:
+        basis["farm"] = (
+            f"measured on the farm at {farm}'s nodes of each target present ('declared': the node only declared its "
+            "target with --as, not that hardware's numbers); predictor error per farm target: median absolute error "
+            "of the prediction against the farm's measurement of the same candidates (detected nodes' measurements "
+            "also train the predictor)"
+        )
     dumped = spec.model_dump() | {"min_throughput": min_throughput}
-    return Recommendation(out, objective, dumped, result, {**summary, "trained_on": predictor.n_train}, basis)
+    summary = {**summary, "trained_on": predictor.n_train}
+    if farm_info:
+        summary["farm_error"] = {
+            t: {k: v[k] for k in ("n", "median_ape", "declared")} for t, v in farm_info["targets"].items()
+        }
+    return Recommendation(out, objective, dumped, result, summary, basis, farm_info)
+
+
+def farm_row(target: Target, tr: Any, spec: Any, min_throughput: float | None) -> dict[str, Any] | None:
+    """A farm target's row: its winner (or nearest miss) as measured on its nodes; None when nothing measured."""
+    fit_result = tr.fit
+    best = fit_result.winner or (fit_result.near_misses[0] if fit_result.near_misses else None)
+    if best is None:
+        return None
+    cand = best.candidate.to_dict()
+    row = _row(target, cand, best.metric("p50_ms"), best.metric("p99_ms"), spec, min_throughput)
+    how = "declared" if tr.declared else "measured"
+    node = tr.nodes.get(best.candidate.id, "")
+    said = "a node that only declared it (--as): not that hardware" if tr.declared else "a node of that target"
+    row.update(source=how, expected_error=0.0, meets=row["meets"] and best.feasible, clamped="", node=node)
+    row.update(basis=f"measured on the farm ({said})", error_basis=f"measured on the farm, on {said}")
+    return row
 
 
 def local_kernels(result: Any, data: Any, fit_kwargs: dict[str, Any]) -> Any:

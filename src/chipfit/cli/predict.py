@@ -191,6 +191,14 @@ def recommend(
     backends: Annotated[str | None, typer.Option(help="Backends measured here (default: every available one).")] = None,
     time_budget: Annotated[str | None, typer.Option(help="Time for the measurements here, e.g. '5m'.")] = None,
     store: StoreOpt = None,
+    farm: Annotated[
+        str | None,
+        typer.Option(
+            "--farm",
+            help="A device farm's address (host:port, see `chipfit farm up`): the targets present in it are measured on "
+            "their nodes, the predictor is retrained with those measurements and its error per target is reported.",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write recommend.html and recommend.json to this folder.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the ranked targets as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
@@ -220,6 +228,7 @@ def recommend(
                 min_throughput=min_throughput,
                 objective=objective,
                 progress=say,
+                farm=farm,
                 fit_kwargs={
                     "space": SpaceOptions(backends=parse_backends(backends)),
                     "store": store,
@@ -264,3 +273,10 @@ def print_recommendation(rec: Any) -> None:
         f"\nclamped: {b['clamp']}[/]",
         highlight=False,
     )
+    for name, t in (rec.farm.get("targets") or {}).items():
+        err = "–" if t["median_ape"] is None else f"±{t['median_ape']:.0%}"
+        how = "declared" if t["declared"] else "measured"
+        out_console.print(
+            f"[dim]farm {name} ({how}): predictor error {err} (median over {t['n']} measured candidates)[/]",
+            highlight=False,
+        )

@@ -24,9 +24,10 @@ _WRAPS: tuple[tuple[str, ...], ...] = ((), ("source", "meets"), ("source", "meet
 
 
 def source_label(t: dict[str, Any]) -> str:
-    """'measured', 'predicted ±12%' (held-out median error) or 'predicted ±?' (no held-out evaluation)."""
-    if t["source"] == "measured":
-        return "measured"
+    """'measured', 'declared' (measured on a farm node that only declared its target), 'predicted ±12%' (held-out
+    median error) or 'predicted ±?' (no held-out evaluation)."""
+    if t["source"] in ("measured", "declared"):
+        return str(t["source"])
     err = t["expected_error"]
     label = f"predicted ±{err:.0%}" if err < 10 else "predicted ±?"
     return label + (" clamped" if t.get("clamped") else "")

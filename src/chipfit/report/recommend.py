@@ -149,8 +149,8 @@ def _num(v: float, digits: int = 4) -> str:
 
 
 def _source(t: dict[str, Any]) -> str:
-    if t["source"] == "measured":
-        return "measured"
+    if t["source"] in ("measured", "declared"):  # 'declared': on a farm node that only declared its target
+        return str(t["source"])
     err = t["expected_error"]
     return f"predicted ±{err:.0%}" if err < 10 else "predicted, ±?"
 
@@ -187,7 +187,7 @@ def _table(targets: list[dict[str, Any]]) -> str:
 
 def header(rec: Any) -> str:
     """What the page shows and what it rests on, computed from the rows: said once, above the table."""
-    here = [i for i, t in enumerate(rec.targets, 1) if t["source"] == "measured"]
+    here = [i for i, t in enumerate(rec.targets, 1) if t["source"] == "measured" and not t.get("node")]  # not a farm's
     b = rec.basis
     machine = html.escape(re.sub(r" with ISA \[[^\]]*\]", "", b.get("this_machine", "")))
     where = (
