@@ -231,7 +231,7 @@ def test_killed_nodes_re_dispatched_or_lost_with_the_reason_and_the_run_goes_on(
             time.sleep(0.05)
         latest = [line for line in done if line.startswith(C6G)][-1]
         name = next(n for n in ("c6g-a", "c6g-b") if nodes[n].node_id[:12] in latest)
-        time.sleep(0.3)
+        time.sleep(0.6)  # it took its next candidate at once; every measurement warms up for 1.5 s: still busy
         for victim in (name, "c5"):
             cluster.remove_node(nodes[victim], allow_graceful=False)
             killed.append(victim)
@@ -241,7 +241,9 @@ def test_killed_nodes_re_dispatched_or_lost_with_the_reason_and_the_run_goes_on(
     space = SpaceOptions(
         backends=("onnxruntime",), batch_sizes=(1,), threads=(1,), execution_modes=("sequential",), passes=()
     )
-    timing = TimingPolicy(warmup_s=0.01, warmup_runs=2, min_samples=20, max_time_s=0.3)
+    # 1.5 s of warm-up per candidate: a node is killed mid-measurement whatever the machine's load (with 0.01 s,
+    # the node had sometimes finished its next candidate before the kill, and nothing was re-dispatched)
+    timing = TimingPolicy(warmup_s=1.5, warmup_runs=2, min_samples=20, max_time_s=0.3)
     settings = MeasureSettings(timing=timing, timeout_s=60, probe=False)
     result = farm_fit(
         mlp, mlp_npz, address=cluster.address, targets=[C5, C6G], space=space, settings=settings, progress=done.append
