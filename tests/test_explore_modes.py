@@ -165,7 +165,8 @@ def test_the_hardware_bound_rejects_before_and_after_training_and_delivers_the_w
     assert judged and all(h["state"] == "rejected" for h in judged), big
     assert all("predicted before training" in h["reason"] and "memory" in h["reason"] for h in judged)
     assert all(not h["curve"] for h in big)  # nothing was trained
-    assert small and all(h["hardware"]["source"] == "measured after the first report" for h in small), history
+    why = [(h["state"], h.get("reason")) for h in history]
+    assert small and all(h["hardware"]["source"] == "measured after the first report" for h in small), why
     w = out["winner"]
     assert w["hardware"]["ok"] and w["params"]["hidden"] <= 16
     manifest = _strict((tmp_path / "o" / "artifact" / "manifest.json").read_text())

@@ -39,7 +39,12 @@ def open_storage(url: str, created: bool = False) -> Any:
     process then skips that: a tenth of a second per trial)."""
     import optuna
 
-    return optuna.storages.RDBStorage(url, skip_compatibility_check=created, skip_table_creation=created)
+    # SQLite: wait up to 30 s for another writer's lock (the driver, the trials and the results store share the
+    # file), as the results store does; the driver's default of 5 s failed trials on a loaded machine's slow fsyncs
+    engine = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs=engine, skip_compatibility_check=created, skip_table_creation=created
+    )
 
 
 def pruner(space: ExploreSpace, prune: bool) -> Any:
