@@ -101,3 +101,33 @@ def test_what_a_trainable_suggests_itself_follows_the_studys_seed(tmp_path: Path
     # (Optuna's default would be an unseeded TPE: the same explore command could not be repeated)
     first, again, other = (_suggested(tmp_path / n, s) for n, s in (("a", 1), ("b", 1), ("c", 2)))
     assert first == again and first != other and len(set(first)) == 3
+
+
+HOME_TRAINABLE = """
+import os
+from pathlib import Path
+
+def train(ctx):
+    (Path(__file__).parent / f"home-{ctx.number}.txt").write_text(os.environ.get("CHIPFIT_HOME", ""))
+    ctx.report(1.0, 1)
+"""
+
+
+def test_trials_run_in_the_home_of_the_run_that_started_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_run,  # type: ignore[no-untyped-def]
+) -> None:
+    # the forkserver keeps the environment it started with: a later run in the same process under another
+    # CHIPFIT_HOME once ran its trials in the first home (whose key did not verify what the run had signed)
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "t.py").write_text(HOME_TRAINABLE)
+        (folder / "s.yaml").write_text(
+            "trainable: t.py:train\nmetric: m\nresource: {min: 1, max: 1}\nsampler: random\n"
+            "params:\n  a: {type: float, low: 0, high: 1}\n"
+        )
+        monkeypatch.setenv("CHIPFIT_HOME", str(folder / "home"))
+        cli_run("explore", str(folder / "s.yaml"), "--budget", "60s", "--max-trials", "1", "--json", "-q")
+        assert (folder / "home-0.txt").read_text() == str(folder / "home")

@@ -46,10 +46,16 @@ def _noop() -> None:
     pass
 
 
-def _forked_trial(alive: Any, job: str) -> None:
+def _forked_trial(alive: Any, job: str, env: dict[str, str] | None = None) -> None:
     """A local trial's process: it dies with its parent, the forkserver (Linux's parent-death signal; a
     forkserver already gone means the runner is too, which the watch sees), and at end-of-file on ``alive``,
-    the runner's pipe (everywhere); then it runs the trial."""
+    the runner's pipe (everywhere); then it runs the trial with the runner's ``CHIPFIT_*`` environment (the
+    forkserver keeps the environment of the moment it started: a process that changed CHIPFIT_HOME since would
+    run its trials in the old home, whose key does not verify what this run signed)."""
+    if env is not None:
+        for name in [k for k in os.environ if k.startswith("CHIPFIT_")]:
+            del os.environ[name]
+        os.environ.update(env)
     from chipfit.explore.trial import run_trial_to_file
 
     lifetime.set_parent_death_signal()
@@ -84,7 +90,8 @@ class LocalRunner:
         os.close(fd)
         out = Path(name)
         text = dumps(replace(job, outcome_file=str(out)))
-        proc = self._ctx.Process(target=_forked_trial, args=(self._alive_r, text), daemon=True)
+        env = {k: v for k, v in os.environ.items() if k.startswith("CHIPFIT_")}
+        proc = self._ctx.Process(target=_forked_trial, args=(self._alive_r, text, env), daemon=True)
         proc.start()
         return {"proc": proc, "out": out, "killed": False}
 
