@@ -229,11 +229,14 @@ class _Waits(logging.Handler):
 def waits() -> Iterator[_Waits]:
     handler = _Waits()
     logger = logging.getLogger("chipfit")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # an earlier `-q` command in this process may have raised it
     logger.addHandler(handler)
     try:
         yield handler
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_two_runs_on_the_same_cores_take_turns(tmp_path: Path, waits: _Waits) -> None:
