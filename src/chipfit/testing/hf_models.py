@@ -17,7 +17,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FAMILIES", "export_hf", "hf_encoder", "hf_inputs", "pretrained_minilm", "sentences", "tokenize"]
+__all__ = [
+    "FAMILIES",
+    "export_hf",
+    "hf_encoder",
+    "hf_inputs",
+    "last_hidden",
+    "pretrained_minilm",
+    "sentences",
+    "tokenize",
+]
 
 FAMILIES = ("bert", "distilbert", "roberta")
 
@@ -52,6 +61,14 @@ def hf_encoder(
     config._attn_implementation = attn
     torch.manual_seed(seed)
     model = cls(config).eval()
+
+    return last_hidden(model)
+
+
+def last_hidden(model: Any) -> Any:
+    """``model`` (a ``transformers`` encoder) as a module of ``input_ids, attention_mask`` returning the last hidden
+    state, in eval mode: what ``export_hf`` exports."""
+    import torch
 
     class LastHidden(torch.nn.Module):
         def __init__(self) -> None:
