@@ -33,6 +33,7 @@ __all__ = [
     "parse_backends",
     "register_backend",
     "registered_plugins",
+    "runtime_devices",
 ]
 
 # measured by default, in this order (the reference session comes from the first available one);
@@ -133,6 +134,16 @@ def backend_info(name: str) -> BackendInfo:
 def available_backends() -> list[str]:
     """The built-in backends usable here, in measuring order, without the ``null`` reference interpreter."""
     return [n for n in BUILTIN if n not in DEFAULT_EXCLUDED and backend_info(n).available]
+
+
+def runtime_devices(backends: list[str] | None = None) -> list[str]:
+    """What runs here, as a farm node advertises it: each backend's name (its CPU path) and ``backend-device`` for
+    each other device it can run on here (``onnxruntime-cuda``, ``onnxruntime-tensorrt``, ``torch-cuda``)."""
+    out: list[str] = []
+    for name in backends if backends is not None else available_backends():
+        out.append(name)
+        out += [f"{name}-{d}" for d in get_backend(name).capabilities.devices if d != "cpu"]
+    return out
 
 
 def parse_backends(text: str | None) -> tuple[str, ...] | None:

@@ -1,11 +1,14 @@
 """PyTorch (``pip install 'chipfit[torch]'``): the model as the user gave it to chipfit — a torch module or
 an ExportedProgram, kept by ingest as ``model.pt2`` beside its ONNX export — run eagerly or compiled with
-``torch.compile`` (Inductor). Measured with the same worker and metrics as every other backend, so the
-table shows whether leaving PyTorch pays at all. torch is imported in this module (and in ingest) only."""
+``torch.compile`` (Inductor), on the CPU and, where torch sees a CUDA GPU, on it (also under bfloat16 autocast;
+inputs are copied to the GPU and outputs back inside the timed call, as a caller would). Measured with the same
+worker and metrics as every other backend, so the table shows whether leaving PyTorch pays at all. torch is
+imported in this module (and in ingest) only."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +21,11 @@ from chipfit.backends.base import Capabilities, OptionSet
 if TYPE_CHECKING:
     from chipfit.model import Model
 
-__all__ = ["NO_PROGRAM", "TorchBackend", "backend", "program_path"]
+__all__ = ["NO_GPU", "NO_PROGRAM", "TorchBackend", "backend", "cuda_available", "program_path"]
 
 INSTALL = "pip install 'chipfit[torch]'"
 MODES = ("eager", "compile")
+NO_GPU = "no CUDA GPU visible to torch here (a farm node with one measures these: `chipfit fit --farm`)"
 NO_PROGRAM = "The torch backend cannot run this model"  # starts ingest's note that says why (torch_export)
 
 
@@ -43,21 +47,42 @@ def _onnx_io(model_path: Path) -> tuple[list[str], list[str], list[Any]]:
     return [i.name for i in inputs], [o.name for o in proto.graph.output], list(zip(shapes, dtypes, strict=True))
 
 
+@functools.cache
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a CUDA GPU (asked once per process)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 class TorchExecutable:
-    def __init__(self, fn: Any, input_names: list[str], output_names: list[str]) -> None:
+    def __init__(
+        self, fn: Any, input_names: list[str], output_names: list[str], device: str = "cpu", autocast: str | None = None
+    ) -> None:
         import torch
 
         self._torch = torch
         self._fn = fn
+        self._device = device
+        self._autocast = getattr(torch, autocast) if autocast else None
         self.input_names = input_names
         self.output_names = output_names
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        args = [self._torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
-        with self._torch.inference_mode():
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self._device) for n in self.input_names]
+        cast = (
+            torch.autocast(self._device.split(":")[0], dtype=self._autocast)
+            if self._autocast is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), cast:
             out = self._fn(*args)
         outs = out if isinstance(out, (tuple, list)) else [out]
-        return [o.detach().numpy() for o in outs]
+        # .cpu() waits for the GPU: the timed call covers the copies and the kernels; outputs come back as float32
+        return [o.detach().float().cpu().numpy() if o.is_floating_point() else o.detach().cpu().numpy() for o in outs]
 
     def close(self) -> None:
         self._fn = None
@@ -66,7 +91,12 @@ class TorchExecutable:
 class TorchBackend:
     name = "torch"
     source = "torch"  # runs a saved torch program, not the ONNX graph
-    capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), dynamic_shapes=True, specializes_batch=True)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        devices = ("cpu", "cuda") if cuda_available() else ("cpu",)
+        dtypes = ("float32", "bfloat16") if cuda_available() else ("float32",)
+        return Capabilities(devices=devices, dtypes=dtypes, dynamic_shapes=True, specializes_batch=True)
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -92,8 +122,9 @@ class TorchBackend:
     def compile(self, model_path: Path, target: str, options: Mapping[str, Any]) -> TorchExecutable:
         import torch
 
-        if target != "cpu":
-            raise ValueError(f"torch backend: target '{target}' is not supported here (supported: cpu)")
+        if target not in self.capabilities.devices:
+            supported = ", ".join(self.capabilities.devices)
+            raise ValueError(f"torch backend: target '{target}' is not supported here (supported: {supported})")
         program = program_path(model_path, options)
         if not program.exists():
             raise FileNotFoundError(
@@ -108,13 +139,16 @@ class TorchBackend:
         with contextlib.suppress(ImportError):
             from torch.export.pt2_archive._package import PT2ArchiveReader as reader
         fn: Any = load_checked(torch, reader, program)[0].module()  # it may sit beside a user's .onnx: checked
+        if target == "cuda":
+            fn = fn.to(f"cuda:{int(options.get('device_id', 0))}")
         mode = options.get("mode", "eager")
         if mode == "compile":
             fn = torch.compile(fn, mode=options.get("compile_mode") or None, dynamic=False)
         elif mode != "eager":
             raise ValueError(f"torch backend: mode '{mode}' is not one of {', '.join(MODES)}")
         inputs, outputs, specs = _onnx_io(model_path)
-        exe = TorchExecutable(fn, inputs, outputs)
+        device = f"cuda:{int(options.get('device_id', 0))}" if target == "cuda" else "cpu"
+        exe = TorchExecutable(fn, inputs, outputs, device, options.get("autocast"))
         if mode == "compile" and "batch" in options:  # Inductor compiles on the first call: do it here
             feeds = {
                 n: np.zeros([int(options["batch"]) if d is None else d for d in shape], dtype)
@@ -131,8 +165,18 @@ class TorchBackend:
                 if note.startswith(NO_PROGRAM):
                     why = note[len(NO_PROGRAM) :].lstrip(":; ")
             return OptionSet(unsuitable=f"torch: {why}")
-        options = [{"mode": m, "threads": cpus} for m in MODES]
-        return OptionSet(variants=[[]], options=options, reference_options=None)
+        options: list[dict[str, Any]] = [{"mode": m, "threads": cpus} for m in MODES]
+        # on a CUDA GPU: eager, compiled, and compiled under bfloat16 autocast (its quality is measured like any)
+        gpu: list[dict[str, Any]] = [
+            {"mode": "eager", "device": "cuda"},
+            {"mode": "compile", "device": "cuda"},
+            {"mode": "compile", "device": "cuda", "autocast": "bfloat16"},
+        ]
+        if cuda_available():  # measured with eager on the CPU; compiled on the CPU for the fastest variants
+            return OptionSet(variants=[[]], options=[options[0], *gpu, *options[1:]], primary=1 + len(gpu))
+        why = f"cuda: {NO_GPU}"
+        skips = {len(options) + i: why for i in range(len(gpu))}
+        return OptionSet(variants=[[]], options=options + gpu, reference_options=None, option_skip=skips)
 
     def package(self, model_path: Path, target: str, options: Mapping[str, Any], dest: Path) -> dict[str, Any]:
         shutil.copy2(program_path(model_path, options), dest / "model.pt2")

@@ -45,10 +45,20 @@ from chipfit.spec import Spec, load_spec
 from chipfit.store import Store, default_url
 from chipfit.workspace import default_home, subdir
 
-__all__ = ["farm_fit", "resolve_targets"]
+__all__ = ["farm_fit", "resolve_targets", "runs_on"]
 
 Progress = Callable[[str], None]
 _RETRYABLE = ("failed", "timeout", "oom")
+
+
+def runs_on(c: Candidate) -> str:
+    """What a node must offer to measure ``c``: its backend, and the device when that is not the CPU
+    (``onnxruntime-cuda``), as nodes advertise it (``backends.runtime_devices``)."""
+    return c.backend if c.target == "cpu" else f"{c.backend}-{c.target}"
+
+
+def _what(c: Candidate) -> str:
+    return f"backend {c.backend}" if c.target == "cpu" else f"{c.backend} on {c.target}"
 
 
 def resolve_targets(nodes: Sequence[FarmNode], asked: Sequence[str] | None) -> list[str]:
@@ -123,7 +133,7 @@ class _Run:
                     workdir=ctx.workdir / c.id,
                     files=self.files(ctx, c),
                 )
-                works.append(Work(task, c.backend, blobs=self.shipper.refs_for(task.files) if self.shipper else {}))
+                works.append(Work(task, runs_on(c), blobs=self.shipper.refs_for(task.files) if self.shipper else {}))
                 by_task[task.task_id] = (t, c)
         if works:
             self.dispatcher.run(works, lambda o: self.arrived(o, *by_task[o.work.task.task_id]))
@@ -290,9 +300,10 @@ def farm_fit(
             settings=settings,
         )
         offered = {b for n in mine for b in n.backends}
+        remote = tuple(sorted(b for b in offered if "-" in b))  # a GPU on the target's nodes, maybe not here
         candidates[t] = [
-            c if c.skip or c.backend in offered else replace(c, skip=f"no node of {t} has backend {c.backend}")
-            for c in build_space(m, space, min(n.cpus for n in mine) or 1)
+            c if c.skip or runs_on(c) in offered else replace(c, skip=f"no node of {t} has {_what(c)}")
+            for c in build_space(m, replace(space, remote_devices=remote), min(n.cpus for n in mine) or 1)
         ]
         run.results[t], run.node_of[t], run.lost[t], run.redispatched[t] = [], {}, 0, 0
     try:

@@ -75,13 +75,13 @@ def join_command(
     address: str, as_target: str | None, cpus: int | None = None, backends: Sequence[str] | None = None
 ) -> list[str]:
     """The ``ray start`` command line that makes this process a farm node (its labels name this process's pid).
-    ``backends``: the backends it offers (default: every one available here)."""
-    from chipfit.backends import available_backends
+    ``backends``: the backends it offers (default: every one available here, with the GPUs each can use)."""
+    from chipfit.backends import runtime_devices
     from chipfit.hardware.cross import host_arch
     from chipfit.hardware.detect import cpu_quota
 
     target, declared, match = detect_target(as_target)
-    offered = list(backends) if backends is not None else available_backends()
+    offered = list(backends) if backends is not None else runtime_devices()
     labels = node_labels(target, declared, offered, os.getpid(), host_arch(), match)
     return [
         *_ray_start(),

@@ -26,6 +26,9 @@ class SpaceOptions:
     target: str = "cpu"
     tune_trials: int = 0  # compiler auto-tuning budget per candidate (TVM MetaSchedule trials per task)
     tune_time_s: float | None = None
+    # "backend-device" pairs (``onnxruntime-cuda``, ``torch-cuda``) that run where the candidates are measured
+    # though not on this machine (a farm's GPU nodes): their options are measured as if present here
+    remote_devices: tuple[str, ...] = ()
 
 
 def _resolve_options(opts: list[dict[str, Any]], space: SpaceOptions) -> list[tuple[int, dict[str, Any]]]:
@@ -110,13 +113,16 @@ def build_space(model: Model, space: SpaceOptions, cpus: int) -> list[Candidate]
             if vskip and space.passes is not None and ({p["name"] for p in variant} & set(space.passes)):
                 vskip = None  # asked for by name: measure it anyway
             for k, (j, opt) in enumerate(kept[:1] if vskip else kept):  # a skipped variant is listed once
-                if opts.option_skip.get(j) and not option_skips:
-                    continue
-                skip = vskip or opts.option_skip.get(j)
                 target = str(opt.get("device", space.target))
+                remote = target != space.target and f"{name}-{target}" in space.remote_devices
+                oskip = None if remote else opts.option_skip.get(j)
+                if oskip and not option_skips:
+                    continue
+                skip = vskip or oskip
                 rest = {key: v for key, v in opt.items() if key != "device"}
+                sweep = k >= opts.primary and not remote  # a remote device's options: measured for every variant
                 out.extend(
-                    Candidate(name, tuple(variant), rest, target, b, skip=skip, option_sweep=k >= opts.primary)
+                    Candidate(name, tuple(variant), rest, target, b, skip=skip, option_sweep=sweep)
                     for b in (batches[:1] if skip else batches)
                 )
     # reference first; per batch size the default options of every variant, then the other options (stable)
