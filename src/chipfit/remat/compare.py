@@ -1,0 +1,199 @@
+"""What ``chipfit remat`` reports: the step as it is vs under chipfit's plan, both measured in the worker.
+
+With ``batch``: both at that batch. With ``max_batch``: the largest batch each fits in the budget (the plain
+step's first, then the plan's, starting above it), and the step times at the plain step's largest batch with
+the plan found for the largest batch applied there, so that the ratio of the two times is the cost of the
+recomputation alone. The times at the end are re-measured alternately (plain, plan, plain, plan) and the
+faster of each pair kept, so a burst of load on the machine does not land on one side only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from chipfit.errors import SpecError
+from chipfit.remat.batch import BatchResult, Fitted, fit_plan, measure_plain, search
+from chipfit.remat.measure import Probe, ProbeResult, Worker
+from chipfit.remat.step import StepSpec
+
+__all__ = ["RematReport", "run_remat"]
+
+Progress = Callable[[str], None]
+TIMING = {"min_steps": 5, "min_time_s": 1.0}
+
+
+@dataclass(frozen=True)
+class RematReport:
+    budget_mb: float
+    batch: int  # the batch both step times are measured at
+    baseline_peak_mb: float | None  # measured: the plain step at ``batch``
+    peak_mb: float | None  # measured: the plan's step (at ``max_batch`` with --max-batch)
+    predicted_peak_mb: float | None  # the plan's prediction for that same step
+    baseline_step_ms: float | None
+    step_ms: float | None
+    baseline_max_batch: int | None
+    max_batch: int | None
+    solver: str | None
+    optimality_gap: float | None
+    overhead: float | None  # predicted recompute fraction
+    recomputed: tuple[str, ...]
+    min_budget_mb: float | None
+    resolves: int  # times the plan was re-solved against a tighter budget after its measurement
+    fits: bool  # the plan's measured peak ≤ the budget
+    device: str
+    optimizer: str
+    drift_mb: float  # resident memory left from earlier probes, counted in the peaks (the margin)
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recomputed"] = list(self.recomputed)
+        d["notes"] = list(self.notes)
+        d["measured_peak_mb"] = self.peak_mb
+        d["step_ratio"] = self.step_ms / self.baseline_step_ms if self.step_ms and self.baseline_step_ms else None
+        return d
+
+
+def _say(progress: Progress | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def _timed(worker: Worker, batch: int, plan: Any) -> tuple[ProbeResult, ProbeResult | None]:
+    """Plain and planned steps at ``batch``, alternated twice; the faster measurement of each kept."""
+    plain: list[ProbeResult] = []
+    planned: list[ProbeResult] = []
+    for _ in range(2):
+        plain.append(worker.probe(Probe(batch, **TIMING)))  # type: ignore[arg-type]
+        if plan is not None:
+            planned.append(worker.probe(Probe(batch, "plan", plan.to_json(), **TIMING)))  # type: ignore[arg-type]
+    ok = [r for r in plain if r.ok] or plain
+    best_plain = min(ok, key=lambda r: r.step_ms or float("inf"))
+    ok_plan = [r for r in planned if r.ok]
+    return best_plain, (min(ok_plan, key=lambda r: r.step_ms or float("inf")) if ok_plan else None)
+
+
+def run_remat(
+    spec: StepSpec,
+    budget_mb: float,
+    *,
+    batch: int | None = None,
+    find_max: bool = False,
+    solver: str = "auto",
+    time_limit_s: float = 30.0,
+    device: str = "cpu",
+    resolution: float = 1 / 32,
+    progress: Progress | None = None,
+) -> RematReport:
+    if not budget_mb > 0:
+        raise SpecError(f"--budget-mb must be a positive number of MB; got {budget_mb!r}.")
+    if (batch is None) == (not find_max):
+        raise SpecError("Give either --batch N (compare at one batch) or --max-batch (find the largest), not both.")
+    if batch is not None and batch < 1:
+        raise SpecError(f"--batch must be a positive integer; got {batch}.")
+    module = spec.build_module()  # a bad FILE, function or return value is reported before any worker starts
+    with Worker(spec, device) as worker:
+        _say(progress, "measuring the step as it is…")
+        if find_max:
+            base = search(lambda b: measure_plain(worker, b, budget_mb), budget_mb, "as is", progress=progress,
+                          resolution=resolution)  # fmt: skip
+            known = base.best
+            planned = search(
+                lambda b: fit_plan(
+                    worker,
+                    spec,
+                    b,
+                    budget_mb,
+                    solver=solver,
+                    time_limit_s=time_limit_s,
+                    module=module,
+                    progress=progress,
+                ),
+                budget_mb,
+                "with plan",
+                start=1,
+                known_fit=known,
+                resolution=resolution,
+                progress=progress,
+            )
+            if planned.max_batch == 0:  # not even batch 1: say which minimum it missed
+                fit_plan(worker, spec, 1, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
+                         strict=True)  # fmt: skip
+            return _report_max(worker, spec, budget_mb, base, planned, device, progress)
+        assert batch is not None
+        plain = measure_plain(worker, batch, budget_mb, Probe(batch, **TIMING))  # type: ignore[arg-type]
+        _say(progress, f"as is: batch {batch}: peak {plain.result.peak_mb if plain.result else None} MB")
+        _say(progress, f"solving and measuring the plan for {budget_mb:g} MB…")
+        fitted = fit_plan(worker, spec, batch, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
+                          progress=progress, strict=True)  # fmt: skip
+        _say(progress, "timing both steps…")
+        t_plain, t_plan = _timed(worker, batch, fitted.plan)
+        return _report(spec, budget_mb, batch, t_plain, t_plan, fitted, None, None, device)
+
+
+def _report_max(
+    worker: Worker,
+    spec: StepSpec,
+    budget_mb: float,
+    base: BatchResult,
+    planned: BatchResult,
+    device: str,
+    progress: Progress | None,
+) -> RematReport:
+    notes = []
+    at = base.max_batch or 1
+    if not base.max_batch:
+        notes.append(f"the step as it is does not fit {budget_mb:g} MB even at batch 1; times compared at batch 1")
+    best = planned.best
+    plan = best.plan if best else None
+    _say(progress, f"timing both steps at batch {at}…")
+    t_plain, t_plan = _timed(worker, at, plan)
+    if plan is not None and t_plan is None:
+        notes.append(f"the plan for batch {planned.max_batch} could not run at batch {at}; step_ms is at its own batch")
+        t_plan = best.result if best else None
+    if plan is None:
+        t_plan = t_plain
+        notes.append("no batch beyond the plain step's largest fits with recomputation; the plan is the step as it is")
+    return _report(spec, budget_mb, at, t_plain, t_plan, best, base.max_batch, planned.max_batch, device, tuple(notes))
+
+
+def _report(
+    spec: StepSpec,
+    budget_mb: float,
+    batch: int,
+    t_plain: ProbeResult,
+    t_plan: ProbeResult | None,
+    fitted: Fitted | None,
+    baseline_max: int | None,
+    plan_max: int | None,
+    device: str,
+    notes: tuple[str, ...] = (),
+) -> RematReport:
+    p = fitted.plan if fitted else None
+    measured = fitted.result if fitted and fitted.result else None
+    base_peak = t_plain.peak_mb if t_plain.ok else None
+    drift = max([r.drift_mb for r in (t_plain, t_plan, measured) if r is not None], default=0.0)
+    return RematReport(
+        budget_mb=budget_mb,
+        batch=batch,
+        baseline_peak_mb=base_peak,
+        peak_mb=measured.peak_mb if measured else base_peak,
+        predicted_peak_mb=p.peak_mb if p is not None else None,
+        baseline_step_ms=t_plain.step_ms if t_plain.ok else None,
+        step_ms=t_plan.step_ms if t_plan is not None and t_plan.ok else None,
+        baseline_max_batch=baseline_max,
+        max_batch=plan_max,
+        solver=p.solver if p is not None else "none",
+        optimality_gap=p.optimality_gap if p is not None else None,
+        overhead=p.overhead if p is not None else 0.0,
+        recomputed=tuple(p.recomputed) if p is not None else (),
+        min_budget_mb=p.min_budget_mb if p is not None else None,
+        resolves=fitted.resolves if fitted else 0,
+        fits=bool(fitted.fits) if fitted else bool(base_peak is not None and base_peak <= budget_mb),
+        device=device,
+        optimizer=spec.optimizer,
+        drift_mb=drift,
+        notes=notes,
+    )
