@@ -211,7 +211,25 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _die_with_parent() -> None:
+    """Linux: this process is killed when the server that started it dies (a server killed with -9 takes its
+    job along; the restarted server runs the job again, reusing what it stored)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m chipfit.server.runner")
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--job", required=True)
