@@ -64,6 +64,14 @@ def explore(
     max_memory_mb: Annotated[
         float | None, typer.Option(help="Reject configurations whose model needs more memory on the target.")
     ] = None,
+    train_memory_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Memory each trial's training step may use: a configuration that does not fit trains under a remat "
+            "plan (recomputing activations; its cost is charged to the trial) instead of failing; built-in recipes "
+            "directly, your trainable through ctx.remat(module, example_inputs).",
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = 1,
     max_trial_time: Annotated[float | None, typer.Option(help="Seconds one trial may run at most.")] = None,
     trial_memory_mb: Annotated[int | None, typer.Option(help="Address-space cap of each trial's process.")] = None,
@@ -156,6 +164,7 @@ def explore(
             trust_pickle=trust_pickle,
             new_study=new_study,
             announce=announce,
+            train_memory_mb=train_memory_mb,
         )
         summary = result.to_dict()
         if out is not None:

@@ -32,13 +32,14 @@ __all__ = [
     "schema_fingerprint",
 ]
 
-TRIAL_PROTOCOL = 5  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle; 4: max_units;
-# 5: seed
+TRIAL_PROTOCOL = 6  # 2: typed reading (pydantic), no free-form ``extra`` in the outcome; 3: trust_pickle; 4: max_units;
+# 5: seed; 6: train_memory_mb (job), remat_overhead (outcome)
 SCHEMAS = {
     2: "19c341d30843d029",
     3: "06c6deaef8206bc6",
     4: "1658a2794ea3f6bb",
     5: "7e5998905c77b9b9",
+    6: "c383a51ed3014791",
 }  # TRIAL_PROTOCOL -> schema_fingerprint(); a test keeps them in step
 TrialStatus = Literal["complete", "pruned", "stopped", "rejected", "fail"]
 _STATUSES: tuple[str, ...] = ("complete", "pruned", "stopped", "rejected", "fail")
@@ -99,6 +100,7 @@ class TrialJob:
     trust_pickle: bool = False  # model files and checkpoints may be unpickled (runs code from them)
     max_units: int | None = None  # a budget in resource units: the trial stops (stopped) once it trained these
     seed: int = 0  # the study's seed (with the trial's number, seeds what the trainable suggests in its process)
+    train_memory_mb: float | None = None  # --train-memory-mb: a step that does not fit gets a remat plan (ctx.remat)
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -119,6 +121,7 @@ class TrialOutcome:
     steps: int | None = None
     onnx: str | None = None  # the exported trained model, when the job asked for it
     threads: int | None = None  # the cores it held at its end
+    remat_overhead: float | None = None  # its remat plan's predicted recompute fraction (charged with its units)
     traceback: str | None = None
 
     def __post_init__(self) -> None:

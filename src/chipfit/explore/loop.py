@@ -42,6 +42,7 @@ class LoopSettings:
     poll_s: float = 0.05
     trust_pickle: bool = False  # trials may load pickled model files and checkpoints (runs code from them)
     seed: int = 0  # the study's seed: parameters a trainable suggests itself are drawn from it too
+    train_memory_mb: float | None = None  # training steps must fit this (remat plans where they do not)
 
 
 @dataclass
@@ -194,6 +195,7 @@ def _start(
         trust_pickle=s.trust_pickle,
         max_units=max_units,
         seed=s.seed,
+        train_memory_mb=s.train_memory_mb,
     )
     if sched is not None:
         sched.assign(trial.number, s.threads)
@@ -236,10 +238,12 @@ def _tell(study: Any, ledger: Ledger, r: Running, outcome: TrialOutcome, callbac
 def _units(study: Any, number: int, outcome: TrialOutcome) -> float:
     """The resource units a trial trained: its outcome's last step, else (killed) the last step it reported. A
     failed trial costs at least one unit, so that a trainable that always fails cannot run on forever when the
-    budget is in units."""
+    budget is in units. A trial that trained under a remat plan is charged its recomputation too: its units
+    times (1 + the plan's recompute overhead); its time, in the other budgets, includes it as measured."""
     if outcome.steps is not None:
         units = float(outcome.steps)
     else:
         frozen = [t for t in study.get_trials(deepcopy=False) if t.number == number]
         units = float(max(frozen[0].intermediate_values, default=0)) if frozen else 0.0
+    units *= 1.0 + (outcome.remat_overhead or 0.0)
     return max(units, 1.0) if outcome.status == "fail" else units

@@ -73,11 +73,16 @@ def _tensors(ctx: Any, ref: str) -> tuple[Any, ...]:
 
 
 def _epochs(ctx: Any, model: Any, params: list[Any], loss_fn: Any, data: tuple[Any, ...]) -> Any:
-    """The shared loop: Adam on ``params``, batches of ``batch_size``, report accuracy, checkpoint, resume."""
+    """The shared loop: Adam on ``params``, batches of ``batch_size``, report accuracy, checkpoint, resume. With
+    ``--train-memory-mb`` the steps run under a remat plan where the step does not fit (``ctx.remat``); the
+    model itself (evaluated, checkpointed, exported) is the same module with the same parameters."""
     import torch
 
     xtr, ytr, xva, yva = data
     cfg = ctx.config
+    bs = int(cfg.get("batch_size", 64))
+    y0 = ytr[:bs]
+    runner = ctx.remat(model, xtr[:bs], loss_fn=lambda out: torch.nn.functional.cross_entropy(out, y0[: len(out)]))
     opt = torch.optim.Adam(params, lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
     start = 0
     saved = ctx.load_checkpoint()
@@ -88,9 +93,9 @@ def _epochs(ctx: Any, model: Any, params: list[Any], loss_fn: Any, data: tuple[A
     gen = torch.Generator().manual_seed(ctx.number)
     for epoch in range(start, ctx.max_resource):
         model.train()
-        for idx in torch.randperm(len(xtr), generator=gen).split(int(cfg.get("batch_size", 64))):
+        for idx in torch.randperm(len(xtr), generator=gen).split(bs):
             opt.zero_grad()
-            loss_fn(model, xtr[idx], ytr[idx], idx).backward()
+            loss_fn(runner, xtr[idx], ytr[idx], idx).backward()
             opt.step()
         model.eval()
         with torch.no_grad():

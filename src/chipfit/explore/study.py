@@ -143,12 +143,15 @@ def explore(
     trust_pickle: bool = False,
     new_study: bool = False,
     announce: Callable[[str], None] | None = None,
+    train_memory_mb: float | None = None,
 ) -> ExploreResult:
     """Run (or resume) the study of ``space_path`` until the budget (or the deadline) is spent, or the study
     holds ``max_trials`` trials. The budget is the study's total: a resumed study counts what its earlier runs
     spent, and ``announce`` (default: a warning on the ``chipfit`` logger) is told so before anything runs;
     ``new_study`` starts a fresh study instead, keeping the earlier one. ``trust_pickle`` lets the trials load
-    backbone/teacher files and checkpoints that hold pickles: dangerous, loading them runs code from them."""
+    backbone/teacher files and checkpoints that hold pickles: dangerous, loading them runs code from them.
+    ``train_memory_mb``: each trial's training step must fit it; one that does not trains under a remat plan
+    (built-in recipes; user trainables through ``ctx.remat(module)``), or is rejected when no plan fits."""
     import optuna
 
     from chipfit.explore.constraint import prepare_bound
@@ -161,6 +164,8 @@ def explore(
     space = load_space(space_path)
     if concurrency < 1:
         raise SpecError(f"--concurrency must be ≥ 1, got {concurrency}.")
+    if train_memory_mb is not None and not (train_memory_mb > 0 and math.isfinite(train_memory_mb)):
+        raise SpecError(f"--train-memory-mb must be a positive number of MB, got {train_memory_mb!r}.")
     if max_trials is not None and max_trials < 1:
         raise SpecError(f"--max-trials must be ≥ 1, got {max_trials}.")
     if budget is None and deadline_s is None:
@@ -212,6 +217,7 @@ def explore(
             prune=prune,
             trust_pickle=trust_pickle,
             seed=seed,
+            train_memory_mb=train_memory_mb,
         )
         sched = DeadlineScheduler(work / "threads", cores, concurrency) if deadline_s is not None else None
         stopped_by = run_loop(

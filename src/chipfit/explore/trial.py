@@ -11,6 +11,11 @@ Each trial runs in its own process (or Ray task), so a trainable that crashes, r
 (``trial_memory_mb``) or hangs (its time is cut at the budget's limit) fails alone, with the reason recorded.
 ``ctx.threads`` is the number of cores the trial holds; chipfit applies it to torch, and in deadline mode a
 leading trial is given more cores at its next report when others stop.
+
+With ``--train-memory-mb``, ``model = ctx.remat(model, x_batch)`` returns the module to train with: itself when
+its step fits, else the module under a remat plan (activations recomputed; same parameters), and the trial is
+rejected when no plan fits (with the minimum). The plan is on the trial (user attribute ``remat``), and its
+predicted recompute overhead is charged with the trial's units.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class TrialContext:
         self.reports: list[tuple[int, float]] = []
         self.model: Any = None  # the last model passed to report()
         self.checks: list[dict[str, Any]] = []
+        self.remat_overhead: float | None = None  # the predicted recompute fraction of ctx.remat's plan
         self._apply_threads()
 
     # -- define-by-run suggestions (Optuna's API) ------------------------------------------------------------
@@ -77,6 +83,29 @@ class TrialContext:
     def resolve(self, ref: str) -> Any:
         """A ``file.py:function`` reference relative to the space file (used by the built-in recipes)."""
         return self.space.load_function(ref)
+
+    def remat(self, module: Any, *example_inputs: Any, loss_fn: Any = None, optimizer: str = "adam") -> Any:
+        """The module to train within ``--train-memory-mb``: ``module`` itself when there is no such bound or its
+        step (on ``example_inputs``, one training batch) fits; else ``module`` under chipfit's remat plan (same
+        parameters: an optimizer built on ``module.parameters()`` keeps working). No plan fits: the trial is
+        rejected, naming the minimum. ``loss_fn(outputs)`` defaults to the mean of the outputs."""
+        budget = self.job.train_memory_mb
+        if budget is None:
+            return module
+        from chipfit.remat import BudgetTooSmall, apply, plan
+
+        try:
+            p = plan(module, tuple(example_inputs), budget, loss_fn=loss_fn, optimizer=optimizer)
+        except BudgetTooSmall as exc:
+            raise Rejected(
+                f"its training step needs at least {exc.minimum_mb:.4g} MB with recomputation; "
+                f"--train-memory-mb is {budget:g}"
+            ) from None
+        self.trial.set_user_attr("remat", {k: v for k, v in p.to_json().items() if k != "recomputed"})
+        if not p.recomputed:
+            return module
+        self.remat_overhead = float(p.overhead)
+        return apply(module, p)
 
     # -- progress --------------------------------------------------------------------------------------------
     def report(self, metric: float, step: int, model: Any = None) -> None:
@@ -192,7 +221,9 @@ def run_trial(job: TrialJob, trial: Any = None, clock: Clock = SYSTEM_CLOCK) -> 
     if ctx is None:
         return out
     steps = out.steps if out.steps is not None else (ctx.reports[-1][0] if ctx.reports else 0)
-    return replace(out, threads=ctx.threads, steps=steps)  # steps: what a budget in resource units is charged
+    return replace(
+        out, threads=ctx.threads, steps=steps, remat_overhead=ctx.remat_overhead
+    )  # steps: what a budget in resource units is charged
 
 
 def _train(ctx: TrialContext, job: TrialJob) -> TrialOutcome:
