@@ -147,7 +147,7 @@ def test_another_teams_ids_answer_404(server: Server) -> None:
 
 def test_quota_refuses_what_it_cannot_pay_for_and_needs_a_time_budget(server: Server) -> None:
     c, svc = server.client, server.service
-    team, token = svc.create_team("gamma", 0.001)
+    _, token = svc.create_team("gamma", 0.001)
     h = _bearer(token)
     with open(DIGITS / "model.onnx", "rb") as f:
         mid = c.post("/api/models", headers=h, files={"file": ("m.onnx", f)}).json()["id"]
@@ -165,7 +165,7 @@ def test_quota_refuses_what_it_cannot_pay_for_and_needs_a_time_budget(server: Se
 
 def test_a_running_job_stops_cleanly_when_the_quota_is_spent(server: Server) -> None:
     c, svc = server.client, server.service
-    team, token = svc.create_team("delta")
+    _, token = svc.create_team("delta")
     h = _bearer(token)
     with open(DIGITS / "model.onnx", "rb") as f:
         mid = c.post("/api/models", headers=h, files={"file": ("m.onnx", f)}).json()["id"]
@@ -242,7 +242,8 @@ def _free_port() -> int:
 
 def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "chipfit", "server", "start", "--data-dir", str(data_dir), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(data_dir / "server.log", "ab"))
+    with open(data_dir / "server.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     import httpx
 
     deadline = time.monotonic() + WAIT_S

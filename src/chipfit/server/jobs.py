@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
+from chipfit.measure import lifetime
 from chipfit.server.db import TERMINAL, Database, EventRow, JobRow, now
 
 __all__ = [
@@ -189,9 +190,16 @@ class JobWorker:
         cmd = [sys.executable, "-m", "chipfit.server.runner", "--data-dir", str(self.data_dir), "--job", job.id]
         cmd += ["--farm", self.farm] if self.farm else []
         env = {**os.environ, "CHIPFIT_HOME": str(self.home), "CHIPFIT_SERVER_STORE": self.url}
+        env.pop(lifetime.ALIVE_FD_ENV, None)  # the job watches its parent pid (and the kernel's death signal)
         with open(folder / "stderr.log", "ab") as err:
             self.proc = proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env, start_new_session=True
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+                preexec_fn=lifetime.preexec(),  # dies with the server: a restart runs it again
             )
         with self.db.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job.id).values(pid=proc.pid))

@@ -96,7 +96,7 @@ def _space_settings(req: JobRequest, meter: QuotaMeter) -> tuple[Any, Any]:
     from chipfit.search.space import SpaceOptions
 
     sp = req.space
-    given = {
+    given: dict[str, Any] = {
         "backends": tuple(req.backends) if req.backends else None,
         "batch_sizes": tuple(sp.batch_sizes) if sp.batch_sizes else None,
         "threads": tuple(sp.threads) if sp.threads else None,
@@ -173,13 +173,16 @@ def _farm_fit(
     def line(text: str) -> None:
         add_event(db, job_id, "line", {"text": text})
 
-    result = farm_fit(model, data, req.spec, address=farm, targets=req.targets, out=out, progress=line, **common)
+    from chipfit.spec import load_spec
+
+    result = farm_fit(model, data, load_spec(None, **req.spec), address=farm, targets=req.targets, out=out, progress=line, **common)
     cat = load_catalog()
     for name, tr in result.targets.items():
         price = cat[name].usd_per_hour if name in cat else meter.usd_per_hour
         for r in tr.fit.candidates:
             if r.source == "measured":
-                meter.usd_per_hour, _ = price, meter.charge(r.measurement.wall_s)
+                meter.usd_per_hour = price
+                meter.charge(r.measurement.wall_s)
             if r.source != "skipped":
                 add_event(db, job_id, "candidate", {"farm_target": name, **r.to_dict()})
     return result
@@ -211,25 +214,10 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _die_with_parent() -> None:
-    """Linux: this process is killed when the server that started it dies (a server killed with -9 takes its
-    job along; the restarted server runs the job again, reusing what it stored)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the call
-        os._exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
-    _die_with_parent()
+    from chipfit.measure import lifetime
+
+    lifetime.watch()  # a server killed with -9 takes its job along: the restarted server runs it again
     parser = argparse.ArgumentParser(prog="python -m chipfit.server.runner")
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--job", required=True)

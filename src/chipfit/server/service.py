@@ -23,7 +23,7 @@ from chipfit.server.db import TERMINAL, Database, DataRow, EventRow, JobRow, Mod
 from chipfit.server.errors import Conflict, Invalid, NotFound
 from chipfit.server.jobs import JobRequest, add_event, finish_job
 from chipfit.server.quota import Pricing, check_quota, farm_pricing, job_bound_usd, price_of
-from chipfit.server.uploads import Upload, save_upload, store_data, store_model
+from chipfit.server.uploads import SavedFile, Upload, save_upload, store_data, store_model
 
 __all__ = ["DataRecord", "Event", "Job", "ModelRecord", "ServerService", "Team"]
 
@@ -225,7 +225,7 @@ class ServerService:
         """Store an uploaded model (one .onnx with its external data files, or a .pt2), deduplicated per team."""
         uploads = [upload] if not isinstance(upload, Sequence) else list(upload)
         tmp = self.config.data_dir / "tmp"
-        saved = []
+        saved: list[SavedFile] = []
         try:
             for u in uploads:
                 saved.append(save_upload(u, tmp, self.config.max_upload_bytes - sum(f.size for f in saved)))

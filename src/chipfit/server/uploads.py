@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from chipfit.errors import DataError, ModelError
 from chipfit.server.errors import Invalid, TooLarge, UnsupportedType
@@ -32,8 +32,11 @@ _MODEL_SUFFIXES = (".onnx", ".pt2")
 class Upload(Protocol):
     """What FastAPI's ``UploadFile`` offers, and all that is used of it."""
 
-    filename: str | None
-    file: IO[bytes]
+    @property
+    def filename(self) -> str | None: ...
+
+    @property
+    def file(self) -> BinaryIO: ...
 
 
 @dataclass(frozen=True)
