@@ -1,0 +1,439 @@
+"""One training step traced at aten level, coarsened to the layers that can be checkpointed.
+
+:func:`trace` runs the step's forward under a ``TorchDispatchMode`` (every aten op: the storages it allocates,
+their sizes, its FLOPs, the module stack it ran under) and ``saved_tensors_hooks`` (which storages autograd
+keeps for the backward, and which op kept them), then times forward and backward of every module with plain
+hooks (the median of ``repeats`` steps on this machine). The module state is left as found: gradients, buffers
+(BatchNorm statistics) and the RNG are restored.
+
+The aten graph is then coarsened to **units**, the modules a checkpoint can wrap: starting from the root, the
+module holding the most saved bytes is replaced by its children while the frontier stays within
+``max_units`` modules, provided its own code between the children ("glue": a residual add, a functional
+activation) keeps under 10% of its saved bytes (an ``nn.Sequential`` has none) and no child runs twice. Too many
+units (a long ``nn.Sequential`` of leaves) are merged into runs of adjacent siblings. Each unit gets its
+forward time, FLOPs, the storages it allocates and which of them autograd keeps and for whom.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["StepGraph", "Unit", "default_loss", "trace"]
+
+GLUE = -1  # the "unit" of ops outside every unit (residual adds between blocks, the loss)
+GLUE_FRACTION = 0.1
+
+
+def default_loss(outputs: Any) -> torch.Tensor:
+    """The mean of the outputs; several outputs: the sum of their means (floating-point tensors only)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().mean()
+    items = outputs.values() if isinstance(outputs, dict) else outputs
+    terms = [t.float().mean() for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return torch.stack(terms).sum()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A run of modules that one checkpoint can wrap: one module, or adjacent children of an ``nn.Sequential``."""
+
+    name: str
+    members: tuple[str, ...]  # module paths, in call order
+    seq_parent: str | None  # the nn.Sequential holding ``members`` consecutively, or None
+    first_index: int  # index of members[0] in seq_parent (0 when not in one)
+    fwd_ms: float
+    bwd_ms: float
+    flops: float
+    param_bytes: int
+    inputs: frozenset[int]  # storage ids of its tensor inputs that the step allocated
+    created: frozenset[int]  # storage ids allocated by its ops
+    largest: int  # bytes of the largest storage it allocates (the backward's transient gradient)
+
+
+@dataclass
+class StepGraph:
+    """The traced step at unit level (see the module docstring). Storage ids are the trace's own numbers."""
+
+    units: list[Unit]
+    sizes: dict[int, int]  # storage id -> bytes
+    creator: dict[int, int]  # storage id -> unit index (GLUE for ops outside units)
+    savers: dict[int, frozenset[int]]  # storage id -> the units (or GLUE) whose ops saved it for backward
+    deps: list[frozenset[int]]  # unit index -> the units whose outputs it reads (through glue)
+    param_bytes: int
+    buffer_bytes: int
+    input_bytes: int
+    glue_largest: int
+    fwd_ms: float
+    bwd_ms: float
+    aten_ops: int
+    cost_source: str  # "profiled" or "flops"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.units)
+
+
+@dataclass
+class _Op:
+    stack: tuple[str, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    flops: float
+
+
+@dataclass
+class _Call:
+    path: str
+    caller: str | None  # the module whose forward made the call (None: outside the root)
+    first_op: int
+    inputs: tuple[int, ...]
+    last_op: int = -1
+
+
+class _Recorder(TorchDispatchMode):
+    """Storage allocations, FLOPs and module stacks of every aten op; saved tensors through pack hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.ops: list[_Op] = []
+        self.sizes: dict[int, int] = {}
+        self.by_ptr: dict[int, int] = {}
+        self.saved: list[tuple[int, tuple[str, ...]]] = []
+
+    def sid(self, t: torch.Tensor) -> int | None:
+        if t.device.type == "meta" or t.untyped_storage().nbytes() == 0:
+            return None
+        return self.by_ptr.get(t.untyped_storage().data_ptr())
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat_in = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        in_ptrs = {a.untyped_storage().data_ptr() for a in flat_in if a.untyped_storage().nbytes()}
+        new = []
+        for t in torch.utils._pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().nbytes() == 0:
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in in_ptrs:
+                continue  # a view or an in-place op: no new storage
+            s = len(self.sizes)
+            self.sizes[s] = t.untyped_storage().nbytes()
+            self.by_ptr[ptr] = s
+            new.append(s)
+        ins = tuple(s for s in (self.sid(a) for a in flat_in) if s is not None)
+        flops = 0.0
+        packet = getattr(func, "overloadpacket", None)
+        if packet in flop_registry:
+            try:
+                flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
+            except Exception:  # a formula that does not take this overload's arguments: no FLOPs, not fatal
+                flops = 0.0
+        self.ops.append(_Op(tuple(self.stack), ins, tuple(new), flops))
+        return out
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        s = self.sid(t)
+        if s is not None:
+            self.saved.append((s, tuple(self.stack)))
+        return t
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)]
+
+
+@contextmanager
+def _preserved(module: torch.nn.Module) -> Iterator[None]:
+    """Gradients, buffers and the RNG as they were before the traced and timed steps."""
+    grads = {p: p.grad for p in module.parameters()}
+    buffers = {b: b.detach().clone() for b in module.buffers()}
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            for p, g in grads.items():
+                p.grad = g
+            with torch.no_grad():
+                for b, v in buffers.items():
+                    b.copy_(v)
+
+
+def _hooks(module: torch.nn.Module, pre: Callable[..., Any], post: Callable[..., Any]) -> list[RemovableHandle]:
+    handles = []
+    for path, m in module.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda _m, a, k, p=path: pre(p, a, k), with_kwargs=True))
+        handles.append(m.register_forward_hook(lambda _m, a, k, o, p=path: post(p, o), with_kwargs=True))
+    return handles
+
+
+def _record(
+    module: torch.nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Any]
+) -> tuple[_Recorder, list[_Call]]:
+    rec = _Recorder()
+    calls: list[_Call] = []
+    open_calls: list[_Call] = []
+
+    def pre(path: str, args: Any, kwargs: Any) -> None:
+        ins = tuple(s for s in (rec.sid(t) for t in _tensors((args, kwargs))) if s is not None)
+        call = _Call(path, rec.stack[-1] if rec.stack else None, len(rec.ops), ins)
+        calls.append(call)
+        open_calls.append(call)
+        rec.stack.append(path)
+
+    def post(path: str, _out: Any) -> None:
+        rec.stack.pop()
+        open_calls.pop().last_op = len(rec.ops)
+
+    handles = _hooks(module, pre, post)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), rec:
+            loss = loss_fn(module(*inputs))
+        del loss
+    finally:
+        for h in handles:
+            h.remove()
+    return rec, calls
+
+
+def _time(
+    module: torch.nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Any], repeats: int
+) -> tuple[dict[str, float], float, float]:
+    """Median forward milliseconds per module path, and of the whole forward and backward."""
+    per: dict[str, list[float]] = {}
+    starts: list[float] = []
+
+    def pre(path: str, args: Any, kwargs: Any) -> None:
+        starts.append(time.perf_counter())
+
+    def post(path: str, _out: Any) -> None:
+        per.setdefault(path, []).append((time.perf_counter() - starts.pop()) * 1e3)
+
+    handles = _hooks(module, pre, post)
+    fwd: list[float] = []
+    bwd: list[float] = []
+    samples: dict[str, list[float]] = {}
+    try:
+        for _ in range(repeats + 1):  # the first is a warm-up
+            module.zero_grad(set_to_none=True)
+            per.clear()
+            t0 = time.perf_counter()
+            loss = loss_fn(module(*inputs))
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            fwd.append((t1 - t0) * 1e3)
+            bwd.append((t2 - t1) * 1e3)
+            for k, v in per.items():
+                samples.setdefault(k, []).append(sum(v))
+            del loss
+    finally:
+        for h in handles:
+            h.remove()
+    timed = {k: statistics.median(v[1:] or v) for k, v in samples.items()}
+    return timed, statistics.median(fwd[1:]), statistics.median(bwd[1:])
+
+
+def _seq_index(module: torch.nn.Module, path: str) -> tuple[str | None, int]:
+    """(the nn.Sequential parent's path, the child's index in it), or (None, 0)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = module.get_submodule(parent_path) if path else None
+    if parent is None or type(parent).forward is not torch.nn.Sequential.forward:
+        return None, 0
+    return parent_path, list(parent._modules).index(name)
+
+
+def _frontier(module: torch.nn.Module, rec: _Recorder, calls: list[_Call], max_units: int) -> list[tuple[str, ...]]:
+    """The module paths that become units (before merging runs), in call order."""
+    saved = {s for s, _ in rec.saved}
+    order = {c.path: i for i, c in reversed(list(enumerate(calls)))}
+    n_calls: dict[str, int] = {}
+    children: dict[str, list[str]] = {}
+    for c in calls:
+        n_calls[c.path] = n_calls.get(c.path, 0) + 1
+        if c.caller is not None and c.path not in children.setdefault(c.caller, []):
+            children[c.caller].append(c.path)
+    inside: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for op in rec.ops:
+        b = sum(rec.sizes[s] for s in op.outputs if s in saved)
+        for p in set(op.stack):
+            inside[p] = inside.get(p, 0) + b
+        if op.stack:
+            own[op.stack[-1]] = own.get(op.stack[-1], 0) + b
+
+    def expandable(path: str) -> bool:
+        kids = children.get(path, [])
+        if not kids or any(n_calls[k] > 1 for k in kids):
+            return False
+        seq, _ = _seq_index(module, kids[0])
+        chain = seq == path and all(_seq_index(module, k)[0] == path for k in kids)
+        return chain or own.get(path, 0) <= GLUE_FRACTION * max(inside.get(path, 0), 1)
+
+    root = calls[0].path if calls else ""
+    frontier = [root]
+    blocked: set[str] = set()
+    while True:
+        cands = [p for p in frontier if p not in blocked and expandable(p)]
+        if not cands:
+            break
+        best = max(cands, key=lambda p: inside.get(p, 0))
+        kids = children[best]
+        if len(frontier) > 1 and len(frontier) - 1 + len(kids) > max_units:
+            blocked.add(best)
+            continue
+        at = frontier.index(best)
+        frontier[at : at + 1] = kids
+    frontier.sort(key=lambda p: order[p])
+    return [(p,) for p in frontier]
+
+
+def _merge_runs(
+    module: torch.nn.Module, groups: list[tuple[str, ...]], weight: dict[str, int], max_units: int
+) -> list[tuple[str, ...]]:
+    """Adjacent siblings of one nn.Sequential merged (lightest pair first) until at most ``max_units`` remain."""
+    groups = list(groups)
+
+    def pairable(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+        pa, ia = _seq_index(module, a[-1])
+        pb, ib = _seq_index(module, b[0])
+        return pa is not None and pa == pb and ib == ia + 1
+
+    while len(groups) > max_units:
+        pairs = [i for i in range(len(groups) - 1) if pairable(groups[i], groups[i + 1])]
+        if not pairs:
+            break
+        i = min(pairs, key=lambda i: sum(weight.get(p, 0) for p in groups[i] + groups[i + 1]))
+        groups[i : i + 2] = [groups[i] + groups[i + 1]]
+    return groups
+
+
+def _unit_name(members: tuple[str, ...]) -> str:
+    if len(members) == 1:
+        return members[0] or "<root>"
+    return f"{members[0]}..{members[-1].rpartition('.')[2]}"
+
+
+def _build(
+    module: torch.nn.Module, rec: _Recorder, calls: list[_Call], groups: list[tuple[str, ...]], timed: dict[str, float]
+) -> tuple[list[Unit], dict[int, int], dict[int, frozenset[int]], list[frozenset[int]], int]:
+    unit_of = {p: i for i, g in enumerate(groups) for p in g}
+
+    def owner(stack: tuple[str, ...]) -> int:
+        for p in reversed(stack):
+            if p in unit_of:
+                return unit_of[p]
+        return GLUE
+
+    creator: dict[int, int] = {}
+    producers: dict[int, frozenset[int]] = {}
+    reads: list[set[int]] = [set() for _ in groups]
+    flops = [0.0] * len(groups)
+    glue_largest = 0
+    for op in rec.ops:
+        u = owner(op.stack)
+        prod = frozenset({u}) if u != GLUE else frozenset().union(*(producers.get(s, frozenset()) for s in op.inputs))
+        for s in op.outputs:
+            creator[s] = u
+            producers[s] = prod
+            if u == GLUE:
+                glue_largest = max(glue_largest, rec.sizes[s])
+        if u != GLUE:
+            reads[u].update(op.inputs)
+            flops[u] += op.flops
+    savers: dict[int, set[int]] = {}
+    for s, stack in rec.saved:
+        savers.setdefault(s, set()).add(owner(stack))
+    first_call = {}
+    for c in calls:
+        first_call.setdefault(c.path, c)
+    units = []
+    deps = []
+    for i, g in enumerate(groups):
+        created = frozenset(s for s, u in creator.items() if u == i)
+        outside = {s for s in reads[i] if creator.get(s, GLUE) != i}
+        deps.append(frozenset().union(*(producers.get(s, frozenset()) for s in outside)) - {i, GLUE})
+        params = {id(p): p for m in g for p in module.get_submodule(m).parameters()}
+        seq, idx = _seq_index(module, g[0])
+        call = first_call[g[0]]
+        units.append(
+            Unit(
+                name=_unit_name(g),
+                members=g,
+                seq_parent=seq if len(g) > 1 or seq is not None else None,
+                first_index=idx,
+                fwd_ms=sum(timed.get(m, 0.0) for m in g),
+                bwd_ms=0.0,
+                flops=flops[i],
+                param_bytes=sum(p.numel() * p.element_size() for p in params.values()),
+                inputs=frozenset(call.inputs),
+                created=created,
+                largest=max((rec.sizes[s] for s in created), default=0),
+            )
+        )
+    return units, creator, {s: frozenset(v) for s, v in savers.items()}, deps, glue_largest
+
+
+def trace(
+    module: torch.nn.Module,
+    inputs: tuple[Any, ...],
+    loss_fn: Callable[[Any], Any] | None = None,
+    max_units: int = 64,
+    repeats: int = 2,
+) -> StepGraph:
+    """The step graph of ``loss_fn(module(*inputs))`` and its backward (see the module docstring)."""
+    loss_fn = loss_fn or default_loss
+    with _preserved(module):
+        timed, fwd_ms, bwd_ms = _time(module, inputs, loss_fn, repeats)
+        rec, calls = _record(module, inputs, loss_fn)
+    saved = {s for s, _ in rec.saved}
+    weight: dict[str, int] = {}
+    for op in rec.ops:
+        b = sum(rec.sizes[s] for s in op.outputs if s in saved)
+        for p in set(op.stack):
+            weight[p] = weight.get(p, 0) + b
+    groups = _merge_runs(module, _frontier(module, rec, calls, max_units), weight, max_units)
+    units, creator, savers, deps, glue_largest = _build(module, rec, calls, groups, timed)
+    total_fwd = sum(u.fwd_ms for u in units)
+    source = "profiled"
+    if total_fwd <= 0 or any(u.fwd_ms <= 0 for u in units if u.flops > 0):
+        source = "flops"
+        total_flops = sum(u.flops for u in units) or 1.0
+        units = [_with(u, fwd_ms=fwd_ms * u.flops / total_flops) for u in units]
+        total_fwd = sum(u.fwd_ms for u in units) or 1.0
+    units = [_with(u, bwd_ms=bwd_ms * u.fwd_ms / max(total_fwd, 1e-9)) for u in units]
+    params = {id(p): p for p in module.parameters()}
+    buffers = {id(b): b for b in module.buffers()}
+    return StepGraph(
+        units=units,
+        sizes=dict(rec.sizes),
+        creator=creator,
+        savers=savers,
+        deps=deps,
+        param_bytes=sum(p.numel() * p.element_size() for p in params.values()),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in buffers.values()),
+        input_bytes=sum(t.untyped_storage().nbytes() for t in _tensors(inputs)),
+        glue_largest=glue_largest,
+        fwd_ms=fwd_ms,
+        bwd_ms=bwd_ms,
+        aten_ops=len(rec.ops),
+        cost_source=source,
+    )
+
+
+def _with(u: Unit, **kw: Any) -> Unit:
+    import dataclasses
+
+    return dataclasses.replace(u, **kw)

@@ -1,0 +1,99 @@
+"""The search loop between the Checkmate solvers and the simulation of what PyTorch will run.
+
+The solvers' memory model (one size per node, no transient gradients) is coarser than the simulation's, so
+a solved schedule may simulate over the budget; then the solver's activation budget is lowered by the excess
+and it solves again, at most ``MAX_ROUNDS`` times and within the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from chipfit.remat.graph import StepGraph
+from chipfit.remat.simulate import Simulation, releases, segments_of, simulate, static_bytes
+from chipfit.remat.solver import Solution, checkmate_graph, solve_lp_rounding, solve_milp
+
+__all__ = ["Found", "search"]
+
+MB = 2**20
+MAX_ROUNDS = 6
+SEGMENT_UNITS = 24
+
+
+@dataclass
+class Found:
+    segments: list[tuple[int, ...]] | None
+    simulation: Simulation | None = None
+    gap: float | None = None
+    cost: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadline: float) -> Found:
+    """The cheapest schedule (by simulated recomputation) the solver finds whose simulated peak fits."""
+    const = static_bytes(graph, optimizer) + graph.param_bytes  # Checkmate's constant: state and all gradients
+    act_mb = (budget - const) / MB
+    notes: list[str] = []
+    best: Found | None = None
+    for _ in range(MAX_ROUNDS):
+        left = deadline - time.perf_counter()
+        if left <= 0 or act_mb <= 0:
+            break
+        sol = _solve(graph, solver, act_mb, left)
+        if sol.status in ("infeasible", "no-solution"):
+            notes.append(f"{solver} at an activation budget of {act_mb:.1f} MB: {sol.status}")
+            break
+        if sol.status == "time-limit":
+            notes.append(f"{solver}: time limit reached, best schedule found so far (gap {sol.gap})")
+        excess = None
+        for rec in sol.schedules or (sol.recomputed,):
+            segs = segments_of(graph, rec)
+            sim = simulate(graph, segs, optimizer)
+            if sim.peak_bytes <= budget:
+                if best is None or best.simulation is None or sim.recompute_ms < best.simulation.recompute_ms:
+                    best = Found(segs, sim, sol.gap, sol.cost)
+            else:
+                over = sim.peak_bytes - budget
+                excess = over if excess is None else min(excess, over)
+        if best is not None:
+            break
+        assert excess is not None
+        act_mb -= max(excess / MB, 0.02 * act_mb)
+    if best is None:
+        return Found(None, notes=notes)
+    best.notes = notes
+    return best
+
+
+def _solve(graph: StepGraph, solver: str, act_mb: float, time_limit_s: float) -> Solution:
+    if solver == "milp":
+        return solve_milp(checkmate_graph(graph), act_mb, time_limit_s)
+    if solver == "lp-rounding":
+        return solve_lp_rounding(checkmate_graph(graph), act_mb, time_limit_s)
+    return _segmented(graph, act_mb, time_limit_s)
+
+
+def _segmented(graph: StepGraph, act_mb: float, time_limit_s: float) -> Solution:
+    """Runs of ``SEGMENT_UNITS`` units solved front to back by the MILP: each run's budget is what the earlier
+    runs keep subtracted, and the inputs of the later runs (what they keep at the least) held back."""
+    t0 = time.perf_counter()
+    chunks = [list(range(i, min(i + SEGMENT_UNITS, graph.n))) for i in range(0, graph.n, SEGMENT_UNITS)]
+    recomputed: set[int] = set()
+    cost = 0.0
+    for k, chunk in enumerate(chunks):
+        kept = _kept_before(graph, recomputed, chunk[0])
+        reserve = sum(graph.sizes.get(s, 0) for c in chunks[k + 1 :] for s in graph.units[c[0]].inputs)
+        left = time_limit_s - (time.perf_counter() - t0)
+        sol = solve_milp(checkmate_graph(graph, chunk), act_mb - (kept + reserve) / MB, left / (len(chunks) - k))
+        if sol.status in ("infeasible", "no-solution"):
+            return Solution(frozenset(), float("inf"), sol.status, None, time.perf_counter() - t0)
+        recomputed |= {chunk[u] for u in sol.recomputed}
+        cost += sol.cost
+    return Solution(frozenset(recomputed), cost, "optimal", None, time.perf_counter() - t0)
+
+
+def _kept_before(graph: StepGraph, recomputed: set[int], first: int) -> int:
+    """Bytes kept for the backward by units before ``first`` under the schedule chosen so far."""
+    release = releases(graph, segments_of(graph, {u for u in recomputed if u < first}))
+    return sum(graph.sizes[s] for s, r in release.items() if r < first)
