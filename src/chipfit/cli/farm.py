@@ -73,7 +73,10 @@ def join(
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs this node offers (default: its CPU quota).")] = None,
     backends: Annotated[
         str | None,
-        typer.Option(help="Backends this node offers, comma-separated (default: every one available here)."),
+        typer.Option(
+            help="Backends this node offers, comma-separated; `backend-device` for a GPU path, e.g. onnxruntime-cuda "
+            "(default: every one available here, with the GPUs each can use)."
+        ),
     ] = None,
 ) -> None:
     """Make this machine a node of the farm at ADDRESS: it detects its catalogue target, backends and cores, and

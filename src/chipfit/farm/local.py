@@ -137,8 +137,8 @@ def up(
     targets: Sequence[str], home: Path, timeout_s: float = 180.0, backends: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Start a head and one node per target here; the farm's record (address, pids, logs). ``backends``: what the
-    nodes offer (default: every backend available here, detected once for all of them)."""
-    from chipfit.backends import available_backends
+    nodes offer (default: every backend available here and the GPUs each can use, detected once for all)."""
+    from chipfit.backends import runtime_devices
     from chipfit.hardware.catalog import load_catalog
 
     catalog = load_catalog()
@@ -156,7 +156,7 @@ def up(
     state_file.parent.mkdir(parents=True, exist_ok=True)
     logs = state_file.parent / "logs"
     logs.mkdir(exist_ok=True)
-    offered = ",".join(backends if backends is not None else available_backends())
+    offered = ",".join(backends if backends is not None else runtime_devices())
     port = _free_port()
     address = f"{ray_module().util.get_node_ip_address()}:{port}"
     state: dict[str, Any] = {"address": address, "head_pid": None, "nodes": [], "logs": str(logs)}
