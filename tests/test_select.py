@@ -169,3 +169,20 @@ def test_a_p99_verdict_from_fewer_than_100_samples_says_so() -> None:
     assert held_many.to_dict()["p99_reliable"] is True
     evaluate(results, load_spec(None, max_p50_ms=5.0))  # no p99 bound: nothing to caution about
     assert not held_few.caveats
+
+
+def test_cost_bounds_are_checked_at_the_given_targets_price() -> None:
+    """A farm target's candidates are judged at that target's $/hour, not at this machine's."""
+    from chipfit.hardware.catalog import load_catalog
+
+    catalog = load_catalog()
+    priced = sorted((t for t in catalog.values() if t.usd_per_hour), key=lambda t: t.usd_per_hour)
+    cheap, dear = priced[0], priced[-1]
+    thr = 1000.0  # inferences/s: $/1M = usd_per_hour / 3600 / thr * 1e6
+    bound = (cheap.usd_per_hour + dear.usd_per_hour) / 2 / 3600 / thr * 1e6
+    spec = load_spec(None, max_cost_per_1m=bound)
+    for target, feasible in ((cheap, True), (dear, False)):
+        r = _r("x", throughput=thr, p50_ms=1.0)
+        evaluate([r], spec, target)
+        assert r.measurement.metrics["cost_target"] == target.name
+        assert (not r.violations) is feasible, (target.name, r.violations)

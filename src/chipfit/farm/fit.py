@@ -174,7 +174,7 @@ class _Run:
         self.say(f"{t}: {m.status} {c.label()} · {took} · node {reply.node_id[:12]}")
 
     def fastest(self, t: str, top: int, key: Callable[[Candidate], str], batch: int) -> set[str]:
-        evaluate(self.results[t], self.spec)
+        evaluate(self.results[t], self.spec, _catalogue_target(t))
         ok = [r for r in self.results[t] if r.feasible and r.candidate.batch == batch and r.metric("p50_ms")]
         ok.sort(key=lambda r: r.metric("p50_ms"))
         return set(list(dict.fromkeys(key(r.candidate) for r in ok))[:top])
@@ -355,19 +355,18 @@ def _search(run: _Run, candidates: dict[str, list[Candidate]], settings: Measure
     run.measure(larger, settings)
 
 
+def _catalogue_target(name: str) -> Any:
+    """The catalogue entry of a farm target (None, hence this machine's, for a name the catalogue lacks)."""
+    from chipfit.hardware.catalog import load_catalog
+
+    return load_catalog().get(name)
+
+
 def _select(
     run: _Run, t: str, spec: Spec, space: SpaceOptions, model: Any, started: float, declared: bool
 ) -> FitResult:
-    from chipfit.hardware.catalog import load_catalog
-    from chipfit.hardware.cost import cost_energy
-
     results = run.results[t]
-    evaluate(results, spec)
-    target = load_catalog().get(t)
-    if target is not None:  # cost and modelled energy at the target's price and power, not this machine's
-        for r in results:
-            if r.measurement.ok:
-                r.measurement.metrics.update(cost_energy(r.measurement.metrics, target, r.candidate.options))
+    evaluate(results, spec, _catalogue_target(t))  # cost and energy (and their bounds) at the target's price and power
     reference = next((r for r in results if r.candidate.reference), None)
     feasible = [r for r in results if r.feasible and (space.backends is None or r.candidate.backend in space.backends)]
     notes = [f"measured on the farm's {t} nodes" + (" (declared with --as, not detected)" if declared else "")]

@@ -134,10 +134,15 @@ def _shares(n: int) -> list[set[int]]:
 
 
 def up(
-    targets: Sequence[str], home: Path, timeout_s: float = 180.0, backends: Sequence[str] | None = None
+    targets: Sequence[str],
+    home: Path,
+    timeout_s: float = 180.0,
+    backends: Sequence[str] | None = None,
+    cores_per_node: int | None = None,
 ) -> dict[str, Any]:
     """Start a head and one node per target here; the farm's record (address, pids, logs). ``backends``: what the
-    nodes offer (default: every backend available here and the GPUs each can use, detected once for all)."""
+    nodes offer (default: every backend available here and the GPUs each can use, detected once for all).
+    ``cores_per_node``: pin each node to at most that many of its share's cores (default: its whole share)."""
     from chipfit.backends import runtime_devices
     from chipfit.hardware.catalog import load_catalog
 
@@ -176,7 +181,8 @@ def up(
         state["head_pid"] = proc.pid
         _write(state_file, state)
         _wait_started(proc, logs / "head.log", "the farm's head", timeout_s)
-        for i, (target, cores) in enumerate(zip(targets, _shares(len(targets)), strict=True)):
+        for i, (target, share) in enumerate(zip(targets, _shares(len(targets)), strict=True)):
+            cores = set(sorted(share)[:cores_per_node]) if cores_per_node else share
             argv = [sys.executable, "-m", "chipfit", "farm", "join", address, "--as", target, "--cpus", str(len(cores))]
             argv += ["--backends", offered]
             log = logs / f"node-{i}-{target}.log"

@@ -147,13 +147,15 @@ class CandidateResult:
         }
 
 
-def evaluate(results: list[CandidateResult], spec: Spec) -> None:
-    """Derive accuracy_drop from the reference, cost and energy on this machine's target, and fill each
-    result's violations, caveats and default quality floor (in place)."""
+def evaluate(results: list[CandidateResult], spec: Spec, target: Any = None) -> None:
+    """Derive accuracy_drop from the reference, cost and energy on ``target`` (a catalogue ``Target``; default this
+    machine's), and fill each result's violations, caveats and default quality floor (in place): a cost or energy
+    bound is checked at that target's price and power."""
     from chipfit.hardware.cost import cost_energy
     from chipfit.hardware.local import local_target
 
-    target, _ = local_target(measure=False)
+    if target is None:
+        target, _ = local_target(measure=False)
     ref = next((r for r in results if r.candidate.reference and r.measurement.ok), None)
     base = ref.metric("accuracy") if ref else None
     floor = default_quality_floor(spec)
