@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 
 from chipfit.server.auth import csrf_token, team_from_cookie
 from chipfit.server.dashboard_plots import pareto_svg, recommend_svg
-from chipfit.server.dashboard_views import CANDIDATE_COLUMNS, compare_rows, fmt, sections, target_rows
+from chipfit.server.dashboard_views import compare_rows, fmt, sections, target_rows
 from chipfit.server.errors import NotFound
 from chipfit.server.service import Job, ServerService, Team
 
@@ -206,7 +206,8 @@ def job_page(request: Request, job_id: str) -> Response:
     view = _job_view(job, _names(service, team))
     secs = sections(job.kind, job.result)
     if not secs and job.result is None and job.state == "running":
-        secs = [_partial_section(service.job_candidates(team, job_id))]
+        partial = {"candidates": service.job_candidates(team, job_id), "pareto": [], "winner": None}
+        secs = sections("fit", partial, (job.request or {}).get("spec"), partial=True)
     for s in secs:
         s["svg"] = pareto_svg(s) if s["rows"] else ""
     comparison = target_rows(job.kind, job.result)
@@ -222,13 +223,7 @@ def job_page(request: Request, job_id: str) -> Response:
         sections=secs,
         comparison=comparison,
         recommend_svg=rec_svg,
-        columns=CANDIDATE_COLUMNS,
     )
-
-
-def _partial_section(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-    """A running job's candidates so far (from its events), as one section without winner or bounds."""
-    return sections("fit", {"candidates": candidates, "pareto": [], "winner": None})[0]
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -14,6 +14,7 @@ __all__ = ["latency_axis", "pareto_svg", "recommend_svg"]
 
 FEASIBLE = "#2a9d8f"
 INFEASIBLE = "#e76f51"
+MEASURED = "#3b82f6"
 
 
 def latency_axis(bounds: dict[str, float]) -> str:
@@ -70,7 +71,14 @@ def pareto_svg(section: dict[str, Any]) -> str:
         ax.axhline(y_floor, color=INFEASIBLE, lw=1, ls=":")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
-    for feasible, color, name in ((True, FEASIBLE, "feasible"), (False, INFEASIBLE, "violates a constraint")):
+    groups: tuple[tuple[bool, str, str], ...] = (
+        (True, FEASIBLE, "feasible"),
+        (False, INFEASIBLE, "violates a constraint"),
+    )
+    if section.get("partial"):  # a running job: the constraints are checked when it ends
+        groups = ((True, MEASURED, "measured so far (verdict when the job ends)"),)
+        points = [(x, y, True, i, q) for x, y, _, i, q in points]
+    for feasible, color, name in groups:
         sel = [p for p in points if p[2] == feasible]
         if sel:
             ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=36, c=color, alpha=0.85, label=name, zorder=3)

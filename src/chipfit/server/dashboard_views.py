@@ -87,11 +87,16 @@ def quality_of(c: dict[str, Any]) -> tuple[str | None, float | None]:
     return None, None
 
 
+OPTIONAL_COLUMNS = ("predicted_p50_ms", "usd_per_1m", "energy_mj", "quality")  # shown when some row has one
+
+
 def candidate_rows(
-    candidates: list[dict[str, Any]], winner_id: str | None, pareto_ids: set[str]
-) -> list[dict[str, Any]]:
-    """One row per candidate for the sortable table: display text and a sort key per column."""
+    candidates: list[dict[str, Any]], winner_id: str | None, pareto_ids: set[str], partial: bool = False
+) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """The columns that have a value somewhere, and one row per candidate: display text and a sort key per
+    column. ``partial``: a running job's candidates, whose constraints are checked only at the end (no verdict)."""
     rows = []
+    values_of = []
     for c in candidates:
         qname, qvalue = quality_of(c)
         metrics = c.get("metrics") or {}
@@ -109,13 +114,13 @@ def candidate_rows(
             "usd_per_1m": c.get("usd_per_1m"),
             "energy_mj": c.get("energy_mj"),
             "quality": qvalue,
-            "feasible": c.get("feasible"),
+            "feasible": None if partial else c.get("feasible"),
         }
+        values_of.append(values)
         why = "; ".join(v.get("text", "") for v in c.get("violations") or []) or (c.get("error") or "")
         rows.append(
             {
                 "id": c.get("id"),
-                "cells": [(key, fmt(values[key]), _sort_key(values[key])) for key, _, _ in CANDIDATE_COLUMNS],
                 "winner": c.get("id") == winner_id,
                 "pareto": c.get("id") in pareto_ids,
                 "ok": c.get("status") in ("ok", "pruned"),
@@ -123,7 +128,14 @@ def candidate_rows(
                 "quality_name": qname,
             }
         )
-    return rows
+    columns = [
+        col
+        for col in CANDIDATE_COLUMNS
+        if col[0] not in OPTIONAL_COLUMNS or any(v[col[0]] is not None for v in values_of)
+    ]
+    for row, values in zip(rows, values_of, strict=True):
+        row["cells"] = [(key, fmt(values[key]), _sort_key(values[key])) for key, _, _ in columns]
+    return columns, rows
 
 
 def _sort_key(v: Any) -> str:
@@ -136,25 +148,37 @@ def _sort_key(v: Any) -> str:
 
 
 def _bounds(spec: dict[str, Any] | None) -> dict[str, float]:
-    return {k: float(v) for k, v in (spec or {}).items() if k.startswith(("max_", "min_")) and v is not None}
+    out = {}
+    for k, v in (spec or {}).items():
+        if k.startswith(("max_", "min_")) and v is not None:
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):  # a running job's request as submitted: left to the job to validate
+                continue
+    return out
 
 
-def sections(kind: str, result: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One section per target: name, how it was measured, candidates, winner, Pareto ids, the spec's bounds."""
+def sections(
+    kind: str, result: dict[str, Any] | None, spec: dict[str, Any] | None = None, partial: bool = False
+) -> list[dict[str, Any]]:
+    """One section per target: name, how it was measured, candidates, winner, Pareto ids, the spec's bounds
+    (the result's spec, else ``spec``: a running job's request). ``partial``: a running job's candidates so far."""
     if not result:
         return []
-    spec = result.get("spec")
+    spec = result.get("spec") or spec
     if kind == "recommend" or isinstance(result.get("targets"), list):
         return []  # a recommendation has one row per target and no candidate list (see target_rows)
     if isinstance(result.get("targets"), dict):  # a farm fit: {target: per-target result}
         out = []
         for name, t in result["targets"].items():
-            out.append(_section(name, t.get("how", "measured"), t, spec or t.get("spec")))
+            out.append(_section(name, t.get("how", "measured"), t, spec or t.get("spec"), partial))
         return out
-    return [_section("this machine", "measured", result, spec)]
+    return [_section("this machine", "measured", result, spec, partial)]
 
 
-def _section(name: str, how: str, r: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, Any]:
+def _section(
+    name: str, how: str, r: dict[str, Any], spec: dict[str, Any] | None, partial: bool = False
+) -> dict[str, Any]:
     winner = r.get("winner")
     pareto = r.get("pareto") or []
     candidates = r.get("candidates") or []
@@ -164,19 +188,22 @@ def _section(name: str, how: str, r: dict[str, Any], spec: dict[str, Any] | None
     for c in skipped:
         reasons[c.get("error") or "no reason given"] = reasons.get(c.get("error") or "no reason given", 0) + 1
     pareto_ids = {str(p.get("id")) for p in pareto}
-    ref = r.get("reference") or {}
+    ref: dict[str, Any] = r.get("reference") or next((c for c in measured if c.get("reference")), {})
+    columns, rows = candidate_rows(measured, winner.get("id") if winner else None, pareto_ids, partial)
     return {
         "name": name,
         "how": how,
         "winner": winner,
         "reference": ref,
         "candidates": measured,
-        "rows": candidate_rows(measured, winner.get("id") if winner else None, pareto_ids),
+        "columns": columns,
+        "rows": rows,
         "pareto_ids": pareto_ids,
         "skipped": sorted(reasons.items(), key=lambda kv: -kv[1]),
         "near_misses": r.get("near_misses") or [],
         "bounds": _bounds(spec),
         "notes": r.get("notes") or [],
+        "partial": partial,
     }
 
 
