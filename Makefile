@@ -7,11 +7,12 @@ TORCH  := torch==2.13.0
 
 .PHONY: demo test bench bench-deps lint typecheck example clean sysroot-aarch64 sysdeps chromium screenshots
 
-# System tools the tests use: the host C++ compiler (TVM's export_library links model.so with it) and wrk (the
-# serving benchmark's load generator). Installed with apt-get when run as root (CI is); otherwise the tests that
+# System tools the tests use: the host C++ compiler (TVM's export_library links model.so with it), wrk (the
+# serving benchmark's load generator) and Debian's chromium (the dashboard's browser test drives it with the pinned
+# Playwright; no browser download). Installed with apt-get when run as root (CI is); otherwise the tests that
 # need them skip and say which command installs them (`pytest -ra`). The aarch64 cross compiler, qemu-user and
 # sysroot stay behind `make sysroot-aarch64`.
-SYSDEPS := g++ wrk
+SYSDEPS := g++ wrk chromium
 sysdeps:
 	@missing=""; for t in $(SYSDEPS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
