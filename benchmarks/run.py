@@ -67,7 +67,7 @@ def bench_digits(work: Path) -> list[str]:
     return [*lines, "", *fit_commentary(c.batch, result.spec.objective, c.options, c.backend, speedups)]
 
 
-PARTS = ("digits", "precision", "backends", "predictor", "asha", "serving", "transformers")
+PARTS = ("digits", "precision", "backends", "predictor", "asha", "serving", "transformers", "server")
 
 
 def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
@@ -101,6 +101,10 @@ def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
 
         (tmp / "serving").mkdir()
         return serving_section(tmp / "serving")
+    if name == "server":
+        from server_rows import section as server_section
+
+        return server_section(tmp, rounds=args.server_rounds)
     from transformer_rows import section as transformers_section
 
     (tmp / "transformers").mkdir()
@@ -134,6 +138,7 @@ def main() -> None:
     ap.add_argument("--asha-seeds", type=int, default=5)
     ap.add_argument("--asha-jobs", type=int, default=1, help="explore runs at a time (a budget in units allows it)")
     ap.add_argument("--transformer-rounds", type=int, default=20, help="interleaved rounds per batch size")
+    ap.add_argument("--server-rounds", type=int, default=3, help="interleaved server/CLI fits (issue 18)")
     args = ap.parse_args()
     only = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
     unknown = [p for p in only if p not in PARTS]

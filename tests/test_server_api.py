@@ -208,6 +208,49 @@ def test_bad_uploads_get_a_clear_4xx_each(server: Server) -> None:
     assert not list((server.service.config.data_dir / "tmp").iterdir())  # nothing left half-uploaded
 
 
+def test_onnx_with_external_data_uploads_as_several_parts(server: Server, tmp_path: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(DIGITS / "model.onnx"))  # weights external, small constants inline (as exporters do)
+    onnx.save_model(proto, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=1024)  # fmt: skip
+    c, h = server.client, server.h("beta")
+    parts = [("file", ("ext.onnx", (tmp_path / "ext.onnx").read_bytes())),
+             ("file", ("ext.onnx.data", (tmp_path / "ext.onnx.data").read_bytes()))]  # fmt: skip
+    r = c.post("/api/models", headers=h, files=parts)
+    assert r.status_code == 201, r.text
+    stored = server.service.get_model(server.service.team_by_name("beta"), r.json()["id"]).path
+    assert stored.parent.parent == server.service.config.data_dir / "models"
+    assert not list(stored.parent.glob("ext*"))  # stored by hash, not by the client's names
+    missing = c.post("/api/models", headers=h, files=parts[:1])
+    assert missing.status_code == 422 and "ext.onnx.data" in missing.json()["detail"]
+    assert c.get("/docs").status_code == 200
+    assert "/api/jobs/{job_id}/events" in c.get("/openapi.json").json()["paths"]
+
+
+def test_team_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from chipfit.cli import app
+
+    runner, d = CliRunner(), ["--data-dir", str(tmp_path)]
+    made = runner.invoke(app, ["server", "team", "create", "ops", "--quota", "50usd", *d])
+    assert made.exit_code == 0, made.output
+    token = made.output.split()[-1]
+    service = ServerService(ServerConfig(tmp_path, run_worker=False))
+    assert service.team_for_token(token) is not None and service.team_by_name("ops").quota_usd == 50
+    assert runner.invoke(app, ["server", "team", "set-quota", "ops", "none", *d]).exit_code == 0
+    assert service.team_by_name("ops").quota_usd is None
+    listed = runner.invoke(app, ["server", "team", "list", *d])
+    assert "ops" in listed.output and "none" in listed.output and token not in listed.output
+    rotated = runner.invoke(app, ["server", "team", "rotate-token", "ops", *d])
+    service = ServerService(ServerConfig(tmp_path, run_worker=False))  # a server reads teams anew within TEAM_TTL_S
+    assert service.team_for_token(token) is None and service.team_for_token(rotated.output.split()[-1])
+    bad = runner.invoke(app, ["server", "team", "create", "x", "--quota", "5gpu-h", *d])
+    assert bad.exit_code == 2 and "dollars" in bad.output
+    assert runner.invoke(app, ["server", "team", "create", "ops", *d]).exit_code == 2  # the name is taken
+
+
 def test_cookie_session_needs_the_csrf_token_and_token_rotation_ends_it(server: Server) -> None:
     c, svc = server.client, server.service
     _, token = svc.create_team("epsilon")

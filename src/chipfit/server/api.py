@@ -110,11 +110,12 @@ async def list_jobs(request: Request, team: TeamDep) -> list[dict[str, Any]]:
     return [j.to_dict(result=False) for j in await run_in_threadpool(_service(request).list_jobs, team)]
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"])
-async def get_job(request: Request, team: TeamDep, job_id: str) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", tags=["jobs"], response_class=JSONResponse)
+async def get_job(request: Request, team: TeamDep, job_id: str) -> Response:
     """State (queued|running|done|failed|cancelled|stopped_by_quota), progress, spend and, once ended, the result
     (the JSON of ``chipfit fit --json`` / ``chipfit recommend --json``)."""
-    return (await run_in_threadpool(_service(request).get_job, team, job_id)).to_dict()
+    body = await run_in_threadpool(_service(request).job_json, team, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/candidates", tags=["jobs"])

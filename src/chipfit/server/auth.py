@@ -117,7 +117,7 @@ def _session(request: Request) -> tuple[Team, str] | None:
         return None
     if not isinstance(payload, dict) or not isinstance(payload.get("t"), str):
         return None
-    team = service.team_by_id(payload["t"])
+    team = service.cached_team(payload["t"])
     if team is None or not hmac.compare_digest(_token_fingerprint(team.token_hash), str(payload.get("f"))):
         return None
     return team, str(payload.get("c", ""))

@@ -27,7 +27,7 @@ class ServerConfig:
     local_target: str | None = None
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     run_worker: bool = True
-    poll_s: float = field(default=0.2, compare=False)  # how often the worker and event streams look at the queue
+    poll_s: float = field(default=0.1, compare=False)  # how often the worker and event streams look at the queue
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,7 +149,11 @@ def recover_jobs(db: Database) -> int:
 
 
 class JobWorker:
-    """The local pool: one job at a time, each in its own process."""
+    """The local pool: one job at a time, each in its own process.
+
+    The next job's process is started ahead, while the worker is idle: it imports chipfit's pipeline and waits
+    for a job id on its stdin, so a job starts measuring without paying the imports (a second or more). It is
+    started only when no job runs (importing must not share the cores with a measurement)."""
 
     def __init__(
         self, db: Database, data_dir: Path, url: str, home: Path, farm: str | None = None, poll_s: float = 0.2
@@ -158,7 +161,8 @@ class JobWorker:
         self.db, self.data_dir, self.url, self.home, self.farm, self.poll_s = db, data_dir, url, home, farm, poll_s
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.loop, name="chipfit-job-worker", daemon=True)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the job's process while one runs
+        self.spare: subprocess.Popen[bytes] | None = None  # the next job's process, waiting for its id
 
     def start(self) -> None:
         self.thread.start()
@@ -167,44 +171,58 @@ class JobWorker:
         """Stop taking jobs; a job running now is killed and stays 'running' in the database, so that the next
         start queues it again (as after a crash)."""
         self.stopping.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            _kill_group(proc.pid)
+        for proc in (self.proc, self.spare):
+            if proc is not None and proc.poll() is None:
+                _kill_group(proc.pid)
         self.thread.join(timeout=10)
 
     def loop(self) -> None:
         while not self.stopping.is_set():
             try:
+                if self.spare is None or self.spare.poll() is not None:
+                    self.spare = self.spawn()  # in this thread: the child's death signal follows its life
                 job = claim_next(self.db)
                 if job is None:
                     self.stopping.wait(self.poll_s)
                     continue
-                self.run(job)
+                proc, self.spare = self.spare, None
+                self.run(job, proc)
             except Exception:  # the worker must outlive any one job's trouble (a locked database, a bad row)
                 log.exception("job worker: unexpected error; going on")
                 self.stopping.wait(1.0)
 
-    def run(self, job: JobRow) -> None:
-        folder = self.data_dir / "jobs" / job.id
-        folder.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "chipfit.server.runner", "--data-dir", str(self.data_dir), "--job", job.id]
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """A job process that imports, then waits for its job's id on stdin."""
+        cmd = [sys.executable, "-m", "chipfit.server.runner", "--data-dir", str(self.data_dir), "--wait"]
         cmd += ["--farm", self.farm] if self.farm else []
         env = {**os.environ, "CHIPFIT_HOME": str(self.home), "CHIPFIT_SERVER_STORE": self.url}
         env.pop(lifetime.ALIVE_FD_ENV, None)  # the job watches its parent pid (and the kernel's death signal)
-        with open(folder / "stderr.log", "ab") as err:
-            self.proc = proc = subprocess.Popen(
+        (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / "jobs" / "runner.log", "ab") as err:  # until it has a job: then the job's log
+            return subprocess.Popen(
                 cmd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=err,
                 stderr=err,
                 env=env,
                 start_new_session=True,
-                preexec_fn=lifetime.preexec(),  # dies with the server: a restart runs it again
+                preexec_fn=lifetime.preexec(),  # dies with the server: a restart runs its job again
             )
+
+    def run(self, job: JobRow, proc: subprocess.Popen[bytes]) -> None:
+        folder = self.data_dir / "jobs" / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc = proc
         with self.db.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job.id).values(pid=proc.pid))
             s.commit()
         add_event(self.db, job.id, "state", {"state": "running", "attempt": job.attempts})
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{job.id}\n".encode())
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # it died while waiting: its exit status fails the job below
         while proc.poll() is None:
             if self.stopping.wait(self.poll_s):
                 return
@@ -217,6 +235,6 @@ class JobWorker:
         self.proc = None
         _kill_group(proc.pid)  # the job's measurement workers, if any outlived it
         if proc.returncode != 0:
-            tail = (folder / "stderr.log").read_text(errors="replace")[-600:].strip()
+            log_path = folder / "stderr.log"
+            tail = log_path.read_text(errors="replace")[-600:].strip() if log_path.exists() else ""
             finish_job(self.db, job.id, "failed", error=f"the job process exited with {proc.returncode}: {tail}")
-        time.sleep(0)  # let a waiting reader in before the next job

@@ -16,6 +16,7 @@ so far in its events.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -175,7 +176,9 @@ def _farm_fit(
 
     from chipfit.spec import load_spec
 
-    result = farm_fit(model, data, load_spec(None, **req.spec), address=farm, targets=req.targets, out=out, progress=line, **common)
+    result = farm_fit(
+        model, data, load_spec(None, **req.spec), address=farm, targets=req.targets, out=out, progress=line, **common
+    )
     cat = load_catalog()
     for name, tr in result.targets.items():
         price = cat[name].usd_per_hour if name in cat else meter.usd_per_hour
@@ -214,22 +217,43 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _wait_for_job(data_dir: Path) -> str:
+    """``--wait``: import what a job needs, then read its id from stdin; from then on write to the job's log."""
+    import chipfit.pipeline
+    import chipfit.recommend  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+    job_id = sys.stdin.readline().strip()
+    if not job_id or not job_id.isalnum():
+        raise SystemExit(0)  # the server stopped (stdin closed) before giving a job
+    folder = data_dir / "jobs" / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    log = os.open(folder / "stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return job_id
+
+
 def main(argv: list[str] | None = None) -> int:
     from chipfit.measure import lifetime
 
     lifetime.watch()  # a server killed with -9 takes its job along: the restarted server runs it again
     parser = argparse.ArgumentParser(prog="python -m chipfit.server.runner")
     parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--job", required=True)
+    parser.add_argument("--job", default=None, help="the job's id (else --wait: read it from stdin)")
+    parser.add_argument("--wait", action="store_true", help="import first, then read the job's id from stdin")
     parser.add_argument("--farm", default=None)
     args = parser.parse_args(argv)
     url = os.environ.get("CHIPFIT_SERVER_STORE") or f"sqlite:///{args.data_dir / 'chipfit.db'}"
+    job_id = args.job or _wait_for_job(args.data_dir)
     db = Database(url)
     try:
-        run_job(db, args.data_dir, args.job, args.farm)
+        run_job(db, args.data_dir, job_id, args.farm)
     except Exception as exc:  # anything unexpected still ends the job, with its reason
         traceback.print_exc()
-        finish_job(db, args.job, "failed", error=f"{type(exc).__name__}: {exc}")
+        finish_job(db, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     finally:
         db.close()

@@ -5,11 +5,13 @@ method that takes a ``team`` sees only that team's rows: another team's id is an
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import shutil
+import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ from chipfit.server.jobs import JobRequest, add_event, finish_job
 from chipfit.server.quota import Pricing, check_quota, farm_pricing, job_bound_usd, price_of
 from chipfit.server.uploads import SavedFile, Upload, save_upload, store_data, store_model
 
-__all__ = ["DataRecord", "Event", "Job", "ModelRecord", "ServerService", "Team"]
+__all__ = ["TEAM_TTL_S", "DataRecord", "Event", "Job", "ModelRecord", "ServerService", "Team"]
+
+TEAM_TTL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,13 +97,17 @@ class Job:
         return self.state in TERMINAL
 
     def to_dict(self, result: bool = True) -> dict[str, Any]:
-        out = asdict(self)
+        """Plain JSON types; the result is shared, not copied (a finished fit's result is large)."""
+        out = {k: getattr(self, k) for k in _JOB_FIELDS}
         out["progress"] = {"done": self.progress[0], "total": self.progress[1]}
         for k in ("created_at", "started_at", "finished_at"):
             out[k] = out[k].isoformat() if out[k] else None
         if not result:
             out.pop("result")
         return out
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,8 @@ class ServerService:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.key = load_key(config.key_path)
         self.db = Database(config.url)
+        self._finished: dict[str, tuple[str, bytes]] = {}
+        self._teams: dict[str, tuple[Team, float]] = {}  # team id -> (team, when read): see cached_team
 
     def close(self) -> None:
         self.db.close()
@@ -185,6 +195,7 @@ class ServerService:
         with self.db.session() as s:
             s.execute(update(TeamRow).where(TeamRow.id == team.id).values(quota_usd=quota_usd))
             s.commit()
+        self._teams.pop(team.id, None)
         return self.team_by_name(team.id)
 
     def rotate_token(self, name: str) -> str:
@@ -194,7 +205,23 @@ class ServerService:
         with self.db.session() as s:
             s.execute(update(TeamRow).where(TeamRow.id == team.id).values(token_hash=hash_secret(self.key, secret)))
             s.commit()
+        self._teams.pop(team.id, None)
         return f"{team.id}.{secret}"
+
+    def cached_team(self, team_id: str) -> Team | None:
+        """``team_by_id`` for authenticating requests, read from the database at most every ``TEAM_TTL_S``
+        seconds per team (a status poll then costs no team query). A token rotated or a quota set by this process
+        takes effect at once; by another process (the CLI), within ``TEAM_TTL_S``."""
+        hit = self._teams.get(team_id)
+        t = time.monotonic()
+        if hit is not None and t - hit[1] < TEAM_TTL_S:
+            return hit[0]
+        team = self.team_by_id(team_id)
+        if team is not None:
+            if len(self._teams) >= 4096:
+                self._teams.clear()
+            self._teams[team_id] = (team, t)
+        return team
 
     def team_for_token(self, token: str) -> Team | None:
         import hmac
@@ -202,7 +229,7 @@ class ServerService:
         parts = split_token(token)
         if parts is None:
             return None
-        team = self.team_by_id(parts[0])
+        team = self.cached_team(parts[0])
         if team is None or not hmac.compare_digest(team.token_hash, hash_secret(self.key, parts[1])):
             return None
         return team
@@ -344,6 +371,20 @@ class ServerService:
         if row is None or row.team_id != team.id:
             raise NotFound(f"No job {job_id!r} in team {team.name!r}: see GET /api/jobs.")
         return _job(row)
+
+    def job_json(self, team: Team, job_id: str) -> bytes:
+        """``get_job(...).to_dict()`` as JSON bytes: what status polls read. A finished job no longer changes, so
+        its bytes are kept (the last few hundred) and served without the database."""
+        cached = self._finished.get(job_id)
+        if cached is not None and cached[0] == team.id:
+            return cached[1]
+        job = self.get_job(team, job_id)
+        body = json.dumps(job.to_dict(), default=str).encode()
+        if job.finished:
+            if len(self._finished) >= 512:
+                self._finished.pop(next(iter(self._finished)))
+            self._finished[job_id] = (team.id, body)
+        return body
 
     def job_events(self, team: Team, job_id: str, after: int = 0) -> list[Event]:
         self.get_job(team, job_id)
