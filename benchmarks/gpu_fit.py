@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,28 @@ def _machine() -> dict[str, str]:
         "torch": f"{torch.__version__} (CUDA {torch.version.cuda}, available: {torch.cuda.is_available()})",
         "onnxruntime": f"{ort.__version__} providers {', '.join(ort.get_available_providers())}",
     }
+
+
+def render(payload: dict[str, Any]) -> list[str]:
+    """The markdown table of one run (``gpu_fit.json``'s payload)."""
+    rows = payload["rows"]
+    lines = [
+        f"{payload['summary']}; fit in {payload['elapsed_s']:.0f} s; winner: `{payload['winner']}`.",
+        "",
+        "| candidate | device | batch | p50 ms | p99 ms | items/s | fidelity (cosine) | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["batch"], r["p50_ms"] or 1e9)):
+        if row["status"] == "skipped":
+            continue
+        f = (lambda v, fmt: "–" if v is None else format(v, fmt))  # noqa: E731
+        lines.append(
+            f"| `{row['candidate']}` | {row['target']} | {row['batch']} | {f(row['p50_ms'], '.3f')} | "
+            f"{f(row['p99_ms'], '.3f')} | {f(row['throughput'], '.0f')} | {f(row['fidelity'], '.6f')} | "
+            f"{row['status']}{': ' + row['error'][:80] if row['error'] and row['status'] != 'ok' else ''} |"
+        )
+    skipped = sorted({f"{r['backend']} on {r['target']}: {r['error']}" for r in rows if r["status"] == "skipped"})
+    return [*lines, "", *[f"- skipped: {s}" for s in skipped[:8]]]
 
 
 def main() -> None:
@@ -117,25 +140,15 @@ def main() -> None:
                 "error": (m.error or "")[:200] or None,
             }
         )
-    (args.out / "gpu_fit.json").write_text(json.dumps({"machine": machine, "elapsed_s": elapsed, "rows": rows}))
-    lines = [
-        f"Model: transformer encoder, {layers} layers, width {width}, sequence {seq} (random weights, seeded); "
-        f"fit in {elapsed:.0f} s; winner: `{result.winner.candidate.label() if result.winner else 'none'}`.",
-        "",
-        "| candidate | device | batch | p50 ms | p99 ms | items/s | fidelity | status |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in sorted(rows, key=lambda r: (r["batch"], r["p50_ms"] or 1e9)):
-        if row["status"] == "skipped":
-            continue
-        f = (lambda v, fmt: "–" if v is None else format(v, fmt))  # noqa: E731
-        lines.append(
-            f"| `{row['candidate']}` | {row['target']} | {row['batch']} | {f(row['p50_ms'], '.3f')} | "
-            f"{f(row['p99_ms'], '.3f')} | {f(row['throughput'], '.0f')} | {f(row['fidelity'], '.6f')} | "
-            f"{row['status']}{': ' + row['error'][:80] if row['error'] and row['status'] != 'ok' else ''} |"
-        )
-    skipped = sorted({f"{r['backend']} on {r['target']}: {r['error']}" for r in rows if r["status"] == "skipped"})
-    lines += ["", *[f"- skipped: {s}" for s in skipped[:8]]]
+    payload = {
+        "machine": machine,
+        "elapsed_s": elapsed,
+        "rows": rows,
+        "summary": f"Model: transformer encoder, {layers} layers, width {width}, sequence {seq} (random weights, seeded)",
+        "winner": result.winner.candidate.label() if result.winner else "none",
+    }
+    (args.out / "gpu_fit.json").write_text(json.dumps(payload))
+    lines = render(payload)
     (args.out / "gpu_fit.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     sys.stdout.flush()

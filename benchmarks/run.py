@@ -67,7 +67,7 @@ def bench_digits(work: Path) -> list[str]:
     return [*lines, "", *fit_commentary(c.batch, result.spec.objective, c.options, c.backend, speedups)]
 
 
-PARTS = ("digits", "precision", "backends", "predictor", "asha", "serving", "transformers", "server")
+PARTS = ("digits", "precision", "backends", "predictor", "asha", "serving", "transformers", "server", "farm", "gpu")
 
 
 def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
@@ -101,6 +101,12 @@ def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
 
         (tmp / "serving").mkdir()
         return serving_section(tmp / "serving")
+    if name == "farm":
+        from farm_rows import section as farm_section
+
+        return farm_section(tmp / "farm")
+    if name == "gpu":
+        return gpu_section()
     if name == "server":
         from server_rows import section as server_section
 
@@ -109,6 +115,29 @@ def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
 
     (tmp / "transformers").mkdir()
     return transformers_section(tmp / "transformers", rounds=args.transformer_rounds)
+
+
+def gpu_section() -> list[str]:
+    """The GPU node's rows: `benchmarks/gpu_fit.py` as run on a lent GPU machine (its output is kept in
+    benchmarks/results/; this machine has no GPU to re-run it: rerun it there and copy gpu_fit.md over)."""
+    import json
+
+    from gpu_fit import render
+
+    kept = ROOT / "benchmarks" / "results"
+    payload = json.loads((kept / "gpu_fit_h200.json").read_text())
+    machine = payload["machine"]
+    return [
+        "## A GPU farm node's measurements (`benchmarks/gpu_fit.py`, issue 17)",
+        "",
+        f"Run on a lent GPU machine without Ray (the same isolated measurement worker a farm node runs): "
+        f"{machine['gpu']}, 16 CPU cores, Python {machine['python']}, torch {machine['torch']}, onnxruntime "
+        f"{machine['onnxruntime']} (no CUDA provider in that build: ONNX Runtime's GPU rows are skipped with the "
+        "reason). Kept from that run in `benchmarks/results/gpu_fit_h200.*`; `make bench` here has no GPU to redo it.",
+        "",
+        *render(payload),
+        "",
+    ]
 
 
 def sections(lines: list[str]) -> list[tuple[str, str]]:
