@@ -74,7 +74,7 @@ def render(payload: dict[str, Any]) -> list[str]:
     for row in sorted(rows, key=lambda r: (r["batch"], r["p50_ms"] or 1e9)):
         if row["status"] == "skipped":
             continue
-        f = (lambda v, fmt: "–" if v is None else format(v, fmt))  # noqa: E731
+        f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
         lines.append(
             f"| `{row['candidate']}` | {row['target']} | {row['batch']} | {f(row['p50_ms'], '.3f')} | "
             f"{f(row['p99_ms'], '.3f')} | {f(row['throughput'], '.0f')} | {f(row['fidelity'], '.6f')} | "
@@ -144,7 +144,7 @@ def main() -> None:
         "machine": machine,
         "elapsed_s": elapsed,
         "rows": rows,
-        "summary": f"Model: transformer encoder, {layers} layers, width {width}, sequence {seq} (random weights, seeded)",
+        "summary": f"Model: transformer encoder, {layers} layers, width {width}, sequence {seq} (random weights)",
         "winner": result.winner.candidate.label() if result.winner else "none",
     }
     (args.out / "gpu_fit.json").write_text(json.dumps(payload))
