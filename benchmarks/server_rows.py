@@ -38,6 +38,7 @@ HEADER = "## Team service: upload to first candidate, status-poll latency, overh
 SMALL_SPACE = {"batch_sizes": [1], "threads": [1], "opt_levels": ["none", "all"], "execution_modes": ["sequential"]}
 POLLERS = 50
 PACED_S = 10.0
+IDLE_S = 20.0  # an idle server's next job process is ready well within this
 
 
 def _free_port() -> int:
@@ -123,14 +124,16 @@ def _spec() -> dict[str, Any]:
     return dict(yaml.safe_load((DIGITS / "chipfit.yaml").read_text()))
 
 
-def first_candidate(server: Server, reps: int) -> list[dict[str, float]]:
-    """Upload → data → submit → first candidate event, ``reps`` times (fit's default space and timing)."""
+def first_candidate(server: Server, reps: int, idle_s: float) -> list[dict[str, float]]:
+    """Upload → data → submit → first candidate event, ``reps`` times (fit's default space and timing), each after
+    ``idle_s`` seconds of an idle server (its next job's process has imported by then; 0: right after the last)."""
     out = []
     for i in range(reps):
+        time.sleep(idle_s)
         t0 = time.perf_counter()
         model, data = server.upload()
         t_up = time.perf_counter()
-        body = {"model": model, "data": data, "spec": _spec(), "measure": {"measure_time": 2.0 + 0.001 * i}}
+        body = {"model": model, "data": data, "spec": _spec(), "measure": {"measure_time": 2.0 + 0.001 * i + idle_s}}
         job = server.submit(body)
         t_sub = time.perf_counter()
         event = server.first_event(job, "candidate")
@@ -256,7 +259,8 @@ def section(tmp: Path, rounds: int = 3) -> list[str]:
 
     server = Server(tmp / "server")
     try:
-        firsts = first_candidate(server, reps=3)
+        cold = first_candidate(server, reps=1, idle_s=0.0)  # right after the server started
+        firsts = first_candidate(server, reps=3, idle_s=IDLE_S)
         model, data = server.upload()
         done = server.submit(_fit_body(model, data, 0.2))
         assert server.first_event(done, "end")["state"] == "done"
@@ -267,6 +271,7 @@ def section(tmp: Path, rounds: int = 3) -> list[str]:
     finally:
         server.close()
     totals = [f["total_s"] for f in firsts]
+    runs = ", ".join(f"{t:.2f}" for t in totals)
     ratios = [o["ratio"] for o in over]
     med = float(np.median(ratios))
     pairs = ", ".join(f"{o['server']:.2f}/{o['cli']:.2f} s" for o in over)
@@ -280,9 +285,11 @@ def section(tmp: Path, rounds: int = 3) -> list[str]:
         "",
         "| measurement | measured | goal |",
         "|---|---|---|",
-        f"| upload → first measured candidate (demo spec, fit's default timing; {len(totals)} runs) | median "
-        f"{np.median(totals):.2f} s ({', '.join(f'{t:.2f}' for t in totals)}); of which model + data upload "
-        f"{firsts[0]['upload_s'] * 1000:.0f} ms (first run) | ≤ 5 s |",
+        f"| upload → first measured candidate (demo spec, fit's default space and timing), on a server idle for "
+        f"{IDLE_S:.0f} s ({len(totals)} runs) | median {np.median(totals):.2f} s ({runs}); of which "
+        f"model + data upload {np.median([f['upload_s'] for f in firsts]) * 1000:.0f} ms | ≤ 5 s |",
+        f"| the same right after `chipfit server start` (the job waits for its process's imports: TVM, torch, "
+        f"OpenVINO) | {cold[0]['total_s']:.2f} s | ≤ 5 s |",
         *(
             f"| GET /api/jobs/ID (a finished fit's full result, {len(body)} bytes), {name}: {POLLERS} connections "
             f"in a closed loop (wrk, 5 s) | p50 {p['wrk']['p50']:.1f} ms, p99 {p['wrk']['p99']:.1f} ms at "

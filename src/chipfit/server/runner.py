@@ -218,12 +218,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def _wait_for_job(data_dir: Path) -> str:
-    """``--wait``: import what a job needs, then read its id from stdin; from then on write to the job's log."""
+    """``--wait``: import what a job needs (the pipeline, and each backend's library, as the fit's space asks
+    which backends run here), then read its id from stdin; from then on write to the job's log."""
     import chipfit.pipeline
     import chipfit.recommend  # noqa: F401
+    from chipfit.backends import available_backends
 
-    with contextlib.suppress(ImportError):
-        import onnxruntime  # noqa: F401
+    with contextlib.suppress(Exception):  # imports every backend's library (TVM brings torch: seconds)
+        available_backends()
     job_id = sys.stdin.readline().strip()
     if not job_id or not job_id.isalnum():
         raise SystemExit(0)  # the server stopped (stdin closed) before giving a job
