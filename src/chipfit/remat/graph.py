@@ -274,15 +274,18 @@ def _frontier(module: torch.nn.Module, rec: _Recorder, calls: list[_Call], max_u
         if op.stack:
             own[op.stack[-1]] = own.get(op.stack[-1], 0) + b
 
+    root = calls[0].path if calls else ""
+
     def expandable(path: str) -> bool:
         kids = children.get(path, [])
         if not kids or any(n_calls[k] > 1 for k in kids):
             return False
+        if path == root:
+            return True  # its glue is never checkpointed, but its children can be
         seq, _ = _seq_index(module, kids[0])
         chain = seq == path and all(_seq_index(module, k)[0] == path for k in kids)
         return chain or own.get(path, 0) <= GLUE_FRACTION * max(inside.get(path, 0), 1)
 
-    root = calls[0].path if calls else ""
     frontier = [root]
     blocked: set[str] = set()
     while True:
@@ -392,8 +395,10 @@ def trace(
     loss_fn: Callable[[Any], Any] | None = None,
     max_units: int = 64,
     repeats: int = 2,
+    costs: str = "profiled",
 ) -> StepGraph:
-    """The step graph of ``loss_fn(module(*inputs))`` and its backward (see the module docstring)."""
+    """The step graph of ``loss_fn(module(*inputs))`` and its backward (see the module docstring); ``costs``
+    "flops" uses the FLOPs (scaled to the measured step time) instead of each unit's profiled time."""
     loss_fn = loss_fn or default_loss
     with _preserved(module):
         timed, fwd_ms, bwd_ms = _time(module, inputs, loss_fn, repeats)
@@ -408,7 +413,7 @@ def trace(
     units, creator, savers, deps, glue_largest = _build(module, rec, calls, groups, timed)
     total_fwd = sum(u.fwd_ms for u in units)
     source = "profiled"
-    if total_fwd <= 0 or any(u.fwd_ms <= 0 for u in units if u.flops > 0):
+    if costs == "flops" or total_fwd <= 0 or any(u.fwd_ms <= 0 for u in units if u.flops > 0):
         source = "flops"
         total_flops = sum(u.flops for u in units) or 1.0
         units = [_with(u, fwd_ms=fwd_ms * u.flops / total_flops) for u in units]

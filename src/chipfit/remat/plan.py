@@ -5,7 +5,7 @@
 2. The plain step's peak is simulated (:mod:`chipfit.remat.simulate`); at or under the budget nothing is
    recomputed (solver ``"none"``).
 3. The Checkmate MILP (:mod:`chipfit.remat.solver`) chooses which units to recompute, on the graph of
-   2·units + 1 nodes. ``solver="auto"`` picks by the number of units: the **MILP up to 24 units** (49 nodes),
+   2·units + 1 nodes. ``solver="auto"`` picks by the number of units: the **MILP up to 16 units** (33 nodes),
    the **LP relaxation with two-phase rounding up to 64 units** (129 nodes), and above that the
    **segmented** solve: runs of 24 units, front to back, each a MILP whose memory starts with what the earlier
    runs keep and leaves room for the later runs' inputs.
@@ -34,7 +34,7 @@ from chipfit.remat.simulate import OPTIMIZER_STATES, Simulation, segments_of, si
 __all__ = ["LP_MAX_UNITS", "MILP_MAX_UNITS", "SOLVERS", "BudgetTooSmall", "Plan", "RematError", "plan"]
 
 MB = 2**20
-MILP_MAX_UNITS = 24
+MILP_MAX_UNITS = 16
 LP_MAX_UNITS = 64
 SOLVERS = ("auto", "milp", "lp-rounding", "segmented")
 
@@ -51,8 +51,8 @@ class BudgetTooSmall(RematError):
         self.minimum_mb = minimum_mb
         super().__init__(
             f"--budget-mb {budget_mb:g}: no checkpoint schedule fits; the least peak found for this module and "
-            f"input is {minimum_mb:.1f} MB (of which {static_mb:.1f} MB parameters, gradients and optimizer "
-            f"state). Give a budget of at least {math.ceil(minimum_mb)} MB, or a smaller batch."
+            f"input is {minimum_mb:.1f} MB (of which {static_mb:.1f} MB parameters, gradients, optimizer state and "
+            f"inputs). Give a budget of at least {math.ceil(minimum_mb)} MB, or a smaller batch."
         )
 
 
@@ -68,7 +68,7 @@ class Plan:
     recomputed: tuple[str, ...]  # the units (module paths, "a..b" for runs) whose forward runs twice
     optimality_gap: float | None
     solver: str  # "milp" | "lp-rounding" | "segmented" | "none"
-    solve_s: float
+    solve_s: float  # seconds in the solvers (the trace and the simulations come on top)
     min_budget_mb: float
     n_nodes: int  # nodes of the solver's graph (2·units + 1)
     checkpoints: tuple[tuple[str, ...], ...] = ()  # module paths per checkpoint (what apply wraps)
@@ -115,7 +115,6 @@ def plan(
         raise SpecError(f"optimizer must be one of {', '.join(OPTIMIZER_STATES)}; got {optimizer!r}.")
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    t0 = time.perf_counter()
     graph = trace(module, example_inputs, loss_fn, max_units=max_units)
     base = simulate(graph, [], optimizer)
     common = dict(
@@ -132,10 +131,12 @@ def plan(
     min_mb = min(fallback_sim.peak_bytes, base.peak_bytes) / MB
     if base.peak_bytes <= budget:
         return Plan(peak_mb=base.peak_bytes / MB, overhead=0.0, recomputed=(), optimality_gap=0.0, solver="none",
-                    solve_s=time.perf_counter() - t0, min_budget_mb=min_mb, peak_at=base.where, **common)  # fmt: skip
+                    solve_s=0.0, min_budget_mb=min_mb, peak_at=base.where, **common)  # fmt: skip
     if solver == "auto":
         solver = "milp" if graph.n <= MILP_MAX_UNITS else "lp-rounding" if graph.n <= LP_MAX_UNITS else "segmented"
-    found = schedule.search(graph, budget, solver, optimizer, deadline=t0 + time_limit_s)
+    t_solve = time.perf_counter()
+    found = schedule.search(graph, budget, solver, optimizer, deadline=t_solve + time_limit_s)
+    solve_s = time.perf_counter() - t_solve
     notes: list[str] = list(found.notes)
     if found.segments is None:
         if fallback_sim.peak_bytes > budget:
@@ -145,6 +146,7 @@ def plan(
         segs, sim, gap, cost = fallback, fallback_sim, None, None
     else:
         segs, sim, gap, cost = found.segments, found.simulation, found.gap, found.cost
+        solver = found.solver or solver
     min_mb = min(min_mb, sim.peak_bytes / MB)
     return Plan(
         peak_mb=sim.peak_bytes / MB,
@@ -152,7 +154,7 @@ def plan(
         recomputed=tuple(graph.units[u].name for seg in segs for u in seg),
         optimality_gap=gap,
         solver=solver,
-        solve_s=time.perf_counter() - t0,
+        solve_s=solve_s,
         min_budget_mb=min_mb,
         checkpoints=tuple(tuple(p for u in seg for p in graph.units[u].members) for seg in segs),
         solver_cost_ms=cost,

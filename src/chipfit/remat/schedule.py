@@ -28,6 +28,7 @@ class Found:
     gap: float | None = None
     cost: float | None = None
     notes: list[str] = field(default_factory=list)
+    solver: str = ""
 
 
 def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadline: float) -> Found:
@@ -37,12 +38,17 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
     notes: list[str] = []
     best: Found | None = None
     for _ in range(MAX_ROUNDS):
+        used = solver
         left = deadline - time.perf_counter()
         if left <= 0 or act_mb <= 0:
             break
         sol = _solve(graph, solver, act_mb, left)
+        if sol.status in ("infeasible", "no-solution") and solver == "milp":
+            notes.append(f"milp at an activation budget of {act_mb:.1f} MB: {sol.status}; LP rounding tried")
+            sol = _solve(graph, "lp-rounding", act_mb, deadline - time.perf_counter())
+            used = "lp-rounding"
         if sol.status in ("infeasible", "no-solution"):
-            notes.append(f"{solver} at an activation budget of {act_mb:.1f} MB: {sol.status}")
+            notes.append(f"{used} at an activation budget of {act_mb:.1f} MB: {sol.status}")
             break
         if sol.status == "time-limit":
             notes.append(f"{solver}: time limit reached, best schedule found so far (gap {sol.gap})")
@@ -52,7 +58,7 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
             sim = simulate(graph, segs, optimizer)
             if sim.peak_bytes <= budget:
                 if best is None or best.simulation is None or sim.recompute_ms < best.simulation.recompute_ms:
-                    best = Found(segs, sim, sol.gap, sol.cost)
+                    best = Found(segs, sim, sol.gap, sol.cost, solver=used)
             else:
                 over = sim.peak_bytes - budget
                 excess = over if excess is None else min(excess, over)

@@ -11,8 +11,8 @@ state is resident throughout, gradients are freed between steps):
   own saved storages are dropped in the forward and recomputed in its backward);
 - **backward step** of a unit (or a whole segment): what is still kept, the segment's recomputed storages, the
   gradients flowing across the step (the outputs it receives gradients for and the inputs it produces them
-  for), twice its largest storage (a gradient and its input inside the step), and the parameter gradients
-  accumulated so far;
+  for) or, if more, twice its largest storage (a gradient and its input inside the step), and the parameter
+  gradients accumulated so far;
 - **optimizer step**: parameters, gradients, state, and Adam's temporary (one parameter-sized tensor).
 
 The peak is the largest of the forward's end, every backward step and the optimizer step.
@@ -102,7 +102,7 @@ def simulate(graph: StepGraph, segments: list[tuple[int, ...]], optimizer: str =
             steps.append((u, u))
             u -= 1
     kept_all = sum(graph.sizes[s] for s in release)
-    fwd_peak = static + kept_all + 2 * max([graph.glue_largest] + [un.largest for un in graph.units])
+    fwd_peak = static + kept_all + max([graph.glue_largest] + [un.largest for un in graph.units])
     peak, where = fwd_peak, "forward"
     grads_done = graph.param_bytes - sum(un.param_bytes for un in graph.units)  # parameters outside units
     recompute_ms = 0.0
@@ -118,7 +118,7 @@ def simulate(graph: StepGraph, segments: list[tuple[int, ...]], optimizer: str =
         crossing = _crossing(graph, a, b)
         largest = max(graph.units[k].largest for k in range(a, b + 1))
         grads_done += sum(graph.units[k].param_bytes for k in range(a, b + 1))
-        at = static + live + recompute + crossing + 2 * largest + grads_done
+        at = static + live + recompute + max(crossing, 2 * largest) + grads_done
         if at > peak:
             peak, where = at, f"backward {graph.units[b].name}"
     opt = graph.param_bytes * (2 + OPTIMIZER_STATES[optimizer] + (1 if optimizer == "adam" else 0))

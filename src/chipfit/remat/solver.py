@@ -25,6 +25,8 @@ Both return the units whose forward runs more than once: the schedule's recomput
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -58,6 +60,7 @@ class Solution:
     gap: float | None  # relative MIP gap, or (rounded − LP bound) / rounded for the rounding
     solve_s: float
     schedules: tuple[frozenset[int], ...] = ()  # LP rounding: every threshold's schedule, cheapest first
+    rs: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # LP rounding: (R, S) of each, cheapest first
 
 
 def checkmate_graph(graph: StepGraph, units: list[int] | None = None) -> CheckmateGraph:
@@ -74,13 +77,15 @@ def checkmate_graph(graph: StepGraph, units: list[int] | None = None) -> Checkma
         for d in graph.deps[u]:
             readers.setdefault(d, set()).add(u)
     edges: set[tuple[int, int]] = set()
+    needs = _backward_needs(graph)
     for u in units:
-        deps = [d for d in graph.deps[u] if d in pos]
-        for d in deps:
-            edges.add((fwd[d], fwd[u]))
-            edges.add((fwd[d], bwd[u]))
-            edges.add((bwd[u], bwd[d]))
-        edges.add((fwd[u], bwd[u]))
+        for d in graph.deps[u]:
+            if d in pos:
+                edges.add((fwd[d], fwd[u]))
+                edges.add((bwd[u], bwd[d]))
+        for v in needs[u]:
+            if v in pos:
+                edges.add((fwd[v], bwd[u]))
         if not any(r in pos for r in readers.get(u, ())) or u == units[-1]:
             edges.add((fwd[u], loss))
             edges.add((loss, bwd[u]))
@@ -96,6 +101,39 @@ def checkmate_graph(graph: StepGraph, units: list[int] | None = None) -> Checkma
         mem[fwd[u]] = sum(graph.sizes[s] for s in held) / MB
         mem[bwd[u]] = sum(graph.sizes.get(s, 0) for s in un.inputs) / MB
     return CheckmateGraph(n, tuple(cost), tuple(mem), tuple(sorted(edges)))
+
+
+def _backward_needs(graph: StepGraph) -> list[set[int]]:
+    """Unit -> the units whose forward outputs its backward reads (the storages its ops saved, by creator;
+    a saved storage made by glue counts as made by the unit's inputs)."""
+    needs: list[set[int]] = [set() for _ in range(graph.n)]
+    for s, savers in graph.savers.items():
+        c = graph.creator.get(s, -1)
+        for v in savers:
+            if v >= 0:
+                needs[v].update({c} if c >= 0 else graph.deps[v])
+    return needs
+
+
+def _highs() -> highspy.Highs:
+    """A HiGHS instance; its banner (printed once, on stdout) is kept out of the caller's stdout."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+    return h
+
+
+_BANNER_SHOWN = False
 
 
 class _Model:
@@ -171,8 +209,38 @@ class _Model:
                 # kappa (1 - FREE) >= const + haz  ->  -kappa FREE - haz >= const - kappa
                 self._row(const - kappa, inf, {self.F[t, e]: -kappa, **{v: -c for v, c in haz.items()}})
 
-    def solve(self, time_limit_s: float) -> tuple[highspy.Highs, str]:
-        h = highspy.Highs()
+    def start(self, R: np.ndarray, S: np.ndarray) -> np.ndarray | None:
+        """A full assignment (FREE and U simulated from R and S), or None where it breaks the budget."""
+        g, T = self.g, self.T
+        x = np.zeros(len(self.obj))
+        users: dict[int, list[int]] = {}
+        for i, k in g.edges:
+            users.setdefault(i, []).append(k)
+        for (t, i), v in self.R.items():
+            x[v] = R[t, i]
+        for (t, i), v in self.S.items():
+            x[v] = S[t, i]
+        for t in range(T):
+            u = R[t, 0] * g.mem[0] + sum(S[t, i] * g.mem[i] for i in range(t))
+            x[self.U[t, 0]] = u
+            for k in range(t + 1):
+                if k > 0:
+                    u += R[t, k] * g.mem[k]
+                    x[self.U[t, k]] = u
+                if u > self.ub[self.U[t, k]] + 1e-6:
+                    return None
+                for e, (i, kk) in enumerate(g.edges):
+                    if kk != k:
+                        continue
+                    keep = t + 1 < T and S[t + 1, i]
+                    later = any(R[t, j] for j in users[i] if k < j <= t)
+                    free = 1.0 if R[t, k] and not keep and not later else 0.0
+                    x[self.F[t, e]] = free
+                    u -= free * g.mem[i]
+        return x
+
+    def solve(self, time_limit_s: float, start: np.ndarray | None = None) -> tuple[highspy.Highs, str]:
+        h = _highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("time_limit", max(float(time_limit_s), 0.05))
         h.setOptionValue("mip_rel_gap", 1e-3)
@@ -194,6 +262,8 @@ class _Model:
             len(self.rows), np.array(lo), np.array(hi), len(index),
             np.array(starts, dtype=np.int32), np.array(index, dtype=np.int32), np.array(value),
         )  # fmt: skip
+        if start is not None:
+            h.setSolution(len(start), np.arange(len(start), dtype=np.int32), start)
         h.run()
         status = h.getModelStatus()
         has = h.getInfo().primal_solution_status == 2
@@ -232,10 +302,18 @@ def _r_given_s(g: CheckmateGraph, S: np.ndarray) -> np.ndarray:
     return R
 
 
-def solve_milp(g: CheckmateGraph, budget_mb: float, time_limit_s: float) -> Solution:
+def solve_milp(g: CheckmateGraph, budget_mb: float, time_limit_s: float, warm_start: bool = True) -> Solution:
+    """The MILP under ``time_limit_s``; ``warm_start``: seeded with the cheapest LP rounding that fits the MILP's
+    own memory model (found within a tenth of the time limit), so a time limit still leaves a schedule."""
     t0 = time.perf_counter()
     model = _Model(g, budget_mb, integral=True)
-    h, status = model.solve(time_limit_s - (time.perf_counter() - t0))
+    start = None
+    if warm_start:
+        lp = solve_lp_rounding(g, budget_mb, time_limit_s / 10, rs=True)
+        for R, S in lp.rs:
+            if (start := model.start(R, S)) is not None:
+                break
+    h, status = model.solve(time_limit_s - (time.perf_counter() - t0), start)
     if status in ("infeasible", "no-solution"):
         return Solution(frozenset(), float("inf"), status, None, time.perf_counter() - t0)
     values = list(h.getSolution().col_value)
@@ -251,7 +329,11 @@ def solve_lp_rounding(
     budget_mb: float,
     time_limit_s: float,
     thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    rs: bool = False,
+    feasible_only: bool = False,
 ) -> Solution:
+    """``feasible_only``: keep only the roundings whose memory (in the MILP's model) fits ``budget_mb``, as
+    Checkmate does; otherwise all of them, cheapest first (the caller judges their memory)."""
     t0 = time.perf_counter()
     model = _Model(g, 0.9 * budget_mb, integral=False)
     h, status = model.solve(time_limit_s - (time.perf_counter() - t0))
@@ -260,13 +342,22 @@ def solve_lp_rounding(
     values = list(h.getSolution().col_value)
     bound = float(h.getInfo().objective_function_value)
     S = model.matrix(values, model.S)
-    found: dict[frozenset[int], float] = {}
+    found: dict[frozenset[int], tuple[float, np.ndarray, np.ndarray]] = {}
+    check = _Model(g, budget_mb, integral=True) if feasible_only else None
     for th in thresholds:
-        R = _r_given_s(g, th <= S)
+        Sr = (th <= S).astype(np.int8)
+        R = _r_given_s(g, Sr)
+        if check is not None and check.start(R, Sr) is None:
+            continue
         rec = _recomputed(g, R)
         cost = float((R * np.array(g.cost)[None, :]).sum())
-        found[rec] = min(cost, found.get(rec, float("inf")))
-    ordered = sorted(found, key=lambda r: found[r])
+        if rec not in found or cost < found[rec][0]:
+            found[rec] = (cost, R, Sr)
+    if not found:
+        return Solution(frozenset(), float("inf"), "no-solution", None, time.perf_counter() - t0)
+    ordered = sorted(found, key=lambda r: found[r][0])
     best = ordered[0]
-    gap = (found[best] - bound) / found[best] if found[best] > 0 else 0.0
-    return Solution(best, found[best], status, max(gap, 0.0), time.perf_counter() - t0, tuple(ordered))
+    cost = found[best][0]
+    gap = max((cost - bound) / cost, 0.0) if cost > 0 else 0.0
+    pairs = tuple((found[r][1], found[r][2]) for r in ordered) if rs else ()
+    return Solution(best, cost, status, gap, time.perf_counter() - t0, tuple(ordered), pairs)
