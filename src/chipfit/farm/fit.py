@@ -27,6 +27,7 @@ from chipfit.data import load_data, split_data, validate_data
 from chipfit.errors import SpecError
 from chipfit.farm.dispatch import Dispatcher, Outcome, Work
 from chipfit.farm.nodes import FarmError, FarmNode, farm_nodes
+from chipfit.farm.prepare import build_variants, reference_outputs
 from chipfit.farm.result import FarmFitResult, TargetResult
 from chipfit.farm.ship import ShippedFile, Shipper, manifest
 from chipfit.farm.task import FarmTask
@@ -127,7 +128,7 @@ class _Run:
                 task = FarmTask(
                     task_id=f"{t}.{c.id}",
                     target=t,
-                    job=ctx.job(c),
+                    job=self.job(ctx, c),
                     timeout_s=cap_s(ctx, c),
                     memory_limit_mb=settings.memory_limit_mb,
                     workdir=ctx.workdir / c.id,
@@ -137,6 +138,13 @@ class _Run:
                 by_task[task.task_id] = (t, c)
         if works:
             self.dispatcher.run(works, lambda o: self.arrived(o, *by_task[o.work.task.task_id]))
+
+    def job(self, ctx: SearchContext, c: Candidate) -> Any:
+        """The candidate's worker job; the reference saves its outputs only when the driver has none yet."""
+        job = ctx.job(c)
+        if c.reference and ctx.reference_path.exists():  # computed here: a node must not rewrite what others read
+            job = job.model_copy(update={"quality": job.quality.model_copy(update={"save_reference": None})})
+        return job
 
     def files(self, ctx: SearchContext, c: Candidate) -> tuple[ShippedFile, ...]:
         """What the task reads: model, data, the variant's steps as built here, the reference outputs."""
@@ -195,32 +203,6 @@ def _metric(spec: Spec, model: Any, data: Any) -> str | None:
     known = tuple(d if isinstance(d, int) else None for d in model.outputs[0].shape) if model.outputs else ()
     check_labels(data.labels, metric, known, data.source)
     return metric
-
-
-def _build_variants(run: _Run, candidates: dict[str, list[Candidate]]) -> float:
-    """Every pass chain the candidates need, built once here before any is dispatched; the seconds it took."""
-    from chipfit.passes import apply_passes
-
-    t0 = time.monotonic()
-    done: set[str] = set()
-    for t, cands in candidates.items():
-        ctx = run.ctx[t]
-        for c in cands:
-            key = repr(c.passes)
-            if c.skip or not c.passes or key in done:
-                continue
-            done.add(key)
-            try:  # each step's folder, for nodes that get the variant shipped
-                steps = [dict(p) for p in c.passes]
-                run.variant_dirs[key] = [
-                    apply_passes(
-                        ctx.model_path, ctx.model_sha256, steps[: i + 1], ctx.variants_dir, ctx.pass_context()
-                    )[0].parent
-                    for i in range(len(steps))
-                ]
-            except Exception as exc:  # the node's worker reports the failure as the candidate's result
-                run.say(f"building {c.pass_label()} failed here ({type(exc).__name__}); its nodes will report it")
-    return time.monotonic() - t0
 
 
 def farm_fit(
@@ -307,7 +289,8 @@ def farm_fit(
         ]
         run.results[t], run.node_of[t], run.lost[t], run.redispatched[t] = [], {}, 0, 0
     try:
-        build_s = _build_variants(run, candidates)
+        build_s = build_variants(run, candidates)
+        build_s += reference_outputs(run, candidates)
         _search(run, candidates, settings)
         result = FarmFitResult(address, {}, 0.0, build_s, run.overheads)
         for t in names:
@@ -322,15 +305,17 @@ def farm_fit(
 
 
 def _search(run: _Run, candidates: dict[str, list[Candidate]], settings: MeasureSettings) -> None:
-    """The local fit's stages, each across every target at once."""
+    """The local fit's stages, each across every target at once. The reference needs its own stage only when
+    its outputs could not be computed here (``farm.prepare.reference_outputs``)."""
     first = {t: min((c.batch for c in cs), default=1) for t, cs in candidates.items()}
-    run.measure([(t, c, None) for t, cs in candidates.items() for c in cs if c.reference], settings)
+    alone = {t for t, cs in candidates.items() if not run.ctx[t].reference_path.exists()}
+    run.measure([(t, c, None) for t, cs in candidates.items() if t in alone for c in cs if c.reference], settings)
     run.measure(
         [
             (t, c, None)
             for t, cs in candidates.items()
             for c in cs
-            if not c.reference and c.batch == first[t] and not c.option_sweep
+            if (c.reference and t not in alone) or (not c.reference and c.batch == first[t] and not c.option_sweep)
         ],
         settings,
     )
