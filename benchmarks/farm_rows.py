@@ -25,7 +25,7 @@ from chipfit.search.space import SpaceOptions
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
 TARGET = "aws-c5.xlarge"
-SPACE = SpaceOptions(backends=("onnxruntime",), batch_sizes=(1, 32), threads=(1,), execution_modes=("sequential",))
+SPACE = SpaceOptions(backends=("onnxruntime",), batch_sizes=(1, 8, 32), threads=(1,), execution_modes=("sequential",))
 
 
 def _settings(warmup_s: float = 0.2) -> MeasureSettings:
@@ -106,7 +106,7 @@ def section(work: Path, rounds: int = 3) -> list[str]:
     farm_vs_local = [statistics.median(f[i] / lo[i] for f, lo in zip(farm, local, strict=True)) for i in ids]
     local_vs_local = [statistics.median(local[k + 1][i] / local[k][i] for k in range(rounds - 1)) for i in ids]
     lines += [
-        f"Digits CNN (`examples/digits`), ONNX Runtime candidates on one thread (batch 1 and 32): {len(ids)} "
+        f"Digits CNN (`examples/digits`), ONNX Runtime candidates on one thread (batch 1, 8 and 32): {len(ids)} "
         f"candidates measured in each of {rounds} rounds, a local fit and a farm fit alternating (one local node "
         f"declared `{TARGET}`, pinned to one core).",
         "",
