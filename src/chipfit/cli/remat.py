@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -72,21 +75,43 @@ def remat(
             if not quiet:
                 err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
-        report = run_remat(
-            spec,
-            budget_mb,
-            batch=batch,
-            find_max=max_batch,
-            solver=solver,
-            time_limit_s=time_limit,
-            device=device,
-            progress=progress,
-        )
+        with _stdout_to_stderr(json_out):  # a library's banner on stdout must not break the JSON
+            report = run_remat(
+                spec,
+                budget_mb,
+                batch=batch,
+                find_max=max_batch,
+                solver=solver,
+                time_limit_s=time_limit,
+                device=device,
+                progress=progress,
+            )
         doc = report.to_json()
         if json_out:
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
             return
         _print(doc)
+
+
+@contextmanager
+def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """File descriptor 1 pointed at 2 meanwhile (what C libraries print goes to stderr)."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -132,8 +157,8 @@ def _print(d: dict[str, Any]) -> None:
     if not d["fits"]:
         out_console.print(f"[bold red]the measured peak exceeds {d['budget_mb']:g} MB[/]")
     out_console.print(
-        f"[dim]peaks measured in a fresh worker process (resident high-water mark above torch's import on CPU; "
-        f"up to {d['drift_mb']:.2g} MB left by earlier probes is counted in them)[/]",
+        f"[dim]peaks measured in a fresh worker process (on CPU: resident high-water mark above the idle worker "
+        f"with torch imported; margin: {d['drift_mb']:.2g} MB of freed memory left resident between probes)[/]",
         soft_wrap=True,
     )
     for note in d["notes"]:

@@ -19,7 +19,7 @@ from chipfit.errors import SpecError
 from chipfit.remat.measure import Probe, ProbeResult, Worker
 from chipfit.remat.step import StepSpec, ref_of
 
-__all__ = ["BatchResult", "Fitted", "fit_plan", "max_batch", "search"]
+__all__ = ["BatchResult", "Calibration", "Fitted", "fit_plan", "max_batch", "search"]
 
 Progress = Callable[[str], None]
 QUICK = {"min_steps": 1, "min_time_s": 0.0}  # a search's probe: one warm-up step (Adam's state made) and one more
@@ -85,6 +85,15 @@ def measure_plain(worker: Worker, batch: int, budget_mb: float, probe: Probe | N
     return Fitted(batch, fits, r, reason="" if r.ok else r.error)
 
 
+@dataclass
+class Calibration:
+    """How far the measured peaks of this step's plans exceeded their predictions (the allocator's slack and
+    what the trace does not see, a few MB on CPU): later plans of the same search aim that much lower, which
+    saves a re-solve per batch."""
+
+    excess_mb: float = 0.0
+
+
 def fit_plan(
     worker: Worker,
     spec: StepSpec,
@@ -96,38 +105,50 @@ def fit_plan(
     module: Any = None,
     progress: Progress | None = None,
     strict: bool = False,
+    first: Any = None,
+    calibration: Calibration | None = None,
 ) -> Fitted:
     """chipfit's plan for ``batch`` under ``budget_mb``, measured; re-solved with a tighter budget (by the
-    measured excess, plus 2%) while the measured peak exceeds the budget, at most ``RESOLVES`` times.
-    ``strict``: a budget below every schedule's minimum raises ``BudgetTooSmall`` (else: does not fit)."""
+    measured excess, plus 1%) while the measured peak exceeds the budget, at most ``RESOLVES`` times.
+    ``strict``: a budget below every schedule's minimum raises ``BudgetTooSmall`` (else: does not fit);
+    ``first``: the plan already solved for ``budget_mb`` at this batch; ``calibration``: the excess seen so
+    far (the first solve aims below the budget by it, and what this batch shows is added)."""
     from chipfit.remat import BudgetTooSmall, plan
 
     module = module if module is not None else spec.build_module()
     inputs = spec.example_inputs(batch)
     loss = spec.loss_fn() if spec.loss else None
-    target, last = budget_mb, None
+    cal = calibration if calibration is not None else Calibration()
+    target = budget_mb - cal.excess_mb if first is None else budget_mb
+    last: Fitted | None = None
     for k in range(RESOLVES + 1):
         try:
-            p = plan(
-                module, inputs, target, loss_fn=loss, solver=solver, time_limit_s=time_limit_s, optimizer=spec.optimizer
-            )
+            if k == 0 and first is not None:
+                p = first
+            else:
+                p = plan(module, inputs, target, loss_fn=loss, solver=solver, time_limit_s=time_limit_s,
+                         optimizer=spec.optimizer)  # fmt: skip
         except BudgetTooSmall as exc:
             if strict and k == 0:
                 raise
+            if k == 0 and target < budget_mb:  # the calibrated aim is below every schedule: try the budget itself
+                target = budget_mb
+                continue
             why = f"no schedule fits {target:.1f} MB (minimum {exc.minimum_mb:.1f} MB)"
             return Fitted(batch, False, last.result if last else None, last.plan if last else None, k, why)
         r = worker.probe(Probe(batch, "plan", p.to_json(), **QUICK))  # type: ignore[arg-type]
-        if not r.ok:
+        if not r.ok or r.peak_mb is None:
             return Fitted(batch, False, r, p, k, r.error)
-        last = Fitted(batch, r.peak_mb is not None and r.peak_mb <= budget_mb, r, p, k)
+        cal.excess_mb = max(cal.excess_mb, r.peak_mb - p.peak_mb)
+        last = Fitted(batch, r.peak_mb <= budget_mb, r, p, k)
         if last.fits:
             return last
-        excess = (r.peak_mb or 0.0) - budget_mb
+        excess = r.peak_mb - budget_mb
         _say(
             progress,
             f"batch {batch}: measured {r.peak_mb:.1f} MB > {budget_mb:g} MB; re-solving {excess:.1f} MB tighter",
         )
-        target = target - excess - 0.02 * budget_mb
+        target = min(target, p.peak_mb) - excess - 0.01 * budget_mb
         if target <= 0:
             break
     return Fitted(
@@ -220,8 +241,11 @@ def max_batch(
             return search(lambda b: measure_plain(worker, b, budget_mb), budget_mb, "none", start=start,
                           resolution=resolution, progress=progress)  # fmt: skip
         module = spec.build_module()
+        cal = Calibration()
         return search(
-            lambda b: fit_plan(worker, spec, b, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module),
+            lambda b: fit_plan(
+                worker, spec, b, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module, calibration=cal
+            ),
             budget_mb,
             "plan",
             start=start,

@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chipfit.errors import SpecError
-from chipfit.remat.batch import BatchResult, Fitted, fit_plan, measure_plain, search
+from chipfit.remat.batch import BatchResult, Calibration, Fitted, fit_plan, measure_plain, search
 from chipfit.remat.measure import Probe, ProbeResult, Worker
 from chipfit.remat.step import StepSpec
 
 __all__ = ["RematReport", "run_remat"]
 
 Progress = Callable[[str], None]
-TIMING = {"min_steps": 5, "min_time_s": 1.0}
+TIMING = {"min_steps": 3, "min_time_s": 0.3}
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RematReport:
     fits: bool  # the plan's measured peak ≤ the budget
     device: str
     optimizer: str
-    drift_mb: float  # resident memory left from earlier probes, counted in the peaks (the margin)
+    drift_mb: float  # resident memory left from earlier probes (the margin: see chipfit.remat.measure)
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -94,41 +94,36 @@ def run_remat(
     if batch is not None and batch < 1:
         raise SpecError(f"--batch must be a positive integer; got {batch}.")
     module = spec.build_module()  # a bad FILE, function or return value is reported before any worker starts
+    first = None
+    if batch is not None:  # a budget below every schedule's minimum is reported before anything is measured
+        from chipfit.remat import plan
+
+        _say(progress, f"tracing the step at batch {batch} and solving for {budget_mb:g} MB…")
+        loss = spec.loss_fn() if spec.loss else None
+        first = plan(module, spec.example_inputs(batch), budget_mb, loss_fn=loss, solver=solver,
+                     time_limit_s=time_limit_s, optimizer=spec.optimizer)  # fmt: skip
+    cal = Calibration()
     with Worker(spec, device) as worker:
-        _say(progress, "measuring the step as it is…")
+
+        def planned_at(b: int, strict: bool = False) -> Fitted:
+            return fit_plan(worker, spec, b, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
+                            progress=progress, calibration=cal, strict=strict)  # fmt: skip
+
         if find_max:
+            _say(progress, "searching the largest batch of the step as it is…")
             base = search(lambda b: measure_plain(worker, b, budget_mb), budget_mb, "as is", progress=progress,
                           resolution=resolution)  # fmt: skip
-            known = base.best
-            planned = search(
-                lambda b: fit_plan(
-                    worker,
-                    spec,
-                    b,
-                    budget_mb,
-                    solver=solver,
-                    time_limit_s=time_limit_s,
-                    module=module,
-                    progress=progress,
-                ),
-                budget_mb,
-                "with plan",
-                start=1,
-                known_fit=known,
-                resolution=resolution,
-                progress=progress,
-            )
+            _say(progress, "searching the largest batch with a plan (each batch: trace, solve, measure)…")
+            planned = search(planned_at, budget_mb, "with plan", known_fit=base.best, resolution=2 * resolution,
+                             progress=progress)  # fmt: skip
             if planned.max_batch == 0:  # not even batch 1: say which minimum it missed
-                fit_plan(worker, spec, 1, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
-                         strict=True)  # fmt: skip
+                planned_at(1, strict=True)
             return _report_max(worker, spec, budget_mb, base, planned, device, progress)
-        assert batch is not None
-        plain = measure_plain(worker, batch, budget_mb, Probe(batch, **TIMING))  # type: ignore[arg-type]
-        _say(progress, f"as is: batch {batch}: peak {plain.result.peak_mb if plain.result else None} MB")
-        _say(progress, f"solving and measuring the plan for {budget_mb:g} MB…")
+        assert batch is not None and first is not None
+        _say(progress, f"measuring the plan ({first.solver}, {len(first.recomputed)} units recomputed)…")
         fitted = fit_plan(worker, spec, batch, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
-                          progress=progress, strict=True)  # fmt: skip
-        _say(progress, "timing both steps…")
+                          progress=progress, first=first)  # fmt: skip
+        _say(progress, f"timing the step as it is and with the plan at batch {batch}…")
         t_plain, t_plan = _timed(worker, batch, fitted.plan)
         return _report(spec, budget_mb, batch, t_plain, t_plan, fitted, None, None, device)
 

@@ -5,14 +5,17 @@ stdin/stdout, one JSON line per probe. Each probe builds the module afresh, runs
 backward, optimizer step) at one batch under one schedule, and answers with its peak and its time:
 
 - **CPU**: the peak is the resident high-water mark (``VmHWM`` of /proc/self/status) while the module is built
-  and the step runs, minus the resident memory of the worker with torch (and chipfit.remat, and the user's
-  file) imported and a tiny warm-up step run, but nothing built: so it covers parameters, gradients,
-  optimizer state, activations and the allocator's slack. Before each probe the high-water mark is reset to
-  the current resident size (``echo 5 > /proc/self/clear_refs``); where that file cannot be written, every
-  probe runs in a worker of its own (slower, same numbers). Large blocks are returned to the system when
-  freed (``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB, so glibc does not keep them on its heap): a probe does
-  not inherit the last one's memory. Margin: what stays resident between probes (``drift_mb``, under 2 MB in
-  our runs) is counted in the next probe's peak, never subtracted, so the number errs high by at most that.
+  and the step runs, minus the resident memory of the worker with torch, chipfit.remat and the user's file
+  imported and nothing built: so it covers parameters, gradients, optimizer state, activations and the
+  allocator's slack. Before that baseline is read, the module runs one step at batch 1 as it is and one
+  checkpointed, and is freed: what a first step initialises once (autograd's engine, the kernels' thread pools,
+  the optimizer's import of torch._dynamo, about 70 MB) is not the model's memory. Before each probe the
+  high-water mark is reset to the current resident size (``echo 5 > /proc/self/clear_refs``); where that file
+  cannot be written, every probe runs in a worker of its own (slower, same numbers). Blocks of 128 KiB and
+  more are returned to the system when freed (``MALLOC_MMAP_THRESHOLD_`` fixed, so glibc does not keep them).
+  Margin: a probe leaves a few MB of small freed blocks resident (``drift_mb``, about 3 MB on a 2048×256 MLP);
+  the next probe reuses them, so its peak is unchanged (the same step measured before and after other probes
+  agrees within 0.1 MB in our runs) but could read low by at most ``drift_mb`` if it did not reuse them.
 - **CUDA**: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated
   before the module was built.
 
@@ -67,7 +70,7 @@ class ProbeResult:
     peak_mb: float | None = None
     step_ms: float | None = None
     steps: int = 0
-    drift_mb: float = 0.0  # resident memory above the baseline before the probe started (counted in peak_mb)
+    drift_mb: float = 0.0  # resident memory above the baseline before the probe started (see the margin)
     error: str = ""
     device: str = "cpu"
 
@@ -314,14 +317,26 @@ def _run(spec: Any, probe: Probe, device: str, baseline_mb: float) -> dict[str, 
 
 
 def _warm_up(spec: Any) -> None:
-    """The lazy one-time initialisation a first step does (autograd's engine, the kernels' thread pools, and
-    the optimizer's first step, which imports torch._dynamo: about 70 MB), done before the baseline is read."""
+    """The lazy one-time initialisation a first step does, done before the baseline is read: autograd's engine,
+    the optimizer's first step (it imports torch._dynamo: about 70 MB), the kernels of the module's own ops and
+    their thread pools, and torch.utils.checkpoint's machinery; on the module itself at batch 1, twice (as is
+    and checkpointed), then freed."""
     import torch
+    from torch.utils.checkpoint import checkpoint
 
     from chipfit.remat.step import train_step
 
-    warm = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
-    train_step(warm, (torch.randn(256, 64),), lambda out: out.mean(), spec.make_optimizer(warm))
+    net = spec.build_module()
+    inputs = spec.example_inputs(1)
+    loss_fn = spec.loss_fn()
+    opt = spec.make_optimizer(net)
+    train_step(net, inputs, loss_fn, opt)
+
+    class Whole(torch.nn.Module):
+        def forward(self, *args: Any) -> Any:
+            return checkpoint(net, *args, use_reentrant=False)
+
+    train_step(Whole(), inputs, loss_fn, opt)  # everything built here is freed when this returns
 
 
 def _oom(exc: BaseException) -> bool:
