@@ -201,6 +201,7 @@ def _trial(space: Path, budget: float | None) -> Any:
     return run_trial(job, trial), trial
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit saves the teacher (a model file, no pickle)
 def test_explore_trains_a_recipe_under_a_remat_plan(tmp_path: Path) -> None:
     space, p = _distill(tmp_path)
     budget = round((p.min_budget_mb + p.baseline_peak_mb) / 2, 2)

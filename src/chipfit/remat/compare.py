@@ -9,8 +9,8 @@ faster of each pair kept, so a burst of load on the machine does not land on one
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from chipfit.errors import SpecError
@@ -61,18 +61,29 @@ def _say(progress: Progress | None, text: str) -> None:
         progress(text)
 
 
-def _timed(worker: Worker, batch: int, plan: Any) -> tuple[ProbeResult, ProbeResult | None]:
-    """Plain and planned steps at ``batch``, alternated twice; the faster measurement of each kept."""
+def _least(results: list[ProbeResult], peaks: Sequence[ProbeResult] = ()) -> ProbeResult | None:
+    """One measurement of repeated probes of the same step: the fastest time, and the least peak of these and
+    ``peaks`` (a later probe can read a little high with what earlier ones left resident; chipfit.remat.measure)."""
+    ok = [r for r in results if r.ok]
+    if not ok:
+        return results[0] if results else None
+    fastest = min(ok, key=lambda r: r.step_ms or float("inf"))
+    least = min(r.peak_mb for r in [*ok, *peaks] if r.ok and r.peak_mb is not None)
+    return replace(fastest, peak_mb=least)
+
+
+def _timed(worker: Worker, batch: int, plan: Any, earlier: list[ProbeResult]) -> tuple[ProbeResult, ProbeResult | None]:
+    """Plain and planned steps at ``batch``, alternated twice (``earlier``: plain probes of it already made, whose
+    peaks count too)."""
     plain: list[ProbeResult] = []
     planned: list[ProbeResult] = []
     for _ in range(2):
         plain.append(worker.probe(Probe(batch, **TIMING)))  # type: ignore[arg-type]
         if plan is not None:
             planned.append(worker.probe(Probe(batch, "plan", plan.to_json(), **TIMING)))  # type: ignore[arg-type]
-    ok = [r for r in plain if r.ok] or plain
-    best_plain = min(ok, key=lambda r: r.step_ms or float("inf"))
-    ok_plan = [r for r in planned if r.ok]
-    return best_plain, (min(ok_plan, key=lambda r: r.step_ms or float("inf")) if ok_plan else None)
+    best = _least(plain, earlier)
+    assert best is not None
+    return best, _least(planned) if planned else None
 
 
 def run_remat(
@@ -124,7 +135,7 @@ def run_remat(
         fitted = fit_plan(worker, spec, batch, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
                           progress=progress, first=first)  # fmt: skip
         _say(progress, f"timing the step as it is and with the plan at batch {batch}…")
-        t_plain, t_plan = _timed(worker, batch, fitted.plan)
+        t_plain, t_plan = _timed(worker, batch, fitted.plan, [])
         return _report(spec, budget_mb, batch, t_plain, t_plan, fitted, None, None, device)
 
 
@@ -144,7 +155,8 @@ def _report_max(
     best = planned.best
     plan = best.plan if best else None
     _say(progress, f"timing both steps at batch {at}…")
-    t_plain, t_plan = _timed(worker, at, plan)
+    earlier = [f.result for f in base.tried if f.batch == at and f.result is not None]
+    t_plain, t_plan = _timed(worker, at, plan, earlier)
     if plan is not None and t_plan is None:
         notes.append(f"the plan for batch {planned.max_batch} could not run at batch {at}; step_ms is at its own batch")
         t_plan = best.result if best else None

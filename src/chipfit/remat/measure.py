@@ -238,14 +238,9 @@ def _scheduled(module: Any, probe: Probe, example: tuple[Any, ...], loss_fn: Any
 
 def plan_from_json(doc: dict[str, Any]) -> Any:
     """The :class:`chipfit.remat.Plan` of ``Plan.to_json()`` (what crosses into the worker)."""
-    import dataclasses
-
     from chipfit.remat import Plan
 
-    if hasattr(Plan, "from_json"):
-        return Plan.from_json(doc)
-    kw = {f.name: doc[f.name] for f in dataclasses.fields(Plan) if f.name in doc}
-    return Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+    return Plan.from_json(doc)
 
 
 def sequential(module: Any, segments: int = 0) -> Any:
