@@ -25,6 +25,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "nncf": ("passes/nncf_int8.py",),
     # the Hugging Face model definitions build the BERT-family test graphs (random weights, no download)
     "transformers": ("testing/",),
+    # the MILP/LP solver of the rematerialization planner
+    "highspy": ("remat/solver.py",),
 }
 
 

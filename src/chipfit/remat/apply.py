@@ -98,7 +98,7 @@ def _chain(mods: list[torch.nn.Module], x: Any) -> Any:
 
 def _segmented_forward(runs: list[tuple[int, int]]) -> Any:
     def run(self: torch.nn.Module, x: Any) -> Any:
-        mods = list(self._modules.values())
+        mods = [m for m in self._modules.values() if m is not None]
         at = 0
         for start, stop in runs:
             x = _chain(mods[at:start], x)

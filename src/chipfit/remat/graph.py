@@ -359,7 +359,7 @@ def _build(
     savers: dict[int, set[int]] = {}
     for s, stack in rec.saved:
         savers.setdefault(s, set()).add(owner(stack))
-    first_call = {}
+    first_call: dict[str, _Call] = {}
     for c in calls:
         first_call.setdefault(c.path, c)
     units = []

@@ -5,7 +5,7 @@
 2. The plain step's peak is simulated (:mod:`chipfit.remat.simulate`); at or under the budget nothing is
    recomputed (solver ``"none"``).
 3. The Checkmate MILP (:mod:`chipfit.remat.solver`) chooses which units to recompute, on the graph of
-   2·units + 1 nodes. ``solver="auto"`` picks by the number of units: the **MILP up to 16 units** (33 nodes),
+   2·units + 1 nodes. ``solver="auto"`` picks by the number of units: the **MILP up to 12 units** (25 nodes),
    the **LP relaxation with two-phase rounding up to 64 units** (129 nodes), and above that the
    **segmented** solve: runs of 24 units, front to back, each a MILP whose memory starts with what the earlier
    runs keep and leaves room for the later runs' inputs.
@@ -34,7 +34,7 @@ from chipfit.remat.simulate import OPTIMIZER_STATES, Simulation, segments_of, si
 __all__ = ["LP_MAX_UNITS", "MILP_MAX_UNITS", "SOLVERS", "BudgetTooSmall", "Plan", "RematError", "plan"]
 
 MB = 2**20
-MILP_MAX_UNITS = 16
+MILP_MAX_UNITS = 12
 LP_MAX_UNITS = 64
 SOLVERS = ("auto", "milp", "lp-rounding", "segmented")
 
@@ -117,7 +117,7 @@ def plan(
         example_inputs = (example_inputs,)
     graph = trace(module, example_inputs, loss_fn, max_units=max_units)
     base = simulate(graph, [], optimizer)
-    common = dict(
+    common: dict[str, Any] = dict(
         budget_mb=float(budget_mb),
         baseline_peak_mb=base.peak_bytes / MB,
         n_nodes=2 * graph.n + 1,
@@ -145,6 +145,7 @@ def plan(
         notes.append(f"the {solver} schedules did not fit; the least-memory fixed schedule is used")
         segs, sim, gap, cost = fallback, fallback_sim, None, None
     else:
+        assert found.simulation is not None
         segs, sim, gap, cost = found.segments, found.simulation, found.gap, found.cost
         solver = found.solver or solver
     min_mb = min(min_mb, sim.peak_bytes / MB)
@@ -160,7 +161,7 @@ def plan(
         solver_cost_ms=cost,
         peak_at=sim.where,
         notes=tuple(notes),
-        **common,  # type: ignore[arg-type]
+        **common,
     )
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from chipfit.remat.graph import StepGraph
-from chipfit.remat.simulate import Simulation, releases, segments_of, simulate, static_bytes
+from chipfit.remat.simulate import Simulation, releases, segments_reaching, simulate, static_bytes
 from chipfit.remat.solver import Solution, checkmate_graph, solve_lp_rounding, solve_milp
 
 __all__ = ["Found", "search"]
@@ -33,16 +33,22 @@ class Found:
 
 def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadline: float) -> Found:
     """The cheapest schedule (by simulated recomputation) the solver finds whose simulated peak fits."""
-    const = static_bytes(graph, optimizer) + graph.param_bytes  # Checkmate's constant: state and all gradients
+    # Checkmate's constant: parameters, optimizer state, buffers, inputs. The gradients are left to the
+    # simulation (few exist when the backward starts, where the activations peak): starting optimistic, the
+    # loop below only ever lowers the budget, and an over-counted constant could make every budget infeasible
+    const = static_bytes(graph, optimizer)
+    # and what the glue between units allocates and the step keeps (no node of the graph holds it)
+    const += sum(graph.sizes[s] for s in graph.savers if graph.creator.get(s, -1) == -1)
     act_mb = (budget - const) / MB
     notes: list[str] = []
     best: Found | None = None
-    for _ in range(MAX_ROUNDS):
+    for r in range(MAX_ROUNDS):
         used = solver
         left = deadline - time.perf_counter()
         if left <= 0 or act_mb <= 0:
             break
-        sol = _solve(graph, solver, act_mb, left)
+        # a share of what is left, so that a round over the budget leaves time for the next ones
+        sol = _solve(graph, solver, act_mb, left / max(1.0, (MAX_ROUNDS - r) / 2))
         if sol.status in ("infeasible", "no-solution") and solver == "milp":
             notes.append(f"milp at an activation budget of {act_mb:.1f} MB: {sol.status}; LP rounding tried")
             sol = _solve(graph, "lp-rounding", act_mb, deadline - time.perf_counter())
@@ -54,7 +60,7 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
             notes.append(f"{solver}: time limit reached, best schedule found so far (gap {sol.gap})")
         excess = None
         for rec in sol.schedules or (sol.recomputed,):
-            segs = segments_of(graph, rec)
+            segs = segments_reaching(graph, rec)
             sim = simulate(graph, segs, optimizer)
             if sim.peak_bytes <= budget:
                 if best is None or best.simulation is None or sim.recompute_ms < best.simulation.recompute_ms:
@@ -65,7 +71,7 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
         if best is not None:
             break
         assert excess is not None
-        act_mb -= max(excess / MB, 0.02 * act_mb)
+        act_mb -= max(excess / MB, 0.1 * act_mb)
     if best is None:
         return Found(None, notes=notes)
     best.notes = notes
@@ -85,7 +91,7 @@ def _segmented(graph: StepGraph, act_mb: float, time_limit_s: float) -> Solution
     runs keep subtracted, and the inputs of the later runs (what they keep at the least) held back."""
     t0 = time.perf_counter()
     chunks = [list(range(i, min(i + SEGMENT_UNITS, graph.n))) for i in range(0, graph.n, SEGMENT_UNITS)]
-    recomputed: set[int] = set()
+    recomputed: set[tuple[int, int]] = set()
     cost = 0.0
     for k, chunk in enumerate(chunks):
         kept = _kept_before(graph, recomputed, chunk[0])
@@ -94,12 +100,12 @@ def _segmented(graph: StepGraph, act_mb: float, time_limit_s: float) -> Solution
         sol = solve_milp(checkmate_graph(graph, chunk), act_mb - (kept + reserve) / MB, left / (len(chunks) - k))
         if sol.status in ("infeasible", "no-solution"):
             return Solution(frozenset(), float("inf"), sol.status, None, time.perf_counter() - t0)
-        recomputed |= {chunk[u] for u in sol.recomputed}
+        recomputed |= {(chunk[u], chunk[w]) for u, w in sol.recomputed}
         cost += sol.cost
     return Solution(frozenset(recomputed), cost, "optimal", None, time.perf_counter() - t0)
 
 
-def _kept_before(graph: StepGraph, recomputed: set[int], first: int) -> int:
+def _kept_before(graph: StepGraph, recomputed: set[tuple[int, int]], first: int) -> int:
     """Bytes kept for the backward by units before ``first`` under the schedule chosen so far."""
-    release = releases(graph, segments_of(graph, {u for u in recomputed if u < first}))
+    release = releases(graph, segments_reaching(graph, {(u, w) for u, w in recomputed if u < first}))
     return sum(graph.sizes[s] for s, r in release.items() if r < first)

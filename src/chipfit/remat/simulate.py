@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from chipfit.remat.graph import GLUE, StepGraph
 
-__all__ = ["Simulation", "releases", "segments_of", "simulate", "static_bytes"]
+__all__ = ["Simulation", "releases", "segments_of", "segments_reaching", "simulate", "static_bytes"]
 
 OPTIMIZER_STATES = {"sgd": 0, "adam": 2}
 
@@ -40,13 +40,26 @@ class Simulation:
 def segments_of(graph: StepGraph, recomputed: set[int] | frozenset[int]) -> list[tuple[int, ...]]:
     """Recomputed units grouped into checkpoints: adjacent units that are consecutive children of one
     ``nn.Sequential`` share a checkpoint; any other recomputed unit is checkpointed alone."""
-    out: list[list[int]] = []
-    for u in sorted(recomputed):
-        if out and out[-1][-1] == u - 1 and _adjacent(graph, u - 1, u):
-            out[-1].append(u)
+    return segments_reaching(graph, {(u, u) for u in recomputed}, split=False)
+
+
+def segments_reaching(
+    graph: StepGraph, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]], split: bool = True
+) -> list[tuple[int, ...]]:
+    """Checkpoints from (u, w) pairs: u is recomputed for unit w, so its checkpoint reaches from u to w (as
+    far as the units are consecutive children of one ``nn.Sequential``). Overlapping reaches share one
+    checkpoint; with ``split``, reaches that only touch stay separate checkpoints."""
+    spans: list[list[int]] = []
+    for u, w in sorted(pairs):
+        end = u
+        while end < max(u, w) and _adjacent(graph, end, end + 1):
+            end += 1
+        last = spans[-1] if spans else None
+        if last is not None and (u <= last[1] or (not split and u == last[1] + 1 and _adjacent(graph, u - 1, u))):
+            last[1] = max(last[1], end)
         else:
-            out.append([u])
-    return [tuple(s) for s in out]
+            spans.append([u, end])
+    return [tuple(range(a, b + 1)) for a, b in spans]
 
 
 def _adjacent(graph: StepGraph, a: int, b: int) -> bool:

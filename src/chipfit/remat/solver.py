@@ -54,12 +54,12 @@ class CheckmateGraph:
 
 @dataclass(frozen=True)
 class Solution:
-    recomputed: frozenset[int]  # unit indices
+    recomputed: frozenset[tuple[int, int]]  # (unit u, unit w): u is recomputed for w (see _recomputed)
     cost: float  # Σ R·cost over the whole schedule (ms)
     status: str  # "optimal", "time-limit", "infeasible", "no-solution"
     gap: float | None  # relative MIP gap, or (rounded − LP bound) / rounded for the rounding
     solve_s: float
-    schedules: tuple[frozenset[int], ...] = ()  # LP rounding: every threshold's schedule, cheapest first
+    schedules: tuple[frozenset[tuple[int, int]], ...] = ()  # LP rounding: each threshold's, cheapest first
     rs: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # LP rounding: (R, S) of each, cheapest first
 
 
@@ -251,7 +251,11 @@ class _Model:
         if self.n_int:
             idx = np.array(list(self.R.values()) + list(self.S.values()) + list(self.F.values()), dtype=np.int32)
             h.changeColsIntegrality(len(idx), idx, np.full(len(idx), highspy.HighsVarType.kInteger))
-        starts, index, value, lo, hi = [], [], [], [], []
+        starts: list[int] = []
+        index: list[int] = []
+        value: list[float] = []
+        lo: list[float] = []
+        hi: list[float] = []
         for lo_, hi_, idx_, val_ in self.rows:
             starts.append(len(index))
             index.extend(idx_)
@@ -280,8 +284,18 @@ class _Model:
         return out
 
 
-def _recomputed(g: CheckmateGraph, R: np.ndarray) -> frozenset[int]:
-    return frozenset(u for u in range(g.n_units) if R[:, u].sum() > 1.5)
+def _recomputed(g: CheckmateGraph, R: np.ndarray) -> frozenset[tuple[int, int]]:
+    """(u, w) for every unit u computed more than once: w is the unit of the first later stage that
+    computes u again (that stage's node is w's forward or backward; the loss node counts as the last unit).
+    PyTorch drops u's output only if w's checkpoint does not keep it: the checkpoint must reach from u to w."""
+    n = g.n_units
+    out = set()
+    for u in range(n):
+        again = [t for t in range(u + 1, g.size) if R[t, u] > 0.5]
+        if again:
+            t = again[0]
+            out.add((u, t if t < n else n - 1 if t == n else 2 * n - t))
+    return frozenset(out)
 
 
 def _r_given_s(g: CheckmateGraph, S: np.ndarray) -> np.ndarray:
@@ -342,7 +356,7 @@ def solve_lp_rounding(
     values = list(h.getSolution().col_value)
     bound = float(h.getInfo().objective_function_value)
     S = model.matrix(values, model.S)
-    found: dict[frozenset[int], tuple[float, np.ndarray, np.ndarray]] = {}
+    found: dict[frozenset[tuple[int, int]], tuple[float, np.ndarray, np.ndarray]] = {}
     check = _Model(g, budget_mb, integral=True) if feasible_only else None
     for th in thresholds:
         Sr = (th <= S).astype(np.int8)
