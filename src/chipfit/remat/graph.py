@@ -398,7 +398,8 @@ def trace(
     costs: str = "profiled",
 ) -> StepGraph:
     """The step graph of ``loss_fn(module(*inputs))`` and its backward (see the module docstring); ``costs``
-    "flops" uses the FLOPs (scaled to the measured step time) instead of each unit's profiled time."""
+    "flops": each unit costs its FLOPs at a nominal 1 TFLOP/s and its backward twice that (deterministic), instead
+    of its profiled time (also the fallback where a unit with FLOPs timed at zero)."""
     loss_fn = loss_fn or default_loss
     with _preserved(module):
         timed, fwd_ms, bwd_ms = _time(module, inputs, loss_fn, repeats)
@@ -414,11 +415,13 @@ def trace(
     total_fwd = sum(u.fwd_ms for u in units)
     source = "profiled"
     if costs == "flops" or total_fwd <= 0 or any(u.fwd_ms <= 0 for u in units if u.flops > 0):
+        # FLOPs at a nominal 1 TFLOP/s, the backward twice the forward: machine-independent costs
         source = "flops"
-        total_flops = sum(u.flops for u in units) or 1.0
-        units = [_with(u, fwd_ms=fwd_ms * u.flops / total_flops) for u in units]
-        total_fwd = sum(u.fwd_ms for u in units) or 1.0
-    units = [_with(u, bwd_ms=bwd_ms * u.fwd_ms / max(total_fwd, 1e-9)) for u in units]
+        units = [_with(u, fwd_ms=u.flops / 1e9, bwd_ms=2 * u.flops / 1e9) for u in units]
+        fwd_ms = sum(u.fwd_ms for u in units)
+        bwd_ms = 2 * fwd_ms
+    else:
+        units = [_with(u, bwd_ms=bwd_ms * u.fwd_ms / max(total_fwd, 1e-9)) for u in units]
     params = {id(p): p for p in module.parameters()}
     buffers = {id(b): b for b in module.buffers()}
     return StepGraph(
