@@ -67,7 +67,19 @@ def bench_digits(work: Path) -> list[str]:
     return [*lines, "", *fit_commentary(c.batch, result.spec.objective, c.options, c.backend, speedups)]
 
 
-PARTS = ("digits", "precision", "backends", "predictor", "asha", "serving", "transformers", "server", "farm", "gpu")
+PARTS = (
+    "digits",
+    "precision",
+    "backends",
+    "predictor",
+    "asha",
+    "serving",
+    "transformers",
+    "server",
+    "farm",
+    "gpu",
+    "remat",
+)
 
 
 def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
@@ -111,6 +123,10 @@ def part(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
         from server_rows import section as server_section
 
         return server_section(tmp, rounds=args.server_rounds)
+    if name == "remat":
+        from remat_rows import section as remat_section
+
+        return remat_section()
     from transformer_rows import section as transformers_section
 
     (tmp / "transformers").mkdir()

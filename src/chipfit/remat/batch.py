@@ -107,16 +107,18 @@ def fit_plan(
     strict: bool = False,
     first: Any = None,
     calibration: Calibration | None = None,
+    device: str = "cpu",
 ) -> Fitted:
     """chipfit's plan for ``batch`` under ``budget_mb``, measured; re-solved with a tighter budget (by the
     measured excess, plus 1%) while the measured peak exceeds the budget, at most ``RESOLVES`` times.
     ``strict``: a budget below every schedule's minimum raises ``BudgetTooSmall`` (else: does not fit);
     ``first``: the plan already solved for ``budget_mb`` at this batch; ``calibration``: the excess seen so
-    far (the first solve aims below the budget by it, and what this batch shows is added)."""
+    far (the first solve aims below the budget by it, and what this batch shows is added); ``device``: where
+    ``module`` is and the plan is traced (the worker measures on its own device)."""
     from chipfit.remat import BudgetTooSmall, plan
 
-    module = module if module is not None else spec.build_module()
-    inputs = spec.example_inputs(batch)
+    module = module if module is not None else spec.build_module().to(device)
+    inputs = tuple(t.to(device) for t in spec.example_inputs(batch))
     loss = spec.loss_fn() if spec.loss else None
     cal = calibration if calibration is not None else Calibration()
     target = budget_mb - cal.excess_mb if first is None else budget_mb

@@ -104,21 +104,22 @@ def run_remat(
         raise SpecError("Give either --batch N (compare at one batch) or --max-batch (find the largest), not both.")
     if batch is not None and batch < 1:
         raise SpecError(f"--batch must be a positive integer; got {batch}.")
-    module = spec.build_module()  # a bad FILE, function or return value is reported before any worker starts
+    module = spec.build_module().to(device)  # a bad FILE, function or return value: reported before measuring
     first = None
     if batch is not None:  # a budget below every schedule's minimum is reported before anything is measured
         from chipfit.remat import plan
 
         _say(progress, f"tracing the step at batch {batch} and solving for {budget_mb:g} MB…")
         loss = spec.loss_fn() if spec.loss else None
-        first = plan(module, spec.example_inputs(batch), budget_mb, loss_fn=loss, solver=solver,
+        inputs = tuple(t.to(device) for t in spec.example_inputs(batch))
+        first = plan(module, inputs, budget_mb, loss_fn=loss, solver=solver,
                      time_limit_s=time_limit_s, optimizer=spec.optimizer)  # fmt: skip
     cal = Calibration()
     with Worker(spec, device) as worker:
 
         def planned_at(b: int, strict: bool = False) -> Fitted:
             return fit_plan(worker, spec, b, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
-                            progress=progress, calibration=cal, strict=strict)  # fmt: skip
+                            progress=progress, calibration=cal, strict=strict, device=device)  # fmt: skip
 
         if find_max:
             _say(progress, "searching the largest batch of the step as it is…")
@@ -133,7 +134,7 @@ def run_remat(
         assert batch is not None and first is not None
         _say(progress, f"measuring the plan ({first.solver}, {len(first.recomputed)} units recomputed)…")
         fitted = fit_plan(worker, spec, batch, budget_mb, solver=solver, time_limit_s=time_limit_s, module=module,
-                          progress=progress, first=first)  # fmt: skip
+                          progress=progress, first=first, device=device)  # fmt: skip
         _say(progress, f"timing the step as it is and with the plan at batch {batch}…")
         t_plain, t_plan = _timed(worker, batch, fitted.plan, [])
         return _report(spec, budget_mb, batch, t_plain, t_plan, fitted, None, None, device)

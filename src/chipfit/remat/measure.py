@@ -85,14 +85,18 @@ class _Hello:
     device: str = "cpu"
     threads: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    warm_compile: bool = False  # probes will use torch.compile: its import and first compile before the baseline
 
 
 # --------------------------------------------------------------------------------------------------- parent side
 class Worker:
     """A measurement worker process; ``probe`` measures one step in it. Use as a context manager."""
 
-    def __init__(self, step: Any, device: str = "cpu", threads: int = 0, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, step: Any, device: str = "cpu", threads: int = 0, timeout_s: float = 600.0, warm_compile: bool = False
+    ) -> None:
         self.step, self.device, self.threads, self.timeout_s = step, device, threads, timeout_s
+        self.warm_compile = warm_compile
         self.proc: subprocess.Popen[str] | None = None
         self.baseline_mb: float | None = None
         self.can_reset = False
@@ -115,7 +119,7 @@ class Worker:
             text=True,
             env=env,
         )
-        hello = _Hello(self.step.to_dict(), self.device, self.threads)
+        hello = _Hello(self.step.to_dict(), self.device, self.threads, warm_compile=self.warm_compile)
         reply = self._ask(asdict(hello), 300.0)
         if "error" in reply:
             self.close()
@@ -311,11 +315,11 @@ def _run(spec: Any, probe: Probe, device: str, baseline_mb: float) -> dict[str, 
     }
 
 
-def _warm_up(spec: Any) -> None:
+def _warm_up(spec: Any, compiled: bool = False) -> None:
     """The lazy one-time initialisation a first step does, done before the baseline is read: autograd's engine,
     the optimizer's first step (it imports torch._dynamo: about 70 MB), the kernels of the module's own ops and
     their thread pools, and torch.utils.checkpoint's machinery; on the module itself at batch 1, twice (as is
-    and checkpointed), then freed."""
+    and checkpointed; and compiled, when ``compiled``: torch.compile's imports are about 100 MB), then freed."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -332,6 +336,9 @@ def _warm_up(spec: Any) -> None:
             return checkpoint(net, *args, use_reentrant=False)
 
     train_step(Whole(), inputs, loss_fn, opt)  # everything built here is freed when this returns
+    if compiled:
+        train_step(torch.compile(net, backend="aot_eager"), inputs, loss_fn, opt)
+        torch._dynamo.reset()
 
 
 def _oom(exc: BaseException) -> bool:
@@ -361,7 +368,7 @@ def _serve() -> None:
         load_ref(spec.build, "the model")  # the user's file imported (its imports are not the model's memory)
         if spec.loss:
             spec.loss_fn()
-        _warm_up(spec)
+        _warm_up(spec, hello.warm_compile)
         _trim()
         baseline = _rss_mb()
     except ChipfitError as exc:
