@@ -214,3 +214,22 @@ def test_explore_trains_a_recipe_under_a_remat_plan(tmp_path: Path) -> None:
     assert plain.status == "complete" and plain.remat_overhead is None
     too_small, _ = _trial(space, round(p.min_budget_mb / 4, 3))
     assert too_small.status == "rejected" and "needs at least" in too_small.reason, too_small
+
+
+def test_the_gpu_benchmark_script_runs_on_the_cpu(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "remat_gpu.py"), str(tmp_path / "g.json"), "--device", "cpu",
+         "--dry-run", "--time-limit", "2"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert [r["schedule"] for r in doc["rows"]] == ["none", "checkpoint_sequential", "chipfit plan"]
+    assert doc["rows"][0]["max_batch"] >= 1 and doc["rows"][2]["max_batch"] >= doc["rows"][0]["max_batch"]
+    assert "| chipfit plan |" in proc.stdout

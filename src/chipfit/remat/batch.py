@@ -115,7 +115,7 @@ def fit_plan(
     ``first``: the plan already solved for ``budget_mb`` at this batch; ``calibration``: the excess seen so
     far (the first solve aims below the budget by it, and what this batch shows is added); ``device``: where
     ``module`` is and the plan is traced (the worker measures on its own device)."""
-    from chipfit.remat import BudgetTooSmall, plan
+    from chipfit.remat.plan import BudgetTooSmall, plan
 
     module = module if module is not None else spec.build_module().to(device)
     inputs = tuple(t.to(device) for t in spec.example_inputs(batch))

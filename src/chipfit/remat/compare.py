@@ -107,7 +107,7 @@ def run_remat(
     module = spec.build_module().to(device)  # a bad FILE, function or return value: reported before measuring
     first = None
     if batch is not None:  # a budget below every schedule's minimum is reported before anything is measured
-        from chipfit.remat import plan
+        from chipfit.remat.plan import plan
 
         _say(progress, f"tracing the step at batch {batch} and solving for {budget_mb:g} MB…")
         loss = spec.loss_fn() if spec.loss else None

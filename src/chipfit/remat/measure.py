@@ -224,7 +224,7 @@ def _scheduled(module: Any, probe: Probe, example: tuple[Any, ...], loss_fn: Any
     import torch
 
     if probe.schedule == "plan":
-        from chipfit.remat import apply
+        from chipfit.remat.apply import apply
 
         return apply(module, plan_from_json(probe.plan or {}))
     if probe.schedule == "sequential":
@@ -242,7 +242,7 @@ def _scheduled(module: Any, probe: Probe, example: tuple[Any, ...], loss_fn: Any
 
 def plan_from_json(doc: dict[str, Any]) -> Any:
     """The :class:`chipfit.remat.Plan` of ``Plan.to_json()`` (what crosses into the worker)."""
-    from chipfit.remat import Plan
+    from chipfit.remat.plan import Plan
 
     return Plan.from_json(doc)
 
@@ -359,7 +359,8 @@ def _serve() -> None:
         import torch
 
         with contextlib.suppress(ImportError):  # imported before the baseline: apply() needs it
-            import chipfit.remat  # noqa: F401
+            import chipfit.remat.apply  # noqa: F401
+            import chipfit.remat.plan  # noqa: F401
         from chipfit.remat.step import StepSpec, load_ref
 
         if hello.threads:
