@@ -359,7 +359,7 @@ def _serve() -> None:
         import torch
 
         with contextlib.suppress(ImportError):  # imported before the baseline: apply() needs it
-            import chipfit.remat.apply  # noqa: F401
+            import chipfit.remat.apply
             import chipfit.remat.plan  # noqa: F401
         from chipfit.remat.step import StepSpec, load_ref
 
