@@ -22,7 +22,15 @@ from chipfit.remat.step import StepSpec, ref_of
 __all__ = ["BatchResult", "Calibration", "Fitted", "fit_plan", "max_batch", "search"]
 
 Progress = Callable[[str], None]
-QUICK = {"min_steps": 1, "min_time_s": 0.0}  # a search's probe: one warm-up step (Adam's state made) and one more
+# a search's probe: one step with SGD (no state between steps); with Adam one more, after its state is made
+QUICK = {"min_steps": 1, "min_time_s": 0.0}
+QUICK_SGD = {"min_steps": 0, "min_time_s": 0.0}
+
+
+def _quick(worker: Worker) -> dict[str, Any]:
+    return QUICK_SGD if getattr(worker.step, "optimizer", "") == "sgd" else QUICK
+
+
 RESOLVES = 3  # re-solves with a tighter budget before a batch counts as not fitting
 
 
@@ -80,7 +88,7 @@ def _describe(f: Fitted, budget_mb: float) -> str:
 
 def measure_plain(worker: Worker, batch: int, budget_mb: float, probe: Probe | None = None) -> Fitted:
     """The step as it is (or under ``probe``'s schedule) at ``batch``: fits when its measured peak ≤ budget."""
-    r = worker.probe(replace(probe, batch=batch) if probe else Probe(batch, **QUICK))  # type: ignore[arg-type]
+    r = worker.probe(replace(probe, batch=batch) if probe else Probe(batch, **_quick(worker)))
     fits = r.ok and r.peak_mb is not None and r.peak_mb <= budget_mb
     return Fitted(batch, fits, r, reason="" if r.ok else r.error)
 
@@ -138,7 +146,7 @@ def fit_plan(
                 continue
             why = f"no schedule fits {target:.1f} MB (minimum {exc.minimum_mb:.1f} MB)"
             return Fitted(batch, False, last.result if last else None, last.plan if last else None, k, why)
-        r = worker.probe(Probe(batch, "plan", p.to_json(), **QUICK))  # type: ignore[arg-type]
+        r = worker.probe(Probe(batch, "plan", p.to_json(), **_quick(worker)))
         if not r.ok or r.peak_mb is None:
             return Fitted(batch, False, r, p, k, r.error)
         cal.excess_mb = max(cal.excess_mb, r.peak_mb - p.peak_mb)

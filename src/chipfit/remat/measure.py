@@ -19,7 +19,8 @@ backward, optimizer step) at one batch under one schedule, and answers with its 
 - **CUDA**: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what was allocated
   before the module was built.
 
-The step time is the median of the timed steps after one warm-up step.
+The step time is the median of the timed steps after one warm-up step (``min_steps=0``: the one step, warm-up
+included, which is enough for a peak with SGD: it holds no state from one step to the next).
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def _run(spec: Any, probe: Probe, device: str, baseline_mb: float) -> dict[str, 
         "batch": probe.batch,
         "status": "ok",
         "peak_mb": round(peak, 3),
-        "step_ms": round(statistics.median(times[1:]) * 1e3, 4),
+        "step_ms": round(statistics.median(times[1:] or times) * 1e3, 4),
         "steps": len(times) - 1,
         "drift_mb": round(drift, 3),
         "device": device,
