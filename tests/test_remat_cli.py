@@ -137,6 +137,29 @@ def test_bad_flags_exit_2(mlp: Path, args: list[str], message: str) -> None:
     assert message in proc.stderr, proc.stderr
 
 
+def tiny() -> Any:
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh())
+
+
+def tiny_batch(batch: int) -> Any:
+    import torch
+
+    return torch.randn(batch, 64)
+
+
+def test_max_batch_api_measures_in_the_worker() -> None:
+    from chipfit.errors import SpecError
+    from chipfit.remat import max_batch
+
+    r = max_batch(tiny, tiny_batch, 6.0, schedule="none", resolution=1 / 2)
+    assert r.max_batch >= 1 and r.peak_mb is not None and r.peak_mb <= 6.0
+    assert any(not f.fits for f in r.tried)  # the search went past the largest batch and came back
+    with pytest.raises(SpecError, match="top level of a Python file"):
+        max_batch(lambda: tiny(), tiny_batch, 12.0)
+
+
 def test_bad_models_exit_2(mlp: Path, tmp_path: Path) -> None:
     common = ["--inputs", INPUT, "--budget-mb", "64", "--batch", "16"]
     assert "is not a Python file" in _cli(f"{tmp_path}/nope.py:build", *common, code=2).stderr
