@@ -21,7 +21,7 @@ def remat(
         list[str],
         typer.Option(
             "--inputs",
-            help="An input of the module as name:dtype[dims] with B the batch, e.g. 'x:float32[B,256]'; repeat for "
+            help="An input of the module as name:dtype\\[dims] with B the batch, e.g. 'x:float32[B,256]'; repeat for "
             "several. Integer inputs may add <HIGH for their range: 'ids:int64[B,128]<32000'.",
         ),
     ],
