@@ -126,6 +126,7 @@ def test_max_batch_table(mlp: Path, between: tuple[float, Any]) -> None:
         (["--optimizer", "lion"], "--optimizer must be one of"),
         (["--batch", "8", "--max-batch"], "not both"),
         (["--loss", "missing.py:fn"], "is not a Python file"),
+        (["--solver", "gurobi"], "--solver must be"),
     ],
 )
 def test_bad_flags_exit_2(mlp: Path, args: list[str], message: str) -> None:

@@ -104,6 +104,13 @@ def run_remat(
         raise SpecError("Give either --batch N (compare at one batch) or --max-batch (find the largest), not both.")
     if batch is not None and batch < 1:
         raise SpecError(f"--batch must be a positive integer; got {batch}.")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError(
+                f"--device {device}: torch sees no CUDA device here ({torch.__version__}); use --device cpu."
+            )
     module = spec.build_module().to(device)  # a bad FILE, function or return value: reported before measuring
     first = None
     if batch is not None:  # a budget below every schedule's minimum is reported before anything is measured
