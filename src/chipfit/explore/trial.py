@@ -88,11 +88,12 @@ class TrialContext:
         """The module to train within ``--train-memory-mb``: ``module`` itself when there is no such bound or its
         step (on ``example_inputs``, one training batch) fits; else ``module`` under chipfit's remat plan (same
         parameters: an optimizer built on ``module.parameters()`` keeps working). No plan fits: the trial is
-        rejected, naming the minimum. ``loss_fn(outputs)`` defaults to the mean of the outputs."""
+        rejected, naming the minimum. A module that cannot be traced (a TorchScript part: no module hooks) trains
+        as it is, with the reason on the trial. ``loss_fn(outputs)`` defaults to the mean of the outputs."""
         budget = self.job.train_memory_mb
         if budget is None:
             return module
-        from chipfit.remat import BudgetTooSmall, apply, plan
+        from chipfit.remat import BudgetTooSmall, RematError, apply, plan
 
         try:
             p = plan(module, tuple(example_inputs), budget, loss_fn=loss_fn, optimizer=optimizer)
@@ -101,6 +102,9 @@ class TrialContext:
                 f"its training step needs at least {exc.minimum_mb:.4g} MB with recomputation; "
                 f"--train-memory-mb is {budget:g}"
             ) from None
+        except (RematError, RuntimeError) as exc:  # one chipfit cannot trace (TorchScript): trains as it is, said so
+            self.trial.set_user_attr("remat", {"error": f"not planned: {type(exc).__name__}: {exc}"[:500]})
+            return module
         self.trial.set_user_attr("remat", {k: v for k, v in p.to_json().items() if k != "recomputed"})
         if not p.recomputed:
             return module
