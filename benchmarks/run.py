@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--asha-seeds", type=int, default=5)
     ap.add_argument("--asha-jobs", type=int, default=1, help="explore runs at a time (a budget in units allows it)")
     ap.add_argument("--transformer-rounds", type=int, default=20, help="interleaved rounds per batch size")
-    ap.add_argument("--server-rounds", type=int, default=3, help="interleaved server/CLI fits (issue 18)")
+    ap.add_argument("--server-rounds", type=int, default=5, help="interleaved server/CLI fits (issue 18)")
     args = ap.parse_args()
     only = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
     unknown = [p for p in only if p not in PARTS]

@@ -73,7 +73,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    config = ServerConfig(tmp_path_factory.mktemp("server"), max_upload_mb=1.0, poll_s=0.05)
+    # the jobs here name their backend: their processes need not import every backend's library ahead
+    config = ServerConfig(tmp_path_factory.mktemp("server"), max_upload_mb=1.0, poll_s=0.05, preload_backends=False)
     app = create_app(config)
     service: ServerService = app.state.service
     tokens = {name: service.create_team(name)[1] for name in ("alpha", "beta")}
@@ -285,6 +286,7 @@ def _free_port() -> int:
 
 def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "chipfit", "server", "start", "--data-dir", str(data_dir), "--port", str(port)]
+    cmd += ["--no-preload-backends"]  # the jobs name their backend
     with open(data_dir / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     import httpx
@@ -304,13 +306,9 @@ def test_a_server_killed_with_jobs_queued_and_running_loses_none(tmp_path: Path)
     import httpx
 
     data_dir = tmp_path / "srv"
-    out = subprocess.run(
-        [sys.executable, "-m", "chipfit", "server", "team", "create", "ops", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = out.stdout.split()[-1]
+    service = ServerService(ServerConfig(data_dir, run_worker=False))  # (the CLI's team create: test_team_commands)
+    _, token = service.create_team("ops")
+    service.close()
     h = _bearer(token)
     port = _free_port()
     proc = _start(data_dir, port)
@@ -320,7 +318,7 @@ def test_a_server_killed_with_jobs_queued_and_running_loses_none(tmp_path: Path)
             mid = c.post("/api/models", files={"file": ("m.onnx", f)}).json()["id"]
         with open(DIGITS / "eval.npz", "rb") as f:
             did = c.post(f"/api/models/{mid}/data", files={"file": ("e.npz", f)}).json()["id"]
-        first = c.post("/api/jobs", json=_job(mid, did, 0.4)).json()["id"]
+        first = c.post("/api/jobs", json=_job(mid, did, 0.3)).json()["id"]
         second = c.post("/api/jobs", json=_job(mid, did, 0.13)).json()["id"]
         deadline = time.monotonic() + WAIT_S
         while not [e for e in c.get(f"/api/jobs/{first}/candidates").json() if e["source"] == "measured"]:

@@ -114,7 +114,8 @@ async def list_jobs(request: Request, team: TeamDep) -> list[dict[str, Any]]:
 async def get_job(request: Request, team: TeamDep, job_id: str) -> Response:
     """State (queued|running|done|failed|cancelled|stopped_by_quota), progress, spend and, once ended, the result
     (the JSON of ``chipfit fit --json`` / ``chipfit recommend --json``)."""
-    body = await run_in_threadpool(_service(request).job_json, team, job_id)
+    service = _service(request)
+    body = service.finished_job_json(team, job_id) or await run_in_threadpool(service.job_json, team, job_id)
     return Response(body, media_type="application/json")
 
 

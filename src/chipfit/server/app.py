@@ -4,6 +4,7 @@ enforced on the request body as it streams in, and the local job worker started 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -89,9 +90,18 @@ def create_app(config: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal worker
+        gc.freeze()  # what startup made lives as long as the server: keep it out of every collection (latency)
         if config.run_worker:
             recover_jobs(service.db)
-            worker = JobWorker(service.db, config.data_dir, config.url, config.home, config.farm, config.poll_s)
+            worker = JobWorker(
+                service.db,
+                config.data_dir,
+                config.url,
+                config.home,
+                config.farm,
+                config.poll_s,
+                config.preload_backends,
+            )
             worker.start()
         try:
             yield

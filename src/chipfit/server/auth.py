@@ -13,6 +13,10 @@ team id, a fingerprint of the team's current token hash (rotating the token ends
 token. With the cookie, every unsafe method (POST, PUT, PATCH, DELETE) must carry that CSRF token in the
 ``X-CSRF-Token`` header or a ``csrf_token`` form field, else 403. A bearer token needs no CSRF token (a browser
 never sends it on its own). Tokens are never logged.
+
+A server reads a team's row at most once a second for authentication (``ServerService.cached_team``): a token
+rotated through the same service object stops working at once; one rotated by another process (the CLI) within
+``service.TEAM_TTL_S``.
 """
 
 from __future__ import annotations

@@ -156,9 +156,17 @@ class JobWorker:
     started only when no job runs (importing must not share the cores with a measurement)."""
 
     def __init__(
-        self, db: Database, data_dir: Path, url: str, home: Path, farm: str | None = None, poll_s: float = 0.2
+        self,
+        db: Database,
+        data_dir: Path,
+        url: str,
+        home: Path,
+        farm: str | None = None,
+        poll_s: float = 0.2,
+        preload_backends: bool = True,
     ) -> None:
         self.db, self.data_dir, self.url, self.home, self.farm, self.poll_s = db, data_dir, url, home, farm, poll_s
+        self.preload_backends = preload_backends
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.loop, name="chipfit-job-worker", daemon=True)
         self.proc: subprocess.Popen[bytes] | None = None  # the job's process while one runs
@@ -195,6 +203,7 @@ class JobWorker:
         """A job process that imports, then waits for its job's id on stdin."""
         cmd = [sys.executable, "-m", "chipfit.server.runner", "--data-dir", str(self.data_dir), "--wait"]
         cmd += ["--farm", self.farm] if self.farm else []
+        cmd += ["--preload-backends"] if self.preload_backends else []
         env = {**os.environ, "CHIPFIT_HOME": str(self.home), "CHIPFIT_SERVER_STORE": self.url}
         env.pop(lifetime.ALIVE_FD_ENV, None)  # the job watches its parent pid (and the kernel's death signal)
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)

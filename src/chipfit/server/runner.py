@@ -217,15 +217,16 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _wait_for_job(data_dir: Path) -> str:
+def _wait_for_job(data_dir: Path, preload_backends: bool) -> str:
     """``--wait``: import what a job needs (the pipeline, and each backend's library, as the fit's space asks
     which backends run here), then read its id from stdin; from then on write to the job's log."""
     import chipfit.pipeline
     import chipfit.recommend  # noqa: F401
     from chipfit.backends import available_backends
 
-    with contextlib.suppress(Exception):  # imports every backend's library (TVM brings torch: seconds)
-        available_backends()
+    if preload_backends:
+        with contextlib.suppress(Exception):  # imports every backend's library (TVM brings torch: seconds)
+            available_backends()
     job_id = sys.stdin.readline().strip()
     if not job_id or not job_id.isalnum():
         raise SystemExit(0)  # the server stopped (stdin closed) before giving a job
@@ -247,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", default=None, help="the job's id (else --wait: read it from stdin)")
     parser.add_argument("--wait", action="store_true", help="import first, then read the job's id from stdin")
     parser.add_argument("--farm", default=None)
+    parser.add_argument("--preload-backends", action="store_true", help="with --wait: import every backend too")
     args = parser.parse_args(argv)
     url = os.environ.get("CHIPFIT_SERVER_STORE") or f"sqlite:///{args.data_dir / 'chipfit.db'}"
-    job_id = args.job or _wait_for_job(args.data_dir)
+    job_id = args.job or _wait_for_job(args.data_dir, args.preload_backends)
     db = Database(url)
     try:
         run_job(db, args.data_dir, job_id, args.farm)

@@ -4,14 +4,11 @@ method that takes a ``team`` sees only that team's rows: another team's id is an
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import secrets
-import shutil
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,21 @@ from sqlalchemy import func, select, update
 from chipfit.errors import ChipfitError
 from chipfit.server.auth import hash_secret, load_key, new_secret, split_token
 from chipfit.server.config import ServerConfig
-from chipfit.server.db import TERMINAL, Database, DataRow, EventRow, JobRow, ModelRecordRow, TeamRow, now
+from chipfit.server.db import Database, DataRow, EventRow, JobRow, ModelRecordRow, TeamRow, now
 from chipfit.server.errors import Conflict, Invalid, NotFound
 from chipfit.server.jobs import JobRequest, add_event, finish_job
 from chipfit.server.quota import Pricing, check_quota, farm_pricing, job_bound_usd, price_of
+from chipfit.server.records import (
+    DataRecord,
+    Event,
+    Job,
+    ModelRecord,
+    Team,
+    data_of,
+    job_of,
+    model_of,
+    team_of,
+)
 from chipfit.server.uploads import SavedFile, Upload, save_upload, store_data, store_model
 
 __all__ = ["TEAM_TTL_S", "DataRecord", "Event", "Job", "ModelRecord", "ServerService", "Team"]
@@ -32,116 +40,8 @@ __all__ = ["TEAM_TTL_S", "DataRecord", "Event", "Job", "ModelRecord", "ServerSer
 TEAM_TTL_S = 1.0
 
 
-@dataclass(frozen=True)
-class Team:
-    id: str
-    name: str
-    quota_usd: float | None
-    spent_usd: float
-    created_at: dt.datetime
-    token_hash: str = field(repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "quota_usd": self.quota_usd, "spent_usd": self.spent_usd}
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    id: str
-    name: str
-    sha256: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    info: dict[str, Any]
-    created_at: dt.datetime
-    path: Path = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "sha256": self.sha256, "inputs": self.inputs, "outputs": self.outputs}
-
-
-@dataclass(frozen=True)
-class DataRecord:
-    id: str
-    model_id: str
-    name: str
-    sha256: str
-    info: dict[str, Any]
-    created_at: dt.datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "model_id": self.model_id, "name": self.name, "sha256": self.sha256, **self.info}
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    kind: str
-    model_id: str
-    data_id: str
-    state: str
-    progress: tuple[int, int]  # candidates done, total
-    spend_usd: float
-    bound_usd: float
-    usd_per_hour: float
-    request: dict[str, Any]
-    result: dict[str, Any] | None
-    error: str | None
-    attempts: int
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in TERMINAL
-
-    def to_dict(self, result: bool = True) -> dict[str, Any]:
-        """Plain JSON types; the result is shared, not copied (a finished fit's result is large)."""
-        out = {k: getattr(self, k) for k in _JOB_FIELDS}
-        out["progress"] = {"done": self.progress[0], "total": self.progress[1]}
-        for k in ("created_at", "started_at", "finished_at"):
-            out[k] = out[k].isoformat() if out[k] else None
-        if not result:
-            out.pop("result")
-        return out
-
-
-_JOB_FIELDS = tuple(f.name for f in fields(Job))
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    kind: str
-    data: dict[str, Any]
-
-
 def _new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(8)}"
-
-
-def _team(row: TeamRow) -> Team:
-    return Team(row.id, row.name, row.quota_usd, row.spent_usd, row.created_at, row.token_hash)
-
-
-def _model(row: ModelRecordRow) -> ModelRecord:
-    info = row.info
-    return ModelRecord(
-        row.id, row.name, row.sha256, info["inputs"], info["outputs"], info, row.created_at, Path(row.path)
-    )
-
-
-def _data(row: DataRow) -> DataRecord:
-    return DataRecord(row.id, row.model_id, row.name, row.sha256, row.info, row.created_at)
-
-
-def _job(row: JobRow) -> Job:
-    return Job(
-        row.id, row.kind, row.model_id, row.data_id, row.state, (row.done, row.total), row.spend_usd, row.bound_usd,
-        row.usd_per_hour, row.request, row.result, row.error, row.attempts, row.created_at, row.started_at,
-        row.finished_at,
-    )  # fmt: skip
 
 
 class ServerService:
@@ -172,23 +72,23 @@ class ServerService:
                 raise Conflict(f"A team named {name!r} exists already: pick another name, or rotate-token its token.")
             s.add(row)
             s.commit()
-        return _team(row), f"{row.id}.{secret}"
+        return team_of(row), f"{row.id}.{secret}"
 
     def list_teams(self) -> list[Team]:
         with self.db.session() as s:
-            return [_team(r) for r in s.scalars(select(TeamRow).order_by(TeamRow.created_at))]
+            return [team_of(r) for r in s.scalars(select(TeamRow).order_by(TeamRow.created_at))]
 
     def team_by_id(self, team_id: str) -> Team | None:
         with self.db.session() as s:
             row = s.get(TeamRow, team_id)
-            return _team(row) if row else None
+            return team_of(row) if row else None
 
     def team_by_name(self, name: str) -> Team:
         with self.db.session() as s:
             row = s.scalar(select(TeamRow).where((TeamRow.name == name) | (TeamRow.id == name)))
         if row is None:
             raise NotFound(f"No team named {name!r}: see `chipfit server team list`.")
-        return _team(row)
+        return team_of(row)
 
     def set_quota(self, name: str, quota_usd: float | None) -> Team:
         team = self.team_by_name(name)
@@ -239,14 +139,14 @@ class ServerService:
         with self.db.session() as s:
             rows = s.scalars(select(ModelRecordRow).where(ModelRecordRow.team_id == team.id)
                              .order_by(ModelRecordRow.created_at.desc()))  # fmt: skip
-            return [_model(r) for r in rows]
+            return [model_of(r) for r in rows]
 
     def get_model(self, team: Team, model_id: str) -> ModelRecord:
         with self.db.session() as s:
             row = s.get(ModelRecordRow, model_id)
         if row is None or row.team_id != team.id:
             raise NotFound(f"No model {model_id!r} in team {team.name!r}: see GET /api/models.")
-        return _model(row)
+        return model_of(row)
 
     def add_model(self, team: Team, upload: Upload | Sequence[Upload]) -> ModelRecord:
         """Store an uploaded model (one .onnx with its external data files, or a .pt2), deduplicated per team."""
@@ -266,12 +166,12 @@ class ServerService:
             row = s.scalar(select(ModelRecordRow).where(ModelRecordRow.team_id == team.id,
                                                         ModelRecordRow.sha256 == model.sha256))  # fmt: skip
             if row is not None:
-                return _model(row)
+                return model_of(row)
             row = ModelRecordRow(id=_new_id("m"), team_id=team.id, name=name, sha256=model.sha256,
                                  path=str(model.path), info=info, created_at=now())  # fmt: skip
             s.add(row)
             s.commit()
-            return _model(row)
+            return model_of(row)
 
     def add_data(self, team: Team, model_id: str, upload: Upload) -> DataRecord:
         """Store an evaluation set for one of the team's models, checked against the model as ``fit`` checks it."""
@@ -290,21 +190,21 @@ class ServerService:
                               sha256=saved.sha256, path=str(path), info=info, created_at=now())  # fmt: skip
                 s.add(row)
                 s.commit()
-            return _data(row)
+            return data_of(row)
 
     def list_data(self, team: Team, model_id: str | None = None) -> list[DataRecord]:
         with self.db.session() as s:
             q = select(DataRow).where(DataRow.team_id == team.id)
             if model_id is not None:
                 q = q.where(DataRow.model_id == model_id)
-            return [_data(r) for r in s.scalars(q.order_by(DataRow.created_at.desc()))]
+            return [data_of(r) for r in s.scalars(q.order_by(DataRow.created_at.desc()))]
 
     def get_data(self, team: Team, data_id: str) -> tuple[DataRecord, Path]:
         with self.db.session() as s:
             row = s.get(DataRow, data_id)
         if row is None or row.team_id != team.id:
             raise NotFound(f"No data set {data_id!r} in team {team.name!r}: upload one at POST /api/models/ID/data.")
-        return _data(row), Path(row.path)
+        return data_of(row), Path(row.path)
 
     # jobs ---------------------------------------------------------------------------------------------------
     def pricing(self, request: JobRequest) -> Pricing:
@@ -350,7 +250,7 @@ class ServerService:
             check_quota(fresh.quota_usd, fresh.spent_usd, self._held(s, team.id), bound)
             s.add(row)
         add_event(self.db, row.id, "state", {"state": "queued", "price": pricing.basis})
-        return _job(row)
+        return job_of(row)
 
     @staticmethod
     def _held(s: Any, team_id: str) -> float:
@@ -363,14 +263,19 @@ class ServerService:
         with self.db.session() as s:
             rows = s.scalars(select(JobRow).where(JobRow.team_id == team.id)
                              .order_by(JobRow.created_at.desc()).limit(limit))  # fmt: skip
-            return [_job(r) for r in rows]
+            return [job_of(r) for r in rows]
 
     def get_job(self, team: Team, job_id: str) -> Job:
         with self.db.session() as s:
             row = s.get(JobRow, job_id)
         if row is None or row.team_id != team.id:
             raise NotFound(f"No job {job_id!r} in team {team.name!r}: see GET /api/jobs.")
-        return _job(row)
+        return job_of(row)
+
+    def finished_job_json(self, team: Team, job_id: str) -> bytes | None:
+        """The kept JSON of a finished job of ``team`` (no database read: safe on the event loop), else None."""
+        cached = self._finished.get(job_id)
+        return cached[1] if cached is not None and cached[0] == team.id else None
 
     def job_json(self, team: Team, job_id: str) -> bytes:
         """``get_job(...).to_dict()`` as JSON bytes: what status polls read. A finished job no longer changes, so
@@ -444,9 +349,6 @@ class ServerService:
                         z.write(p, p.relative_to(folder).as_posix())
             tmp.replace(dest)
         return dest
-
-    def delete_job_files(self, job_id: str) -> None:
-        shutil.rmtree(self.config.data_dir / "jobs" / job_id, ignore_errors=True)
 
 
 def _artifact_folders(out: Path) -> dict[str, Path]:
