@@ -15,14 +15,29 @@ async function api(method, url, body) {
     opts.headers["Content-Type"] = "application/json";
   }
   const resp = await fetch(url, opts);
-  let data = null;
-  try { data = await resp.json(); } catch (e) { data = null; }
+  const data = parseJson(await resp.text());
+  if (resp.ok && data === undefined) throw new Error(`The server's answer to ${method} ${url} is not JSON.`);
   if (!resp.ok) {
     const err = new Error(errorText(resp.status, data));
     err.status = resp.status;
     throw err;
   }
   return data;
+}
+
+// JSON.parse, also for Python's non-standard Infinity/NaN numbers (a recommendation's "expected_error" of an
+// unvalidated predictor), read as null; undefined when the text is not JSON at all.
+function parseJson(text) {
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    try {
+      return JSON.parse(text.replace(/([:\[,]\s*)-?(Infinity|NaN)(?=\s*[,}\]])/g, "$1null"));
+    } catch (e2) {
+      return undefined;
+    }
+  }
 }
 
 function errorText(status, data) {
@@ -114,8 +129,15 @@ function pollJobs() {
   const rows = Array.from(document.querySelectorAll("#jobs-table tr[data-job]")).filter(
     (tr) => !TERMINAL.includes(tr.dataset.state));
   if (!rows.length) return;
-  Promise.all(rows.map((tr) => api("GET", `/api/jobs/${tr.dataset.job}`).then((j) => paintRow(tr, j), () => null)))
-    .then(() => refreshSpend());
+  let ended = false;
+  const one = (tr) => api("GET", `/api/jobs/${tr.dataset.job}`).then((j) => {
+    paintRow(tr, j);
+    ended = ended || TERMINAL.includes(j.state);
+  }, () => null);
+  Promise.all(rows.map(one)).then(() => {
+    refreshSpend();
+    if (ended) refreshFragment("usage");
+  });
 }
 
 function refreshSpend() {
@@ -208,6 +230,7 @@ async function submitJob(ev) {
     const job = await api("POST", "/api/jobs", jobRequest(form, modelId, d.id));
     status.textContent = `Job ${job.id.slice(0, 10)} ${job.state}.`;
     addJobRow({ ...job, kind: form.elements.kind.value }, modelName);
+    refreshFragment("usage");
   } catch (e) {
     fail(e.message);
   } finally {
@@ -243,7 +266,7 @@ function followJob(section) {
     const f = jobFields(j);
     if (f.done !== seen && !TERMINAL.includes(f.state)) {
       seen = f.done;
-      refreshLive();
+      refreshFragment("live");
     }
     const badge = document.getElementById("job-state");
     badge.className = `badge state-${f.state}`;
@@ -257,14 +280,15 @@ function followJob(section) {
   setTimeout(tick, 500);
 }
 
-// Re-render the job page's tables and plots from the server while the job runs (the candidates so far).
-function refreshLive() {
+// Re-render part of the page from the server (the job page's tables and plots while the job runs, the spend card
+// when a job ends): fetch this page again and swap the element with the same id.
+function refreshFragment(id) {
   fetch(window.location.href, { credentials: "same-origin" }).then((r) => r.text()).then((html) => {
-    const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
-    const live = document.getElementById("live");
-    if (fresh && live) {
-      live.innerHTML = fresh.innerHTML;
-      live.querySelectorAll("th[data-sort]").forEach((th) => th.addEventListener("click", () => sortTable(th)));
+    const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
+    const here = document.getElementById(id);
+    if (fresh && here) {
+      here.innerHTML = fresh.innerHTML;
+      here.querySelectorAll("th[data-sort]").forEach((th) => th.addEventListener("click", () => sortTable(th)));
     }
   }, () => null);
 }
@@ -301,8 +325,7 @@ async function login(ev) {
     window.location.href = "/";
     return;
   }
-  let data = null;
-  try { data = await resp.json(); } catch (e) { data = null; }
+  const data = parseJson(await resp.text());
   let box = form.parentNode.querySelector(".alert");
   if (!box) {
     box = document.createElement("div");
