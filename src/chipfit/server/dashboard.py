@@ -25,7 +25,8 @@ from chipfit.server.auth import csrf_token, team_from_cookie
 from chipfit.server.dashboard_plots import pareto_svg, recommend_svg
 from chipfit.server.dashboard_views import compare_rows, fmt, sections, target_rows
 from chipfit.server.errors import NotFound
-from chipfit.server.service import Job, ServerService, Team
+from chipfit.server.records import Job, Team
+from chipfit.server.service import ServerService
 
 __all__ = ["install", "router"]
 
