@@ -19,6 +19,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ WAIT_S = 60.0  # a generous ceiling for the server to answer and the tiny fit to
 TERMINAL = re.compile("done|failed|cancelled|stopped_by_quota")
 CHROMIUM = shutil.which("chromium")
 
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="the browser test needs Debian's chromium on PATH: `make chromium` as root, or sudo apt-get install chromium",
 )
@@ -88,6 +89,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         log.close()
 
 
+@needs_chromium
 def test_dashboard_login_upload_fit_watch_download_and_run(server: tuple[str, str], tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (the dev extra)")
     from chipfit.runtime import load
@@ -183,3 +185,40 @@ def test_dashboard_login_upload_fit_watch_download_and_run(server: tuple[str, st
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_a_farm_fit_is_laid_out_per_target_with_its_plot_and_comparison(
+    mlp: Path, mlp_npz: Path, fast_settings: Any, small_space: Any
+) -> None:
+    """The job page's views on a farm fit's result shape ({target: per-target result}), built from a real fit's JSON:
+    one section per target with its winner flagged, the per-target comparison labelled measured or declared, the
+    plot's feasible region from a bound beyond the data, and one compare row per variant and target."""
+    import json
+
+    import chipfit
+    from chipfit.server.dashboard_plots import pareto_svg
+    from chipfit.server.dashboard_views import compare_rows, sections, target_rows
+
+    result = chipfit.fit(mlp, mlp_npz, space=small_space, settings=fast_settings, max_p99_ms=1000, progress=False)
+    local = json.loads(json.dumps(result.to_dict(), default=str))
+    farm = {
+        "farm": "192.0.2.2:6379",
+        "targets": {"aws-c5.xlarge": {**local, "how": "declared"}, "aws-c7g.xlarge": {**local, "how": "measured"}},
+        "spec": local["spec"],
+    }
+    secs = sections("fit", farm)
+    assert [s["name"] for s in secs] == ["aws-c5.xlarge", "aws-c7g.xlarge"]
+    assert [s["how"] for s in secs] == ["declared", "measured"]
+    for s in secs:
+        assert sum(r["winner"] for r in s["rows"]) == 1
+        assert len(s["rows"]) == len([c for c in local["candidates"] if c["status"] != "skipped"])
+        svg = pareto_svg(s)
+        assert svg.startswith("<svg") and "feasible region (p99 ≤ 1000 ms)" in svg
+    rows = target_rows("fit", farm)
+    assert [(r["target"], r["source"], r["p50_ms"]) for r in rows] == [
+        ("aws-c5.xlarge", "declared", local["winner"]["p50_ms"]),
+        ("aws-c7g.xlarge", "measured", local["winner"]["p50_ms"]),
+    ]
+    compared = compare_rows([{"id": "j1", "kind": "fit", "model_name": "mlp.onnx", "result": farm}])
+    assert {r["target"] for r in compared} == {"aws-c5.xlarge", "aws-c7g.xlarge"}
+    assert sum(r["winner"] for r in compared) == 2  # each target's winner, once
