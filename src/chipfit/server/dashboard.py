@@ -23,7 +23,7 @@ from fastapi.templating import Jinja2Templates
 
 from chipfit.server.auth import csrf_token, team_from_cookie
 from chipfit.server.dashboard_plots import pareto_svg, recommend_svg
-from chipfit.server.dashboard_views import compare_rows, fmt, sections, target_rows
+from chipfit.server.dashboard_views import compare_rows, fmt, sections, spec_text, target_rows
 from chipfit.server.errors import NotFound
 from chipfit.server.records import Job, Team
 from chipfit.server.service import ServerService
@@ -106,6 +106,7 @@ def _job_view(job: Job, names: dict[str, str]) -> dict[str, Any]:
         "created": job.created_at.isoformat() if job.created_at else "",
         "created_text": _when(job.created_at),
         "finished_text": _when(job.finished_at),
+        "spec_text": spec_text(req.get("spec") or {}),
         "backends": req.get("backends") or [],
         "targets": req.get("targets") or [],
         "error": job.error,
@@ -176,6 +177,9 @@ def index(request: Request) -> Response:
     service = _service(request)
     models = service.list_models(team)
     names = {m.id: m.name for m in models}
+    latest_data: dict[str, Any] = {}
+    for d in service.list_data(team):  # newest first: each model's latest evaluation set
+        latest_data.setdefault(d.model_id, d)
     jobs = [_job_view(j, names) for j in service.list_jobs(team)]
     farm = request.app.state.service.config.farm
     return _page(
@@ -184,7 +188,16 @@ def index(request: Request) -> Response:
         team,
         page="jobs",
         jobs=jobs,
-        models=[{"id": m.id, "name": m.name, "sha256": m.sha256} for m in models],
+        models=[
+            {
+                "id": m.id,
+                "name": m.name,
+                "sha256": m.sha256,
+                "data_id": latest_data[m.id].id if m.id in latest_data else "",
+                "data_name": latest_data[m.id].name if m.id in latest_data else "",
+            }
+            for m in models
+        ],
         backends=_backend_choices(),
         targets=_catalog(),
         farm=farm,

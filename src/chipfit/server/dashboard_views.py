@@ -18,6 +18,7 @@ __all__ = [
     "fmt",
     "quality_of",
     "sections",
+    "spec_text",
     "target_rows",
     "variant_of",
 ]
@@ -60,6 +61,31 @@ def fmt(v: Any, digits: int = 3) -> str:
             return f"{mantissa}e{int(exp)}"
         return text
     return str(v)
+
+
+_SPEC_LABELS = {
+    "max_p50_ms": ("p50 ≤ ", " ms"),
+    "max_p99_ms": ("p99 ≤ ", " ms"),
+    "min_throughput": ("≥ ", "/s"),
+    "max_memory_mb": ("memory ≤ ", " MB"),
+    "max_size_mb": ("size ≤ ", " MB"),
+    "max_accuracy_drop": ("accuracy drop ≤ ", ""),
+    "min_fidelity": ("fidelity ≥ ", ""),
+    "max_cost_per_1m": ("$/1M ≤ ", ""),
+    "max_energy_mj": ("energy ≤ ", " mJ"),
+}
+
+
+def spec_text(spec: dict[str, Any]) -> str:
+    """A job's constraints in a few words, as submitted: 'p99 ≤ 5 ms, accuracy drop ≤ 0.01 · latency · 30s'."""
+    bounds = [f"{a}{v}{b}" for k, (a, b) in _SPEC_LABELS.items() if (v := spec.get(k)) not in (None, "")]
+    parts = [", ".join(bounds) or "no bounds"]
+    if spec.get("objective"):
+        parts.append(str(spec["objective"]))
+    if spec.get("time_budget") not in (None, ""):
+        budget = spec["time_budget"]
+        parts.append(f"{budget:g} s" if isinstance(budget, (int, float)) else str(budget))
+    return " · ".join(parts)
 
 
 def variant_of(c: dict[str, Any]) -> str:

@@ -105,6 +105,17 @@ function paintRow(tr, j) {
   if (f.error) tr.title = f.error;
 }
 
+const SPEC_LABELS = {
+  max_p50_ms: ["p50 ≤ ", " ms"], max_p99_ms: ["p99 ≤ ", " ms"], max_memory_mb: ["memory ≤ ", " MB"],
+  max_accuracy_drop: ["accuracy drop ≤ ", ""], min_fidelity: ["fidelity ≥ ", ""], max_cost_per_1m: ["$/1M ≤ ", ""],
+};
+
+function specText(spec) {  // as the server's dashboard_views.spec_text, for a row added before the next reload
+  const bounds = Object.entries(SPEC_LABELS).filter(([k]) => spec[k] !== undefined)
+    .map(([k, [a, b]]) => `${a}${spec[k]}${b}`);
+  return [bounds.join(", ") || "no bounds", spec.objective, spec.time_budget].filter(Boolean).join(" · ");
+}
+
 function addJobRow(job, modelName) {
   const table = document.getElementById("jobs-table");
   const empty = document.getElementById("jobs-empty");
@@ -112,7 +123,7 @@ function addJobRow(job, modelName) {
   table.hidden = false;
   const tr = document.createElement("tr");
   tr.dataset.job = job.id;
-  tr.innerHTML = `<td><a class="mono"></a></td><td></td><td class="l"></td><td><span class="badge"></span></td>
+  tr.innerHTML = `<td><a class="mono"></a></td><td></td><td class="l"></td><td class="spec"></td><td><span class="badge"></span></td>
     <td class="progress-cell"><span class="bar"><span></span></span><span class="progress-text"></span></td>
     <td class="n"></td><td class="muted">just now</td>`;
   const a = tr.querySelector("a");
@@ -120,6 +131,7 @@ function addJobRow(job, modelName) {
   a.textContent = job.id.slice(0, 10);
   tr.children[1].textContent = job.kind || "";
   tr.children[2].textContent = modelName || "";
+  tr.children[3].textContent = specText(job.spec || {});
   table.tBodies[0].prepend(tr);
   paintRow(tr, { state: job.state || "queued" });
   return tr;
@@ -208,12 +220,13 @@ async function submitJob(ev) {
   const files = form.elements.model.files;
   const picked = form.elements.model_id ? form.elements.model_id.value : "";
   const data = form.elements.data.files[0];
+  const pickedData = picked && !files.length ? form.elements.model_id.selectedOptions[0].dataset.data : "";
   const fail = (msg) => { errBox.textContent = msg; errBox.hidden = false; status.textContent = ""; };
   if (!files.length && !picked) return fail("Choose a model file (.onnx or .pt2), or a model this team uploaded.");
-  if (!data) return fail("Choose the evaluation data: an .npz with one array per model input.");
+  if (!data && !pickedData) return fail("Choose the evaluation data: an .npz with one array per model input.");
   button.disabled = true;
   try {
-    let modelId = picked, modelName = picked ? form.elements.model_id.selectedOptions[0].textContent : "";
+    let modelId = picked, modelName = picked ? form.elements.model_id.selectedOptions[0].dataset.name : "";
     if (files.length) {
       status.textContent = "Uploading the model…";
       const fd = new FormData();
@@ -222,14 +235,18 @@ async function submitJob(ev) {
       modelId = m.id;
       modelName = m.name || files[0].name;
     }
-    status.textContent = "Uploading the data…";
-    const dd = new FormData();
-    dd.append("file", data);
-    const d = await api("POST", `/api/models/${modelId}/data`, dd);
+    let dataId = pickedData;
+    if (data) {
+      status.textContent = "Uploading the data…";
+      const dd = new FormData();
+      dd.append("file", data);
+      dataId = (await api("POST", `/api/models/${modelId}/data`, dd)).id;
+    }
     status.textContent = "Submitting…";
-    const job = await api("POST", "/api/jobs", jobRequest(form, modelId, d.id));
+    const request = jobRequest(form, modelId, dataId);
+    const job = await api("POST", "/api/jobs", request);
     status.textContent = `Job ${job.id.slice(0, 10)} ${job.state}.`;
-    addJobRow({ ...job, kind: form.elements.kind.value }, modelName);
+    addJobRow({ ...job, kind: request.kind, spec: request.spec }, modelName);
     refreshFragment("usage");
   } catch (e) {
     fail(e.message);
@@ -293,6 +310,16 @@ function refreshFragment(id) {
   }, () => null);
 }
 
+function showDataHint(form) {
+  const hint = document.getElementById("data-hint");
+  const sel = form.elements.model_id;
+  if (!hint || !sel) return;
+  const opt = sel.selectedOptions[0];
+  hint.textContent = opt && opt.dataset.dataName
+    ? `(none chosen: ${opt.dataset.dataName}, uploaded with this model)`
+    : "(.npz: one array per input, optional 'labels')";
+}
+
 function showTargets(form) {
   const box = document.getElementById("targets-box");
   if (!box) return;
@@ -343,6 +370,7 @@ document.addEventListener("DOMContentLoaded", () => {
     form.addEventListener("submit", submitJob);
     form.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", () => showTargets(form)));
     showTargets(form);
+    if (form.elements.model_id) form.elements.model_id.addEventListener("change", () => showDataHint(form));
   }
   const loginForm = document.getElementById("login-form");
   if (loginForm) loginForm.addEventListener("submit", login);
