@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Full-page screenshots of the three HTML reports on the bundled example, for README.md: report.html (fit),
-# recommend.html and explore.html, taken with Debian's headless chromium (`make chromium` installs it).
-#   tools/screenshots.sh [fit] [recommend] [explore]      (default: all three; IMG=docs/img)
+# recommend.html and explore.html, taken with Debian's headless chromium (`make chromium` installs it), and of
+# the team service's dashboard (tools/dashboard_screenshots.py: a real server driven with Playwright).
+#   tools/screenshots.sh [fit] [recommend] [explore] [dashboard]      (default: all four; IMG=docs/img)
 # Each report is built first (fit as `make demo` does; recommend with three targets and a 20 s budget;
 # explore with 0.02 cpu-h, the least here that completes a trial; 0.005 stops its only one), then shot
 # 1280 px wide in a tall window, cropped to the page, kept under 300 KB.
@@ -51,7 +52,7 @@ shoot() {  # shoot HTML PNG
 }
 
 reports=("$@")
-[ $# -gt 0 ] || reports=(fit recommend explore)
+[ $# -gt 0 ] || reports=(fit recommend explore dashboard)
 for what in "${reports[@]}"; do
   case "$what" in
     fit)
@@ -66,6 +67,8 @@ for what in "${reports[@]}"; do
       "$BIN/chipfit" explore examples/explore/space.yaml --budget "${EXPLORE_BUDGET:-0.02cpu-h}" \
         --new-study --out out/explore
       shoot out/explore/explore.html "$IMG/explore.png" ;;
-    *) echo "screenshots: unknown report '$what' (fit, recommend or explore)" >&2; exit 2 ;;
+    dashboard)
+      "$BIN/python" tools/dashboard_screenshots.py --img "$IMG" ;;
+    *) echo "screenshots: unknown report '$what' (fit, recommend, explore or dashboard)" >&2; exit 2 ;;
   esac
 done
