@@ -84,11 +84,15 @@ def _when(t: dt.datetime | None) -> str:
 
 
 def _artifacts(job: Job) -> list[dict[str, Any]]:
-    """The download buttons: one for a local fit with a winner, one per target with a winner for a farm fit."""
+    """The download buttons: one for a local fit with a winner, one per target with a winner for a farm fit, and
+    for a recommendation the winner of its measurements here (its row measured on this machine met the bounds)."""
     r = job.result or {}
     url = f"/api/jobs/{job.id}/artifact"
     if isinstance(r.get("targets"), dict):
         return [{"target": t, "url": f"{url}?target={t}"} for t, v in r["targets"].items() if v.get("winner")]
+    if isinstance(r.get("targets"), list):
+        here = [t for t in r["targets"] if t.get("source") == "measured" and t.get("meets")]
+        return [{"target": "", "url": url, "label": "this machine's best"}] if here else []
     return [{"target": "", "url": url}] if r.get("winner") else []
 
 
