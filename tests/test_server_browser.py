@@ -182,6 +182,11 @@ def test_dashboard_login_upload_fit_watch_download_and_run(server: tuple[str, st
             page.click("#compare-form button")
             assert page.locator("#compare-table tbody tr").count() >= 1
             expect(page.locator("#compare-table tbody tr.winner")).to_have_count(1)
+
+            # an unknown job id (or another team's) is a 404 page that says so
+            missing = page.goto(base + "/jobs/j0000000000000000")
+            assert missing is not None and missing.status == 404
+            expect(page.locator("main")).to_contain_text("No job 'j0000000000000000'")
             assert not errors, errors
         finally:
             browser.close()
