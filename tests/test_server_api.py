@@ -45,7 +45,7 @@ def _job(model: str, data: str, measure_time: float, **spec: Any) -> dict[str, A
         "spec": spec,
         "backends": ["onnxruntime"],
         "space": SPACE,
-        "measure": {"measure_time": measure_time, "predict": False},
+        "measure": {"measure_time": measure_time, "predict": False, "eval_samples": 64},
     }
 
 
@@ -319,7 +319,7 @@ def test_a_server_killed_with_jobs_queued_and_running_loses_none(tmp_path: Path)
         with open(DIGITS / "eval.npz", "rb") as f:
             did = c.post(f"/api/models/{mid}/data", files={"file": ("e.npz", f)}).json()["id"]
         first = c.post("/api/jobs", json=_job(mid, did, 0.3)).json()["id"]
-        second = c.post("/api/jobs", json=_job(mid, did, 0.13)).json()["id"]
+        second = c.post("/api/jobs", json=_job(mid, did, 0.06)).json()["id"]
         deadline = time.monotonic() + WAIT_S
         while not [e for e in c.get(f"/api/jobs/{first}/candidates").json() if e["source"] == "measured"]:
             assert time.monotonic() < deadline, c.get(f"/api/jobs/{first}").json()

@@ -21,6 +21,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api")
 TeamDep = Annotated[Team, Depends(current_team)]
+STREAM_POLL_S = 0.25  # an event stream reads new events this often (light on a machine that is measuring)
 
 
 def _service(request: Request) -> ServerService:
@@ -141,7 +142,7 @@ async def job_events(request: Request, team: TeamDep, job_id: str) -> StreamingR
         after = int(request.headers.get("last-event-id", "0"))
     except ValueError:
         after = 0
-    poll = service.config.poll_s
+    poll = max(service.config.poll_s, STREAM_POLL_S)
 
     async def stream() -> AsyncIterator[str]:
         last = after

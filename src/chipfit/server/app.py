@@ -92,7 +92,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         nonlocal worker
         gc.freeze()  # what startup made lives as long as the server: keep it out of every collection (latency)
         if config.run_worker:
-            recover_jobs(service.db)
+            recover_jobs(service.db, config.data_dir)
             worker = JobWorker(
                 service.db,
                 config.data_dir,

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("chipfit.server")
+WATCH_S = 0.5  # how often a running job's row is read for a cancellation (the server stays off the cores)
 
 
 class SpaceRequest(BaseModel):
@@ -124,21 +125,23 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _is_job_process(pid: int, job_id: str) -> bool:
+def _is_job_process(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is still a job process of this data dir (not a reused pid)."""
     import psutil
 
     try:
-        return job_id in " ".join(psutil.Process(pid).cmdline())
+        cmd = psutil.Process(pid).cmdline()
+        return "chipfit.server.runner" in cmd and str(data_dir) in cmd
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
 
-def recover_jobs(db: Database) -> int:
+def recover_jobs(db: Database, data_dir: Path) -> int:
     """At start: every job left running is queued again (its process, if still alive, killed first)."""
     with db.session() as s:
         rows = list(s.scalars(select(JobRow).where(JobRow.state == "running")))
         for row in rows:
-            if row.pid and _is_job_process(row.pid, row.id):
+            if row.pid and _is_job_process(row.pid, data_dir):
                 _kill_group(row.pid)
             row.state, row.pid = "queued", None
         s.commit()
@@ -232,8 +235,13 @@ class JobWorker:
             proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass  # it died while waiting: its exit status fails the job below
-        while proc.poll() is None:
-            if self.stopping.wait(self.poll_s):
+        while True:
+            try:
+                proc.wait(timeout=WATCH_S)  # returns as soon as the job ends; else a light look at its row
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping.is_set():
                 return
             with self.db.session() as s:
                 state = s.scalar(select(JobRow.state).where(JobRow.id == job.id))
