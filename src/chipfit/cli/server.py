@@ -13,7 +13,7 @@ __all__ = ["server_app", "team_app"]
 
 server_app = typer.Typer(
     cls=OneLineErrors,
-    help="chipfit as a team service: teams with tokens and quotas, a job queue, a REST API and a dashboard.",
+    help="A team service: tokens, quotas in dollars, a job queue, a REST API and a web dashboard.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
