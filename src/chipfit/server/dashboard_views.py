@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from chipfit.candidate import Candidate
+from chipfit.report.plots import compact_number
+
 __all__ = [
     "CANDIDATE_COLUMNS",
     "candidate_rows",
@@ -53,13 +56,7 @@ def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         if not math.isfinite(v):
             return "–"
-        if abs(v) >= 10**digits:
-            return f"{v:,.0f}"
-        text = f"{v:.{digits}g}"
-        if "e" in text:
-            mantissa, exp = text.split("e")
-            return f"{mantissa}e{int(exp)}"
-        return text
+        return f"{v:,.0f}" if abs(v) >= 10**digits else compact_number(v, digits)  # 53,618; 0.0162; 2.82e-5
     return str(v)
 
 
@@ -88,19 +85,37 @@ def spec_text(spec: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _candidate(c: dict[str, Any]) -> Candidate | None:
+    """The candidate a result row describes (its own fields), or None for a row without them (a recommendation)."""
+    if "backend" not in c or "passes" not in c:
+        return None
+    try:
+        return Candidate(
+            backend=str(c["backend"]),
+            passes=tuple(c.get("passes") or ()),
+            options=dict(c.get("options") or {}),
+            target=str(c.get("target") or "cpu"),
+            batch=int(c.get("batch") or 1),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 def variant_of(c: dict[str, Any]) -> str:
-    """The passes part of a candidate's label ('int8_dynamic+ort_graph_opt(basic)'), or 'as given'."""
-    label = str(c.get("label") or "")
-    return label.split(" · ")[0] if " · " in label else (c.get("variant") or "as given")
+    """The passes applied ('int8_dynamic+ort_graph_opt(basic)', 'default', 'as given'), as in the label."""
+    cand = _candidate(c)
+    if cand is not None:
+        return cand.pass_label()
+    return str(c.get("variant") or "as given")
 
 
 def _options_of(c: dict[str, Any]) -> str:
-    label = str(c.get("label") or "")
-    parts = label.split(" · ")
-    if len(parts) >= 3:  # 'variant · backend options · bN'
-        return parts[1].removeprefix(str(c.get("backend") or "")).strip() or "defaults"
-    opts = c.get("options") or {}
-    return ", ".join(f"{k}={v}" for k, v in sorted(opts.items())) or "defaults"
+    """The runtime options ('2t seq', 'backend defaults'), with the device when it is not the CPU."""
+    cand = _candidate(c)
+    if cand is None:
+        return ", ".join(f"{k}={v}" for k, v in sorted((c.get("options") or {}).items())) or "defaults"
+    device = "" if cand.target == "cpu" else f"@{cand.target} "
+    return device + cand.option_label()
 
 
 def quality_of(c: dict[str, Any]) -> tuple[str | None, float | None]:

@@ -123,15 +123,15 @@ function addJobRow(job, modelName) {
   table.hidden = false;
   const tr = document.createElement("tr");
   tr.dataset.job = job.id;
-  tr.innerHTML = `<td><a class="mono"></a></td><td></td><td class="l"></td><td class="spec"></td><td><span class="badge"></span></td>
+  tr.innerHTML = `<td><a class="mono"></a></td><td></td><td class="l"><span class="model"></span><span class="sub spec"></span></td><td><span class="badge"></span></td>
     <td class="progress-cell"><span class="bar"><span></span></span><span class="progress-text"></span></td>
     <td class="n"></td><td class="muted">just now</td>`;
   const a = tr.querySelector("a");
   a.href = `/jobs/${job.id}`;
   a.textContent = job.id.slice(0, 10);
   tr.children[1].textContent = job.kind || "";
-  tr.children[2].textContent = modelName || "";
-  tr.children[3].textContent = specText(job.spec || {});
+  tr.querySelector(".model").textContent = modelName || "";
+  tr.querySelector(".spec").textContent = specText(job.spec || {});
   table.tBodies[0].prepend(tr);
   paintRow(tr, { state: job.state || "queued" });
   return tr;
