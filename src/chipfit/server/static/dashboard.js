@@ -79,15 +79,9 @@ function money(v) {
   return v === 0 ? "0" : v < 0.01 ? v.toPrecision(2) : v.toFixed(2);
 }
 
-function jobFields(j) {
+function jobFields(j) {  // GET /api/jobs/ID: state, progress {done, total}, spend_usd, error
   const p = j.progress || {};
-  return {
-    state: j.state,
-    done: p.done !== undefined ? p.done : j.done || 0,
-    total: p.total !== undefined ? p.total : j.total || 0,
-    spend: j.spend_usd !== undefined ? j.spend_usd : (j.spend && j.spend.usd) || j.spend || 0,
-    error: j.error || "",
-  };
+  return { state: j.state, done: p.done || 0, total: p.total || 0, spend: j.spend_usd || 0, error: j.error || "" };
 }
 
 function paintRow(tr, j) {
@@ -137,16 +131,20 @@ function addJobRow(job, modelName) {
   return tr;
 }
 
+let polling = false;  // one round of polls at a time: a slow server is not sent a second round meanwhile
+
 function pollJobs() {
   const rows = Array.from(document.querySelectorAll("#jobs-table tr[data-job]")).filter(
     (tr) => !TERMINAL.includes(tr.dataset.state));
-  if (!rows.length) return;
+  if (!rows.length || polling) return;
+  polling = true;
   let ended = false;
   const one = (tr) => api("GET", `/api/jobs/${tr.dataset.job}`).then((j) => {
     paintRow(tr, j);
     ended = ended || TERMINAL.includes(j.state);
   }, () => null);
   Promise.all(rows.map(one)).then(() => {
+    polling = false;
     refreshSpend();
     if (ended) refreshFragment("usage");
   });
@@ -156,8 +154,7 @@ function refreshSpend() {
   const box = document.getElementById("spend");
   if (!box) return;
   api("GET", "/api/usage").then((u) => {
-    const spent = u.spent_usd !== undefined ? u.spent_usd : u.spent;
-    const quota = u.quota_usd !== undefined ? u.quota_usd : u.quota;
+    const spent = u.spent_usd, quota = u.quota_usd;  // GET /api/usage (quota null: none)
     const text = box.querySelector(".spend-text");
     if (quota === null || quota === undefined) text.textContent = `$${money(spent)} spent · no quota`;
     else {
