@@ -16,17 +16,13 @@ forward time, FLOPs, the storages it allocates and which of them autograd keeps 
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
-from torch.utils.hooks import RemovableHandle
+
+from chipfit.remat.record import Call, Recorder, preserved, record, tensors, time_modules
 
 __all__ = ["StepGraph", "Unit", "default_loss", "trace"]
 
@@ -84,168 +80,6 @@ class StepGraph:
         return len(self.units)
 
 
-@dataclass
-class _Op:
-    stack: tuple[str, ...]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    flops: float
-
-
-@dataclass
-class _Call:
-    path: str
-    caller: str | None  # the module whose forward made the call (None: outside the root)
-    first_op: int
-    inputs: tuple[int, ...]
-    last_op: int = -1
-
-
-class _Recorder(TorchDispatchMode):
-    """Storage allocations, FLOPs and module stacks of every aten op; saved tensors through pack hooks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
-        self.ops: list[_Op] = []
-        self.sizes: dict[int, int] = {}
-        self.by_ptr: dict[int, int] = {}
-        self.saved: list[tuple[int, tuple[str, ...]]] = []
-
-    def sid(self, t: torch.Tensor) -> int | None:
-        if t.device.type == "meta" or t.untyped_storage().nbytes() == 0:
-            return None
-        return self.by_ptr.get(t.untyped_storage().data_ptr())
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        flat_in = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        in_ptrs = {a.untyped_storage().data_ptr() for a in flat_in if a.untyped_storage().nbytes()}
-        new = []
-        for t in torch.utils._pytree.tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.untyped_storage().nbytes() == 0:
-                continue
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in in_ptrs:
-                continue  # a view or an in-place op: no new storage
-            s = len(self.sizes)
-            self.sizes[s] = t.untyped_storage().nbytes()
-            self.by_ptr[ptr] = s
-            new.append(s)
-        ins = tuple(s for s in (self.sid(a) for a in flat_in) if s is not None)
-        flops = 0.0
-        packet = getattr(func, "overloadpacket", None)
-        if packet in flop_registry:
-            try:
-                flops = float(flop_registry[packet](*args, **kwargs, out_val=out))
-            except Exception:  # a formula that does not take this overload's arguments: no FLOPs, not fatal
-                flops = 0.0
-        self.ops.append(_Op(tuple(self.stack), ins, tuple(new), flops))
-        return out
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        s = self.sid(t)
-        if s is not None:
-            self.saved.append((s, tuple(self.stack)))
-        return t
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    return [t for t in torch.utils._pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)]
-
-
-@contextmanager
-def _preserved(module: torch.nn.Module) -> Iterator[None]:
-    """Gradients, buffers and the RNG as they were before the traced and timed steps."""
-    grads = {p: p.grad for p in module.parameters()}
-    buffers = {b: b.detach().clone() for b in module.buffers()}
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            for p, g in grads.items():
-                p.grad = g
-            with torch.no_grad():
-                for b, v in buffers.items():
-                    b.copy_(v)
-
-
-def _hooks(module: torch.nn.Module, pre: Callable[..., Any], post: Callable[..., Any]) -> list[RemovableHandle]:
-    handles = []
-    for path, m in module.named_modules():
-        handles.append(m.register_forward_pre_hook(lambda _m, a, k, p=path: pre(p, a, k), with_kwargs=True))
-        handles.append(m.register_forward_hook(lambda _m, a, k, o, p=path: post(p, o), with_kwargs=True))
-    return handles
-
-
-def _record(
-    module: torch.nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Any]
-) -> tuple[_Recorder, list[_Call]]:
-    rec = _Recorder()
-    calls: list[_Call] = []
-    open_calls: list[_Call] = []
-
-    def pre(path: str, args: Any, kwargs: Any) -> None:
-        ins = tuple(s for s in (rec.sid(t) for t in _tensors((args, kwargs))) if s is not None)
-        call = _Call(path, rec.stack[-1] if rec.stack else None, len(rec.ops), ins)
-        calls.append(call)
-        open_calls.append(call)
-        rec.stack.append(path)
-
-    def post(path: str, _out: Any) -> None:
-        rec.stack.pop()
-        open_calls.pop().last_op = len(rec.ops)
-
-    handles = _hooks(module, pre, post)
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), rec:
-            loss = loss_fn(module(*inputs))
-        del loss
-    finally:
-        for h in handles:
-            h.remove()
-    return rec, calls
-
-
-def _time(
-    module: torch.nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Any], repeats: int
-) -> tuple[dict[str, float], float, float]:
-    """Median forward milliseconds per module path, and of the whole forward and backward."""
-    per: dict[str, list[float]] = {}
-    starts: list[float] = []
-
-    def pre(path: str, args: Any, kwargs: Any) -> None:
-        starts.append(time.perf_counter())
-
-    def post(path: str, _out: Any) -> None:
-        per.setdefault(path, []).append((time.perf_counter() - starts.pop()) * 1e3)
-
-    handles = _hooks(module, pre, post)
-    fwd: list[float] = []
-    bwd: list[float] = []
-    samples: dict[str, list[float]] = {}
-    try:
-        for _ in range(repeats + 1):  # the first is a warm-up
-            module.zero_grad(set_to_none=True)
-            per.clear()
-            t0 = time.perf_counter()
-            loss = loss_fn(module(*inputs))
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            fwd.append((t1 - t0) * 1e3)
-            bwd.append((t2 - t1) * 1e3)
-            for k, v in per.items():
-                samples.setdefault(k, []).append(sum(v))
-            del loss
-    finally:
-        for h in handles:
-            h.remove()
-    timed = {k: statistics.median(v[1:] or v) for k, v in samples.items()}
-    return timed, statistics.median(fwd[1:]), statistics.median(bwd[1:])
-
-
 def _seq_index(module: torch.nn.Module, path: str) -> tuple[str | None, int]:
     """(the nn.Sequential parent's path, the child's index in it), or (None, 0)."""
     parent_path, _, name = path.rpartition(".")
@@ -255,7 +89,7 @@ def _seq_index(module: torch.nn.Module, path: str) -> tuple[str | None, int]:
     return parent_path, list(parent._modules).index(name)
 
 
-def _frontier(module: torch.nn.Module, rec: _Recorder, calls: list[_Call], max_units: int) -> list[tuple[str, ...]]:
+def _frontier(module: torch.nn.Module, rec: Recorder, calls: list[Call], max_units: int) -> list[tuple[str, ...]]:
     """The module paths that become units (before merging runs), in call order."""
     saved = {s for s, _ in rec.saved}
     order = {c.path: i for i, c in reversed(list(enumerate(calls)))}
@@ -330,7 +164,7 @@ def _unit_name(members: tuple[str, ...]) -> str:
 
 
 def _build(
-    module: torch.nn.Module, rec: _Recorder, calls: list[_Call], groups: list[tuple[str, ...]], timed: dict[str, float]
+    module: torch.nn.Module, rec: Recorder, calls: list[Call], groups: list[tuple[str, ...]], timed: dict[str, float]
 ) -> tuple[list[Unit], dict[int, int], dict[int, frozenset[int]], list[frozenset[int]], int]:
     unit_of = {p: i for i, g in enumerate(groups) for p in g}
 
@@ -359,7 +193,7 @@ def _build(
     savers: dict[int, set[int]] = {}
     for s, stack in rec.saved:
         savers.setdefault(s, set()).add(owner(stack))
-    first_call: dict[str, _Call] = {}
+    first_call: dict[str, Call] = {}
     for c in calls:
         first_call.setdefault(c.path, c)
     units = []
@@ -394,16 +228,16 @@ def trace(
     inputs: tuple[Any, ...],
     loss_fn: Callable[[Any], Any] | None = None,
     max_units: int = 64,
-    repeats: int = 2,
+    repeats: int = 1,
     costs: str = "profiled",
 ) -> StepGraph:
     """The step graph of ``loss_fn(module(*inputs))`` and its backward (see the module docstring); ``costs``
     "flops": each unit costs its FLOPs at a nominal 1 TFLOP/s and its backward twice that (deterministic), instead
     of its profiled time (also the fallback where a unit with FLOPs timed at zero)."""
     loss_fn = loss_fn or default_loss
-    with _preserved(module):
-        timed, fwd_ms, bwd_ms = _time(module, inputs, loss_fn, repeats)
-        rec, calls = _record(module, inputs, loss_fn)
+    with preserved(module):
+        timed, fwd_ms, bwd_ms = time_modules(module, inputs, loss_fn, repeats)
+        rec, calls = record(module, inputs, loss_fn)
     saved = {s for s, _ in rec.saved}
     weight: dict[str, int] = {}
     for op in rec.ops:
@@ -432,7 +266,7 @@ def trace(
         deps=deps,
         param_bytes=sum(p.numel() * p.element_size() for p in params.values()),
         buffer_bytes=sum(b.numel() * b.element_size() for b in buffers.values()),
-        input_bytes=sum(t.untyped_storage().nbytes() for t in _tensors(inputs)),
+        input_bytes=sum(t.untyped_storage().nbytes() for t in tensors(inputs)),
         glue_largest=glue_largest,
         fwd_ms=fwd_ms,
         bwd_ms=bwd_ms,

@@ -9,11 +9,14 @@
    the **LP relaxation with two-phase rounding up to 64 units** (129 nodes), and above that the
    **segmented** solve: runs of 24 units, front to back, each a MILP whose memory starts with what the earlier
    runs keep and leaves room for the later runs' inputs.
-4. The recomputed units become checkpoints (adjacent ``nn.Sequential`` children share one) and the schedule's
-   peak is simulated as PyTorch runs it. Over the budget, the solver's budget is lowered by the excess and it
-   solves again (at most 6 times, within ``time_limit_s`` overall); the LP rounding also tries every
-   threshold's schedule. If none fits, the least-memory schedule of a few fixed ones (every unit alone, runs
-   of 2, 3, 4, √n Sequential children) is used when it fits; else :class:`BudgetTooSmall` names the minimum.
+4. A unit u that the schedule recomputes in the stage of unit w becomes a checkpoint reaching from u to w
+   (adjacent ``nn.Sequential`` children share one; elsewhere each unit is wrapped alone), and the schedule's
+   peak is simulated as PyTorch runs it. Over the budget, checkpoints are split in two while that lowers the
+   peak (Checkmate may recompute a run in several stages; one checkpoint recomputes it at once); still over,
+   the solver's budget is lowered by the excess and it solves again (at most 6 rounds, sharing
+   ``time_limit_s``); the LP rounding also tries every threshold's schedule. If none fits, the least-memory
+   schedule of a few fixed ones (every unit alone, Sequential runs of 2, 3, 4 or √n) is used when it fits
+   (noted in ``Plan.notes``); else :class:`BudgetTooSmall` names the minimum.
 """
 
 from __future__ import annotations

@@ -33,9 +33,8 @@ class Found:
 
 def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadline: float) -> Found:
     """The cheapest schedule (by simulated recomputation) the solver finds whose simulated peak fits."""
-    # Checkmate's constant: parameters, optimizer state, buffers, inputs. The gradients are left to the
-    # simulation (few exist when the backward starts, where the activations peak): starting optimistic, the
-    # loop below only ever lowers the budget, and an over-counted constant could make every budget infeasible
+    # Checkmate's constant: parameters, optimizer state, buffers, inputs (the parameter gradients are in the
+    # graph, stage by stage, as the backward allocates them)
     const = static_bytes(graph, optimizer)
     # and what the glue between units allocates and the step keeps (no node of the graph holds it)
     const += sum(graph.sizes[s] for s in graph.savers if graph.creator.get(s, -1) == -1)
@@ -60,8 +59,7 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
             notes.append(f"{solver}: time limit reached, best schedule found so far (gap {sol.gap})")
         excess = None
         for rec in sol.schedules or (sol.recomputed,):
-            segs = segments_reaching(graph, rec)
-            sim = simulate(graph, segs, optimizer)
+            segs, sim = _repair(graph, segments_reaching(graph, rec), budget, optimizer)
             if sim.peak_bytes <= budget:
                 if best is None or best.simulation is None or sim.recompute_ms < best.simulation.recompute_ms:
                     best = Found(segs, sim, sol.gap, sol.cost, solver=used)
@@ -76,6 +74,30 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
         return Found(None, notes=notes)
     best.notes = notes
     return best
+
+
+def _repair(
+    graph: StepGraph, segs: list[tuple[int, ...]], budget: float, optimizer: str
+) -> tuple[list[tuple[int, ...]], Simulation]:
+    """Split checkpoints in two while the schedule is over the budget and a split lowers its peak (the same
+    units are recomputed, at the cost of keeping one more checkpoint input). Checkmate may recompute a run in
+    several stages, freeing in between; one PyTorch checkpoint recomputes it all at once: splitting the run
+    approximates the stages."""
+    sim = simulate(graph, segs, optimizer)
+    while sim.peak_bytes > budget:
+        best: tuple[list[tuple[int, ...]], Simulation] | None = None
+        for k, seg in enumerate(segs):
+            if len(seg) < 2:
+                continue
+            half = len(seg) // 2
+            trial = [*segs[:k], seg[:half], seg[half:], *segs[k + 1 :]]
+            tsim = simulate(graph, trial, optimizer)
+            if tsim.peak_bytes < (best[1] if best else sim).peak_bytes:
+                best = (trial, tsim)
+        if best is None:
+            break
+        segs, sim = best
+    return segs, sim
 
 
 def _solve(graph: StepGraph, solver: str, act_mb: float, time_limit_s: float) -> Solution:

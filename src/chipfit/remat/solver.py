@@ -2,9 +2,10 @@
 
 The graph (:func:`checkmate_graph`) has a forward node per unit, a loss node and a backward node per unit, in
 topological order (forward units, loss, backward units in reverse). Edges: a unit's forward reads its inputs'
-forwards; a backward reads its unit's forward, its inputs' forwards and the backwards of its consumers. A
+forwards; a backward reads the forwards whose outputs its unit saved and the backwards of its consumers. A
 forward node's memory is what its unit allocates that the step keeps (saved for backward, or read by another
-unit); a backward node's is the gradients of its unit's inputs. Costs are the profiled milliseconds.
+unit); a backward node's is the gradients of its unit's inputs; each stage also holds the parameter gradients
+of the backwards before it (lowering that stage's budget). Costs are the profiled milliseconds.
 
 The model (:func:`solve_milp`), with T = the number of nodes and one stage per node:
 
@@ -46,6 +47,7 @@ class CheckmateGraph:
     cost: tuple[float, ...]  # per node
     mem: tuple[float, ...]  # per node, MB
     edges: tuple[tuple[int, int], ...]  # (i, k), i < k
+    stage_mb: tuple[float, ...] = ()  # per stage: memory outside the nodes (the parameter gradients so far)
 
     @property
     def size(self) -> int:
@@ -100,7 +102,12 @@ def checkmate_graph(graph: StepGraph, units: list[int] | None = None) -> Checkma
         cost[bwd[u]] = max(un.bwd_ms, 1e-6)
         mem[fwd[u]] = sum(graph.sizes[s] for s in held) / MB
         mem[bwd[u]] = sum(graph.sizes.get(s, 0) for s in un.inputs) / MB
-    return CheckmateGraph(n, tuple(cost), tuple(mem), tuple(sorted(edges)))
+    # the parameter gradients: allocated by each unit's backward and kept to the optimizer step
+    stage = [0.0] * (2 * n + 1)
+    for u in units:
+        for t in range(bwd[u], 2 * n + 1):
+            stage[t] += graph.units[u].param_bytes / MB
+    return CheckmateGraph(n, tuple(cost), tuple(mem), tuple(sorted(edges)), tuple(stage))
 
 
 def _backward_needs(graph: StepGraph) -> list[set[int]]:
@@ -147,7 +154,8 @@ class _Model:
         self.obj: list[float] = []
         self.R = {(t, i): self._var(g.cost[i], 1.0 if i == t else 0.0, 1.0) for t in range(T) for i in range(t + 1)}
         self.S = {(t, i): self._var(0.0, 0.0, 1.0) for t in range(1, T) for i in range(t)}
-        self.U = {(t, k): self._var(0.0, 0.0, max(budget_mb, 0.0)) for t in range(T) for k in range(t + 1)}
+        room = [budget_mb - (g.stage_mb[t] if g.stage_mb else 0.0) for t in range(T)]
+        self.U = {(t, k): self._var(0.0, 0.0, max(room[t], 0.0)) for t in range(T) for k in range(t + 1)}
         self.F = {(t, e): self._var(0.0, 0.0, 1.0) for t in range(T) for e, (_, k) in enumerate(g.edges) if k <= t}
         self.n_int = len(self.R) + len(self.S) + len(self.F) if integral else 0
         self.rows: list[tuple[float, float, list[int], list[float]]] = []
