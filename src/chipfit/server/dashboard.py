@@ -114,7 +114,7 @@ def _job_view(job: Job, names: dict[str, str]) -> dict[str, Any]:
         "backends": req.get("backends") or [],
         "targets": req.get("targets") or [],
         "error": job.error,
-        "artifacts": _artifacts(job) if job.state == "done" else [],
+        "artifacts": _artifacts(job) if job.state in ("done", "stopped_by_quota") else [],
         "result": job.result,
     }
 

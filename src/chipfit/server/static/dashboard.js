@@ -160,8 +160,11 @@ function refreshSpend() {
     else {
       text.textContent = `$${money(spent)} of $${money(quota)}`;
       const pct = quota > 0 ? Math.min(100, (100 * spent) / quota) : 100;
-      const bar = box.querySelector(".meter > span");
-      if (bar) bar.style.width = `${pct}%`;
+      const meter = box.querySelector(".meter");
+      if (meter) {
+        meter.className = `meter${pct >= 100 ? " meter-over" : pct >= 80 ? " meter-warn" : ""}`;
+        meter.firstElementChild.style.width = `${pct}%`;
+      }
     }
   }, () => null);
 }
