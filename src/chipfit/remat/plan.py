@@ -7,7 +7,7 @@
 3. The Checkmate MILP (:mod:`chipfit.remat.solver`) chooses which units to recompute, on the graph of
    2·units + 1 nodes. ``solver="auto"`` picks by the number of units: the **MILP up to 12 units** (25 nodes),
    the **LP relaxation with two-phase rounding up to 64 units** (129 nodes), and above that the
-   **segmented** solve: runs of 24 units, front to back, each a MILP whose memory starts with what the earlier
+   **segmented** solve: runs of 12 units, front to back, each a MILP whose memory starts with what the earlier
    runs keep and leaves room for the later runs' inputs.
 4. A unit u that the schedule recomputes in the stage of unit w becomes a checkpoint reaching from u to w
    (adjacent ``nn.Sequential`` children share one; elsewhere each unit is wrapped alone), and the schedule's

@@ -7,18 +7,19 @@ and it solves again, at most ``MAX_ROUNDS`` times and within the deadline.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 from chipfit.remat.graph import StepGraph
-from chipfit.remat.simulate import Simulation, releases, segments_reaching, simulate, static_bytes
+from chipfit.remat.simulate import Simulation, releases, segments_of, segments_reaching, simulate, static_bytes
 from chipfit.remat.solver import Solution, checkmate_graph, solve_lp_rounding, solve_milp
 
 __all__ = ["Found", "search"]
 
 MB = 2**20
 MAX_ROUNDS = 6
-SEGMENT_UNITS = 24
+SEGMENT_UNITS = 12
 
 
 @dataclass
@@ -109,15 +110,21 @@ def _solve(graph: StepGraph, solver: str, act_mb: float, time_limit_s: float) ->
 
 
 def _segmented(graph: StepGraph, act_mb: float, time_limit_s: float) -> Solution:
-    """Runs of ``SEGMENT_UNITS`` units solved front to back by the MILP: each run's budget is what the earlier
-    runs keep subtracted, and the inputs of the later runs (what they keep at the least) held back."""
+    """Runs of ``SEGMENT_UNITS`` units solved front to back by the MILP: each run's budget is less what the
+    earlier runs keep (as solved) and what the later runs keep at the least (checkpointed in runs of √length)."""
     t0 = time.perf_counter()
     chunks = [list(range(i, min(i + SEGMENT_UNITS, graph.n))) for i in range(0, graph.n, SEGMENT_UNITS)]
+    length = max(1, round(math.sqrt(SEGMENT_UNITS)))
+    thrifty = [
+        seg[i : i + length] for seg in segments_of(graph, set(range(graph.n))) for i in range(0, len(seg), length)
+    ]
+    least = releases(graph, thrifty)
     recomputed: set[tuple[int, int]] = set()
     cost = 0.0
     for k, chunk in enumerate(chunks):
         kept = _kept_before(graph, recomputed, chunk[0])
-        reserve = sum(graph.sizes.get(s, 0) for c in chunks[k + 1 :] for s in graph.units[c[0]].inputs)
+        later = chunks[k + 1][0] if k + 1 < len(chunks) else graph.n
+        reserve = sum(graph.sizes[s] for s, r in least.items() if r >= later)
         left = time_limit_s - (time.perf_counter() - t0)
         sol = solve_milp(checkmate_graph(graph, chunk), act_mb - (kept + reserve) / MB, left / (len(chunks) - k))
         if sol.status in ("infeasible", "no-solution"):
