@@ -146,15 +146,22 @@ def record(
 def time_modules(
     module: torch.nn.Module, inputs: tuple[Any, ...], loss_fn: Callable[[Any], Any], repeats: int
 ) -> tuple[dict[str, float], float, float]:
-    """Median forward milliseconds per module path, and of the whole forward and backward."""
+    """Median forward milliseconds per module path, and of the whole forward and backward (on CUDA each
+    hook synchronises the device, so the times are the kernels' and not their launches')."""
     per: dict[str, list[float]] = {}
     starts: list[float] = []
+    cuda = any(t.is_cuda for t in tensors(inputs)) or any(p.is_cuda for p in module.parameters())
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def pre(path: str, args: Any, kwargs: Any) -> None:
-        starts.append(time.perf_counter())
+        starts.append(now())
 
     def post(path: str, _out: Any) -> None:
-        per.setdefault(path, []).append((time.perf_counter() - starts.pop()) * 1e3)
+        per.setdefault(path, []).append((now() - starts.pop()) * 1e3)
 
     handles = _hooks(module, pre, post)
     fwd: list[float] = []
@@ -164,11 +171,11 @@ def time_modules(
         for _ in range(repeats + 1):  # the first is a warm-up
             module.zero_grad(set_to_none=True)
             per.clear()
-            t0 = time.perf_counter()
+            t0 = now()
             loss = loss_fn(module(*inputs))
-            t1 = time.perf_counter()
+            t1 = now()
             loss.backward()
-            t2 = time.perf_counter()
+            t2 = now()
             fwd.append((t1 - t0) * 1e3)
             bwd.append((t2 - t1) * 1e3)
             for k, v in per.items():
