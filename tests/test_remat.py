@@ -112,6 +112,20 @@ def test_the_planned_schedule_trains_with_the_plain_steps_gradients(name: str) -
     assert again == p
 
 
+@pytest.mark.parametrize("solver", ["lp-rounding", "segmented"])
+def test_lp_rounding_and_segmented_schedules_train_with_the_plain_steps_gradients(solver: str) -> None:
+    torch.manual_seed(0)
+    module, inputs = mlp(64, 8), (torch.randn(256, 64),)  # 16 units: two runs for the segmented solve
+    free = plan(module, inputs, 10_000)
+    budget = free.min_budget_mb + 0.6 * (free.baseline_peak_mb - free.min_budget_mb)
+    p = plan(module, inputs, budget, solver=solver, time_limit_s=3)
+    assert p.solver == solver and p.recomputed and p.peak_mb <= budget
+    params = list(module.parameters())
+    plain = _grads(module, inputs, params)
+    for a, b in zip(plain, _grads(apply(module, p), inputs, params), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_two_branch_graph_is_planned_below_its_branches() -> None:
     module, inputs = TwoBranch(), (torch.randn(256, 64),)
     g = trace(module, inputs)

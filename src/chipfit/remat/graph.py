@@ -23,20 +23,12 @@ from typing import Any
 import torch
 
 from chipfit.remat.record import Call, Recorder, preserved, record, tensors, time_modules
+from chipfit.remat.step import default_loss
 
-__all__ = ["StepGraph", "Unit", "default_loss", "trace"]
+__all__ = ["StepGraph", "Unit", "trace"]
 
 GLUE = -1  # the "unit" of ops outside every unit (residual adds between blocks, the loss)
 GLUE_FRACTION = 0.1
-
-
-def default_loss(outputs: Any) -> torch.Tensor:
-    """The mean of the outputs; several outputs: the sum of their means (floating-point tensors only)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.float().mean()
-    items = outputs.values() if isinstance(outputs, dict) else outputs
-    terms = [t.float().mean() for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    return torch.stack(terms).sum()
 
 
 @dataclass(frozen=True)
