@@ -17,6 +17,7 @@ their ratio to the plain step's is the cost of recomputing; the faster of two al
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 HERE = Path(__file__).resolve()
 BUDGET_MB = 200.0
 FRACTIONS = (0.05, 0.2, 0.5)  # the compile sweep (0.0 checkpoints everything, 1.0 is the default plan)
-RESOLUTION = 1 / 16
+RESOLUTION = 1 / 8
 THREADS = 1  # one core per step (the worker and the planner): steadier times on a machine shared with other jobs
 
 
@@ -258,7 +259,9 @@ def section(budget_mb: float = BUDGET_MB, log: Any = None) -> list[str]:
         "measured in chipfit's isolated worker (resident high-water mark above an idle interpreter with torch "
         "imported: parameters, gradients and activations). `compile budget F` is torch.compile (aot_eager) with "
         f"`activation_memory_budget = F`, the best of {', '.join(map(str, FRACTIONS))} at the plain largest batch. "
-        f"Searches stop within {RESOLUTION:.0%} of the largest batch. Written by `benchmarks/remat_rows.py`.",
+        f"Searches stop within {RESOLUTION:.0%} of the largest batch. Written by `benchmarks/remat_rows.py` "
+        f"(torch {torch.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start: "
+        "step times on a shared machine are noisy; the peaks are not).",
         "",
     ]
     for res in results:
