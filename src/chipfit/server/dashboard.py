@@ -27,15 +27,14 @@ from chipfit.server.dashboard_views import compare_rows, fmt, sections, spec_tex
 from chipfit.server.errors import NotFound
 from chipfit.server.records import Job, Team
 from chipfit.server.service import ServerService
+from chipfit.spec import OBJECTIVES
 
 __all__ = ["install", "router"]
 
 _HERE = Path(__file__).parent
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
-OBJECTIVES = ("latency", "throughput", "memory", "size", "accuracy", "cost", "energy")
 DEFAULT_BACKENDS = ("onnxruntime", "openvino")  # checked in the form: quick to build; the others are a tick away
-BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tvm": "tvm", "torch": "torch"}
 
 
 def _money(v: Any) -> str:
@@ -143,10 +142,13 @@ def login_page(request: Request, error: str | None = None) -> Response:
 
 @functools.lru_cache(maxsize=1)
 def _backend_choices() -> tuple[dict[str, Any], ...]:
-    """The built-in backends and whether their library is installed (found, not imported: TVM's import is slow)."""
+    """The built-in backends (but "null", the reference interpreter) and whether their library, named as the
+    backend, is installed: found, not imported (TVM's import takes seconds)."""
+    from chipfit.backends import BUILTIN
+
     out = []
-    for name, module in BACKEND_MODULES.items():
-        available = importlib.util.find_spec(module) is not None
+    for name in (n for n in BUILTIN if n != "null"):
+        available = importlib.util.find_spec(name) is not None
         reason = "" if available else f"pip install 'chipfit[{name}]'"
         out.append({"name": name, "available": available, "default": name in DEFAULT_BACKENDS, "reason": reason})
     return tuple(out)
