@@ -103,6 +103,10 @@ def test_dashboard_login_upload_fit_watch_download_and_run(server: tuple[str, st
             page.set_default_timeout(UI_WAIT_MS)  # ceilings for a loaded machine, not verdicts
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # script errors and Content-Security-Policy refusals; the refused requests (401, 402, 404) are expected
+            page.on(
+                "console", lambda m: errors.append(m.text) if m.type == "error" and "status of" not in m.text else None
+            )
             expect = sync_api.expect
             expect.set_options(timeout=UI_WAIT_MS)
 
