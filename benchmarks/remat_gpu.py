@@ -73,7 +73,7 @@ def main() -> None:
     quick = {"min_steps": 1, "min_time_s": 0.0}
     timed = quick if args.dry_run else {"min_steps": 5, "min_time_s": 0.5}
     res = 1 / 2 if args.dry_run else 1 / 16  # the searches' resolution (the plan's: twice this)
-    with Worker(spec, args.device) as w:
+    with Worker(spec, args.device, threads=1 if args.device == "cpu" else 0) as w:
         base = search(lambda b: measure_plain(w, b, budget), budget, "none", progress=log, resolution=res)
         seq = search(lambda b: measure_plain(w, b, budget, Probe(b, "sequential", **quick)), budget,  # type: ignore[arg-type]
                      "checkpoint_sequential", progress=log, resolution=res)  # fmt: skip

@@ -32,6 +32,13 @@ def square(out):
 INPUT = "x:float32[B,128]"
 
 
+@pytest.fixture(autouse=True)
+def one_thread_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measurement workers run torch on one thread: a 2-thread step on a machine shared with other jobs
+    spends most of its time waiting at OpenMP barriers (steps 10-100x slower; the peaks are the same)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("remat") / "mlp.py"
@@ -108,7 +115,10 @@ def test_batch_json_measured_peak_within_the_budget(mlp: Path, between: tuple[fl
 
 def test_max_batch_table(mlp: Path, between: tuple[float, Any]) -> None:
     budget, _ = between
-    proc = _cli(f"{mlp}:build", "--inputs", INPUT, "--budget-mb", str(budget), "--max-batch", "--loss", f"{mlp}:square")
+    proc = _cli(
+        f"{mlp}:build", "--inputs", INPUT, "--budget-mb", str(budget), "--max-batch", "--loss", f"{mlp}:square",
+        "--resolution", "0.2",
+    )  # fmt: skip
     out = proc.stdout
     assert "largest batch that fits" in out and "with plan" in out and "recomputed:" in out
     lines = [line for line in out.splitlines() if "largest batch that fits" in line]
@@ -127,6 +137,7 @@ def test_max_batch_table(mlp: Path, between: tuple[float, Any]) -> None:
         (["--batch", "8", "--max-batch"], "not both"),
         (["--loss", "missing.py:fn"], "is not a Python file"),
         (["--solver", "gurobi"], "--solver must be"),
+        (["--resolution", "2"], "--resolution must be a fraction"),
     ],
 )
 def test_bad_flags_exit_2(mlp: Path, args: list[str], message: str) -> None:

@@ -44,6 +44,13 @@ def remat(
     device: Annotated[
         str, typer.Option(help="cpu, or cuda to measure on the GPU (torch.cuda.max_memory_allocated).")
     ] = "cpu",
+    resolution: Annotated[
+        float,
+        typer.Option(
+            help="With --max-batch: stop when the largest batch is known within this fraction (the plan's search: "
+            "twice it; each of its steps traces, solves and measures)."
+        ),
+    ] = 1 / 32,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
@@ -64,6 +71,8 @@ def remat(
             raise SpecError(f"--solver must be auto, milp, lp-rounding or segmented; got {solver!r}.")
         if device != "cpu" and not device.startswith("cuda"):
             raise SpecError(f"--device must be cpu or cuda (cuda:N); got {device!r}.")
+        if not 0 < resolution < 1:
+            raise SpecError(f"--resolution must be a fraction between 0 and 1, such as 0.05; got {resolution!r}.")
         if not time_limit > 0:
             raise SpecError(f"--time-limit must be a positive number of seconds; got {time_limit!r}.")
         spec = StepSpec(model, parse_inputs(inputs), loss, optimizer)
@@ -84,6 +93,7 @@ def remat(
                 solver=solver,
                 time_limit_s=time_limit,
                 device=device,
+                resolution=resolution,
                 progress=progress,
             )
         doc = report.to_json()
