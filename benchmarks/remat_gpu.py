@@ -53,14 +53,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", help="JSON file to write")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--budget-mb", type=float, default=None, help="default 8192 (dry run: 12)")
+    ap.add_argument("--budget-mb", type=float, default=None, help="default 8192 (dry run: 6)")
     ap.add_argument("--dry-run", action="store_true", help="a tiny model, for checking the script on a CPU")
     ap.add_argument("--time-limit", type=float, default=10.0, help="solver seconds per plan")
     args = ap.parse_args()
     import os
 
     os.environ["CHIPFIT_REMAT_GPU_SIZE"] = "dry" if args.dry_run else "full"
-    budget = args.budget_mb or (12.0 if args.dry_run else 8192.0)
+    budget = args.budget_mb or (6.0 if args.dry_run else 8192.0)
     from chipfit.remat.batch import Calibration, fit_plan, measure_plain, search
     from chipfit.remat.measure import Probe, Worker
     from chipfit.remat.step import StepSpec, parse_inputs
