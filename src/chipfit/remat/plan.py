@@ -15,8 +15,10 @@
    peak (Checkmate may recompute a run in several stages; one checkpoint recomputes it at once); still over,
    the solver's budget is lowered by the excess and it solves again (at most 6 rounds, sharing
    ``time_limit_s``); the LP rounding also tries every threshold's schedule. If none fits, the least-memory
-   schedule of a few fixed ones (every unit alone, Sequential runs of 2, 3, 4 or √n) is used when it fits
-   (noted in ``Plan.notes``); else :class:`BudgetTooSmall` names the minimum.
+   schedule of a few fixed ones (every unit alone, Sequential runs of 2 … 2√n+2 units) is used when it fits
+   (noted in ``Plan.notes``); else :class:`BudgetTooSmall` names the minimum. The schedule is then polished:
+   checkpoints (or their first or last units) are dropped while the simulated peak stays within the budget,
+   the move saving the most recomputation first.
 """
 
 from __future__ import annotations
@@ -145,8 +147,9 @@ def plan(
         if fallback_sim.peak_bytes > budget:
             static = fallback_sim.static_bytes + graph.param_bytes
             raise BudgetTooSmall(float(budget_mb), min_mb, static / MB)
-        notes.append(f"the {solver} schedules did not fit; the least-memory fixed schedule is used")
-        segs, sim, gap, cost = fallback, fallback_sim, None, None
+        notes.append(f"the {solver} schedules did not fit; the least-memory fixed schedule is used, polished")
+        segs, sim = schedule.polish(graph, fallback, budget, optimizer)
+        gap, cost = None, None
     else:
         assert found.simulation is not None
         segs, sim, gap, cost = found.segments, found.simulation, found.gap, found.cost
@@ -169,10 +172,12 @@ def plan(
 
 
 def _least_memory(graph: StepGraph, optimizer: str) -> tuple[list[tuple[int, ...]], Simulation]:
-    """The least-peak schedule among fixed ones: every unit checkpointed alone, or Sequential runs of a length."""
+    """The least-peak schedule among fixed ones: every unit checkpointed alone, or Sequential runs of one length
+    (1 … 2√n+2, around the √n of a chain's memory optimum)."""
     best: tuple[list[tuple[int, ...]], Simulation] | None = None
     runs = segments_of(graph, set(range(graph.n)))
-    lengths = {1, 2, 3, 4} | {max(1, round(math.sqrt(len(r)))) for r in runs}
+    longest = max((len(r) for r in runs), default=1)
+    lengths = set(range(1, min(longest, 2 * math.isqrt(longest) + 2) + 1))
     for length in sorted(lengths):
         segs = [r[i : i + length] for r in runs for i in range(0, len(r), length)]
         sim = simulate(graph, segs, optimizer)

@@ -15,7 +15,7 @@ from chipfit.remat.graph import StepGraph
 from chipfit.remat.simulate import Simulation, releases, segments_of, segments_reaching, simulate, static_bytes
 from chipfit.remat.solver import Solution, checkmate_graph, solve_lp_rounding, solve_milp
 
-__all__ = ["Found", "search"]
+__all__ = ["Found", "polish", "search"]
 
 MB = 2**20
 MAX_ROUNDS = 6
@@ -73,8 +73,30 @@ def search(graph: StepGraph, budget: float, solver: str, optimizer: str, deadlin
         act_mb -= max(excess / MB, 0.1 * act_mb)
     if best is None:
         return Found(None, notes=notes)
+    assert best.segments is not None
+    best.segments, best.simulation = polish(graph, best.segments, budget, optimizer)
     best.notes = notes
     return best
+
+
+def polish(
+    graph: StepGraph, segs: list[tuple[int, ...]], budget: float, optimizer: str, max_moves: int = 200
+) -> tuple[list[tuple[int, ...]], Simulation]:
+    """Greedy descent on the simulated schedule: drop a checkpoint, or its first or last unit, while the peak
+    stays within the budget, taking the move that saves the most recomputation each time."""
+    sim = simulate(graph, segs, optimizer)
+    for _ in range(max_moves):
+        best: tuple[list[tuple[int, ...]], Simulation] | None = None
+        for k, seg in enumerate(segs):
+            for new in ((), seg[1:], seg[:-1]):
+                trial = [*segs[:k], *([new] if new else []), *segs[k + 1 :]]
+                tsim = simulate(graph, trial, optimizer)
+                if tsim.peak_bytes <= budget and tsim.recompute_ms < (best[1] if best else sim).recompute_ms:
+                    best = (trial, tsim)
+        if best is None:
+            break
+        segs, sim = best
+    return segs, sim
 
 
 def _repair(
