@@ -81,8 +81,8 @@ def test_kernel_prediction_within_a_loose_factor_of_the_measurement(calibrated: 
 def test_fit_and_recommend_predict_onnxruntime_candidates_from_kernels_when_calibrated(
     calibrated: Path, chipfit_home: Path, tmp_path: Path, mlp_npz: Path, small_space: Any, fast_settings: Any
 ) -> None:
+    from chipfit.predict.local import kernel_prediction, local_kernels
     from chipfit.predict.model import Prediction
-    from chipfit.recommend import kernel_prediction, local_kernels
 
     _use(calibrated, chipfit_home)
     result = chipfit.fit(tmp_path / "mlp.onnx", mlp_npz, space=small_space, settings=fast_settings, progress=False)

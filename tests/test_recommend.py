@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -260,3 +261,18 @@ def test_a_faster_target_is_never_predicted_faster_than_its_resources_allow() ->
     p50, p99, note = clamp(0.0139, 0.039, cand, floor, advantage=2.0)  # the run's 10x-faster prediction
     assert p50 == pytest.approx(0.0738) and p99 >= p50 and "/ 2" in note
     assert clamp(0.09, 0.12, cand, floor, advantage=2.0) == (0.09, 0.12, "")  # within 2x: left as predicted
+
+
+def test_recommendation_json_has_null_for_an_unknown_error() -> None:
+    """An unvalidated predictor's expected error is infinite in Python; `--json` (and the team service's API,
+    which browsers parse) must stay standard JSON: null, not Infinity."""
+    import json
+
+    from chipfit.recommend import Recommendation
+
+    rows = [{"target": "x", "expected_error": float("inf"), "p50_ms": 1.0}, {"target": "y", "p50_ms": float("nan")}]
+    rec = Recommendation(targets=rows, objective="latency", spec={}, fit=None, farm={"t": {"median_ape": math.nan}})
+    data = json.loads(json.dumps(rec.to_dict(), allow_nan=False))
+    assert data["targets"][0]["expected_error"] is None and data["targets"][1]["p50_ms"] is None
+    assert data["farm"]["t"]["median_ape"] is None
+    assert rows[0]["expected_error"] == float("inf")  # the in-memory rows are unchanged

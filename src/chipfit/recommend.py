@@ -57,14 +57,28 @@ class Recommendation:
     farm: dict[str, Any] = field(default_factory=dict)  # with --farm: its address, and per target nodes and error
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "objective": self.objective,
-            "spec": self.spec,
-            "predictor": self.predictor,
-            "basis": self.basis,
-            "targets": self.targets,
-            **({"farm": self.farm} if self.farm else {}),
-        }
+        """Plain JSON values: an unknown error (an unvalidated predictor's, infinite here) or a NaN is null."""
+        return _finite(
+            {
+                "objective": self.objective,
+                "spec": self.spec,
+                "predictor": self.predictor,
+                "basis": self.basis,
+                "targets": self.targets,
+                **({"farm": self.farm} if self.farm else {}),
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _backends_for(target: Target) -> list[tuple[str, dict[str, Any]]]:
@@ -141,6 +155,7 @@ def recommend(
     from chipfit.hardware.local import local_target
     from chipfit.pipeline import fit
     from chipfit.predict import Predictor, model_info, predict_eval, training_rows
+    from chipfit.predict.local import kernel_error_basis, kernel_prediction, local_kernels
     from chipfit.store import Store
 
     say = progress or (lambda _line: None)
@@ -248,7 +263,7 @@ def recommend(
         pick.update(
             source="predicted",
             expected_error=rel_error,
-            error_basis=error_basis if rel_error == predictor.rel_error else _kernel_error_basis(rel_error),
+            error_basis=error_basis if rel_error == predictor.rel_error else kernel_error_basis(rel_error),
             meets=pick["meets"] and fits_memory,
             basis=tag,
         )
@@ -300,52 +315,6 @@ def farm_row(target: Target, tr: Any, spec: Any, min_throughput: float | None) -
     row.update(source=how, expected_error=0.0, meets=row["meets"] and best.feasible, clamped="", node=node)
     row.update(basis=f"measured on the farm ({said})", error_basis=f"measured on the farm, on {said}")
     return row
-
-
-def local_kernels(result: Any, data: Any, fit_kwargs: dict[str, Any]) -> Any:
-    """The kernel-level predictor of ``result``'s model on this machine, or None when it is not calibrated."""
-    from chipfit.data import load_data
-    from chipfit.hardware.detect import cpu_quota
-    from chipfit.passes.base import PassContext
-    from chipfit.predict.calibrate import heldout_error, load_calibration, train
-    from chipfit.predict.local import LocalKernelPredictor
-    from chipfit.workspace import default_home, subdir
-
-    home = fit_kwargs.get("home") or default_home()
-    calibration = load_calibration(home)
-    if calibration is None:
-        return None
-    m = result.model
-    inputs = load_data(data).inputs
-    sample = {t.name: inputs[t.name][:1] for t in m.inputs if t.name in inputs}
-    ctx = PassContext(None, None, [t.name for t in m.inputs])
-    return LocalKernelPredictor(
-        train(calibration),
-        m.path,
-        m.sha256,
-        subdir("variants", home),
-        ctx,
-        sample,
-        m.dynamic_batch,
-        cpu_quota(),
-        heldout_error(calibration),
-    )
-
-
-def kernel_prediction(kernel: Any, cand: dict[str, Any], fallback: Any) -> Any:
-    """``fallback`` (a Prediction) with its p50 and p99 from the kernel-level predictor when it covers ``cand``."""
-    from dataclasses import replace
-
-    ms = kernel.predict_ms(cand)
-    if ms is None:
-        return fallback
-    ratio = fallback.p99_ms / fallback.p50_ms if fallback.p50_ms > 0 else 1.3
-    basis = "kernel-level (calibrated on this machine)"
-    return replace(fallback, p50_ms=ms, p99_ms=ms * ratio, rel_error=kernel.rel_error, basis=basis)
-
-
-def _kernel_error_basis(rel_error: float) -> str:
-    return f"±{rel_error:.0%}: median error of the kernel-level predictor on held-out seed models of the calibration"
 
 
 def _error_basis(evaluation: dict[str, Any], predictor: Any) -> str:

@@ -17,7 +17,14 @@ import numpy as np
 from chipfit.predict.kernel_predictor import KernelPredictor
 from chipfit.predict.kernels import Kernel
 
-__all__ = ["LocalKernelPredictor", "kernel_counts", "model_kernels"]
+__all__ = [
+    "LocalKernelPredictor",
+    "kernel_counts",
+    "kernel_error_basis",
+    "kernel_prediction",
+    "local_kernels",
+    "model_kernels",
+]
 
 log = logging.getLogger("chipfit")
 
@@ -106,3 +113,48 @@ class LocalKernelPredictor:
         threads = int(opts.get("intra_op_num_threads") or opts.get("threads") or self.cores)
         ms = self.predictor.predict(ks, threads)
         return ms if math.isfinite(ms) and ms > 0 else None
+
+
+def local_kernels(result: Any, data: Any, fit_kwargs: dict[str, Any]) -> Any:
+    """The kernel-level predictor of ``result``'s model on this machine, or None when it is not calibrated."""
+    from chipfit.data import load_data
+    from chipfit.hardware.detect import cpu_quota
+    from chipfit.passes.base import PassContext
+    from chipfit.predict.calibrate import heldout_error, load_calibration, train
+    from chipfit.workspace import default_home, subdir
+
+    home = fit_kwargs.get("home") or default_home()
+    calibration = load_calibration(home)
+    if calibration is None:
+        return None
+    m = result.model
+    inputs = load_data(data).inputs
+    sample = {t.name: inputs[t.name][:1] for t in m.inputs if t.name in inputs}
+    ctx = PassContext(None, None, [t.name for t in m.inputs])
+    return LocalKernelPredictor(
+        train(calibration),
+        m.path,
+        m.sha256,
+        subdir("variants", home),
+        ctx,
+        sample,
+        m.dynamic_batch,
+        cpu_quota(),
+        heldout_error(calibration),
+    )
+
+
+def kernel_prediction(kernel: Any, cand: dict[str, Any], fallback: Any) -> Any:
+    """``fallback`` (a Prediction) with its p50 and p99 from the kernel-level predictor when it covers ``cand``."""
+    from dataclasses import replace
+
+    ms = kernel.predict_ms(cand)
+    if ms is None:
+        return fallback
+    ratio = fallback.p99_ms / fallback.p50_ms if fallback.p50_ms > 0 else 1.3
+    basis = "kernel-level (calibrated on this machine)"
+    return replace(fallback, p50_ms=ms, p99_ms=ms * ratio, rel_error=kernel.rel_error, basis=basis)
+
+
+def kernel_error_basis(rel_error: float) -> str:
+    return f"±{rel_error:.0%}: median error of the kernel-level predictor on held-out seed models of the calibration"
