@@ -34,12 +34,12 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from chipfit.errors import ChipfitError, ModelError
 
-__all__ = ["MeasureError", "Probe", "ProbeResult", "Worker", "measure_once", "plan_from_json", "sequential"]
+__all__ = ["MeasureError", "Probe", "ProbeResult", "Worker", "measure_once"]
 
 Schedule = Literal["none", "plan", "sequential", "compile"]
 _RESET = "/proc/self/clear_refs"
@@ -85,7 +85,6 @@ class _Hello:
     step: dict[str, Any]
     device: str = "cpu"
     threads: int = 0
-    env: dict[str, str] = field(default_factory=dict)
     warm_compile: bool = False  # probes will use torch.compile: its import and first compile before the baseline
 
 
@@ -99,6 +98,7 @@ class Worker:
         self.step, self.device, self.threads, self.timeout_s = step, device, threads, timeout_s
         self.warm_compile = warm_compile
         self.proc: subprocess.Popen[str] | None = None
+        self.log: Any = None  # the worker's stderr (its last lines name why it died, if it does)
         self.baseline_mb: float | None = None
         self.can_reset = False
 
@@ -112,11 +112,14 @@ class Worker:
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
         src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+        import tempfile
+
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (the worker's lifetime: closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chipfit.remat.measure"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log,
             text=True,
             env=env,
         )
@@ -139,13 +142,24 @@ class Worker:
         ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
         line = proc.stdout.readline() if ready else ""
         if not line:
+            tail = self._tail()
             self.close()
             code = proc.returncode
             why = f"timed out after {timeout_s:g} s" if not ready else f"exited with code {code}"
             if code in (-9, 137):
                 why += " (killed: out of memory?)"
+            why += tail
             return {"status": "oom" if code in (-9, 137) else "error", "error": f"the measurement worker {why}"}
         return json.loads(line)  # type: ignore[no-any-return]
+
+    def _tail(self) -> str:
+        if self.log is None:
+            return ""
+        with contextlib.suppress(OSError, ValueError):
+            self.log.seek(0)
+            lines = [line for line in self.log.read().splitlines() if line.strip()]
+            return f": {' | '.join(lines[-3:])[-600:]}" if lines else ""
+        return ""
 
     def probe(self, probe: Probe) -> ProbeResult:
         if self.proc is None or self.proc.poll() is not None:
@@ -169,6 +183,9 @@ class Worker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
 
 def measure_once(step: Any, probe: Probe, device: str = "cpu") -> ProbeResult:
@@ -226,9 +243,12 @@ def _scheduled(module: Any, probe: Probe, example: tuple[Any, ...], loss_fn: Any
 
     if probe.schedule == "plan":
         from chipfit.remat.apply import apply
+        from chipfit.remat.plan import Plan
 
-        return apply(module, plan_from_json(probe.plan or {}))
+        return apply(module, Plan.from_json(probe.plan or {}))
     if probe.schedule == "sequential":
+        from chipfit.remat.step import sequential
+
         return sequential(module, probe.segments)
     if probe.schedule == "compile":
         import torch._functorch.config as fconfig
@@ -239,38 +259,6 @@ def _scheduled(module: Any, probe: Probe, example: tuple[Any, ...], loss_fn: Any
         # step time compares with the eager baseline's, and no C++ compiler is needed
         return torch.compile(module, backend="aot_eager")
     return module
-
-
-def plan_from_json(doc: dict[str, Any]) -> Any:
-    """The :class:`chipfit.remat.Plan` of ``Plan.to_json()`` (what crosses into the worker)."""
-    from chipfit.remat.plan import Plan
-
-    return Plan.from_json(doc)
-
-
-def sequential(module: Any, segments: int = 0) -> Any:
-    """``module`` (an ``nn.Sequential``) trained through ``torch.utils.checkpoint.checkpoint_sequential`` with
-    ``segments`` segments (0: √n, the usual choice)."""
-    import math
-
-    import torch
-    from torch.utils.checkpoint import checkpoint_sequential
-
-    if not isinstance(module, torch.nn.Sequential):
-        raise ModelError(
-            f"checkpoint_sequential needs a torch.nn.Sequential (a chain of layers); got {type(module).__name__}."
-        )
-    n = segments or max(1, round(math.sqrt(len(module))))
-
-    class Sequential(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = module
-
-        def forward(self, x: Any) -> Any:
-            return checkpoint_sequential(self.inner, n, x, use_reentrant=False)
-
-    return Sequential()
 
 
 def _run(spec: Any, probe: Probe, device: str, baseline_mb: float) -> dict[str, Any]:
@@ -350,7 +338,8 @@ def _serve() -> None:
     """The worker's loop: a hello line (the step), then one probe per line, one answer per line."""
     out = sys.stdout
     sys.stdout = sys.stderr  # a user's print() must not corrupt the protocol
-    hello = _Hello(**json.loads(sys.stdin.readline()))
+    doc = json.loads(sys.stdin.readline())
+    hello = _Hello(**{k: v for k, v in doc.items() if k in _Hello.__dataclass_fields__})
 
     def say(doc: dict[str, Any]) -> None:
         out.write(json.dumps(doc) + "\n")

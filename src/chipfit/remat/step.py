@@ -29,6 +29,7 @@ __all__ = [
     "parse_input",
     "parse_inputs",
     "ref_of",
+    "sequential",
     "train_step",
 ]
 
@@ -234,3 +235,28 @@ def train_step(module: Any, inputs: tuple[Any, ...], loss_fn: Callable[[Any], An
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
+
+
+def sequential(module: Any, segments: int = 0) -> Any:
+    """``module`` (an ``nn.Sequential``) trained through ``torch.utils.checkpoint.checkpoint_sequential`` with
+    ``segments`` segments (0: √n, the usual choice)."""
+    import math
+
+    import torch
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    if not isinstance(module, torch.nn.Sequential):
+        raise ModelError(
+            f"checkpoint_sequential needs a torch.nn.Sequential (a chain of layers); got {type(module).__name__}."
+        )
+    n = segments or max(1, round(math.sqrt(len(module))))
+
+    class Sequential(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x: Any) -> Any:
+            return checkpoint_sequential(self.inner, n, x, use_reentrant=False)
+
+    return Sequential()
