@@ -308,7 +308,14 @@ def test_fit_measures_the_torch_backend_for_a_module_given_a_one_row_example(
     result = chipfit.fit(
         module, {"input": x}, example_inputs=(x[:1],), space=space, settings=fast_settings, home=tmp_path / "home"
     )
-    torch_rows = [r for r in result.candidates if r.candidate.backend == "torch"]
+    rows = [r for r in result.candidates if r.candidate.backend == "torch"]
+    torch_rows = [r for r in rows if r.candidate.target == "cpu"]
+    gpu_rows = [r for r in rows if r.candidate.target == "cuda"]  # listed with the reason where torch sees no GPU
+    from chipfit.backends.torch import cuda_available
+
+    assert cuda_available() or all(
+        r.source == "skipped" and "no CUDA GPU" in (r.candidate.skip or "") for r in gpu_rows
+    )
     assert torch_rows and all(r.measurement.status == "ok" for r in torch_rows), [
         (r.candidate.label(), r.candidate.skip, r.measurement.error) for r in torch_rows
     ]
