@@ -102,6 +102,16 @@ class Calibration:
     excess_mb: float = 0.0
 
 
+def _free(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def fit_plan(
     worker: Worker,
     spec: StepSpec,
@@ -139,6 +149,7 @@ def fit_plan(
                 p = plan(module, inputs, target, loss_fn=loss, solver=solver, time_limit_s=time_limit_s,
                          optimizer=spec.optimizer)  # fmt: skip
         except BudgetTooSmall as exc:
+            _free(device)
             if strict and k == 0:
                 raise
             if k == 0 and target < budget_mb:  # the calibrated aim is below every schedule: try the budget itself
@@ -146,6 +157,13 @@ def fit_plan(
                 continue
             why = f"no schedule fits {target:.1f} MB (minimum {exc.minimum_mb:.1f} MB)"
             return Fitted(batch, False, last.result if last else None, last.plan if last else None, k, why)
+        except RuntimeError as exc:  # the trace runs the plain step at this batch: it may not fit the device
+            if "out of memory" not in str(exc).lower():
+                raise
+            _free(device)
+            why = f"tracing the plain step at batch {batch} ran out of {device} memory, so it cannot be planned"
+            return Fitted(batch, False, last.result if last else None, last.plan if last else None, k, why)
+        _free(device)  # the trace's memory, cached by torch's allocator, back before the worker measures
         r = worker.probe(Probe(batch, "plan", p.to_json(), **_quick(worker)))
         if not r.ok or r.peak_mb is None:
             return Fitted(batch, False, r, p, k, r.error)
