@@ -268,3 +268,15 @@ def test_the_gpu_benchmark_script_runs_on_the_cpu(tmp_path: Path) -> None:
     assert [r["schedule"] for r in doc["rows"]] == ["none", "checkpoint_sequential", "chipfit plan"]
     assert doc["rows"][0]["max_batch"] >= 1 and doc["rows"][2]["max_batch"] >= doc["rows"][0]["max_batch"]
     assert "| chipfit plan |" in proc.stdout
+
+
+def test_explore_train_memory_must_be_positive(tmp_path: Path, cli_run: Any) -> None:
+    (tmp_path / "task.py").write_text(TASK)
+    (tmp_path / "space.yaml").write_text(
+        "trainable: task.py:data\nmetric: accuracy\nresource: {min: 1, max: 1}\n"
+        "params:\n  lr: {type: float, low: 0.001, high: 0.1}\n"
+    )
+    store = f"sqlite:///{tmp_path}/s.db"
+    err = cli_run("explore", str(tmp_path / "space.yaml"), "--budget", "5s", "--train-memory-mb", "-1", "--store", store,
+                  code=2)  # fmt: skip
+    assert "--train-memory-mb must be a positive number of MB" in err
