@@ -54,7 +54,7 @@ def remat(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
-    """Fit a training step into a memory budget by recomputing activations instead of storing them.
+    """Fit a training step into a memory budget by recomputing activations, not storing them all.
 
     Traces one training step of the module (forward, loss, backward, optimizer step), solves which activations to
     keep and which to recompute (Checkmate's MILP with HiGHS, or its LP relaxation with two-phase rounding for large
