@@ -251,6 +251,7 @@ def test_explore_trains_a_recipe_under_a_remat_plan(tmp_path: Path) -> None:
     assert too_small.status == "rejected" and "needs at least" in too_small.reason, too_small
 
 
+@pytest.mark.bench  # ~12 s: a benchmark script's check, run by `make bench`
 def test_the_gpu_benchmark_script_runs_on_the_cpu(tmp_path: Path) -> None:
     import os
     import subprocess
