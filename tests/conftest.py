@@ -176,6 +176,8 @@ def local_ray() -> Any:
     """One local Ray for the session (starting one costs ~15 s): explore's Ray tasks and Ray Serve use it."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": a Ray of its own, even while another test file's cluster (test_farm's, on the other
+        # xdist worker) is the machine's "current cluster", which a bare ray.init() would try to join
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

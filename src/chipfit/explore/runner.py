@@ -139,8 +139,8 @@ class RayRunner:
         self._ray = ray
         if not ray.is_initialized():
             try:
-                if address == "local":
-                    ray.init(include_dashboard=False, log_to_driver=False)
+                if address == "local":  # a Ray of its own, not a cluster `ray start` left as the machine's current
+                    ray.init(address="local", include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:

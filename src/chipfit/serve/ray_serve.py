@@ -25,7 +25,7 @@ def deploy(opts: ServeOptions, address: str | None = None, app_name: str = "chip
     from chipfit.serve.app import create_app
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)  # "local": its own Ray
     serve.start(http_options={"host": opts.host, "port": opts.port})
     ingress = create_app(None, None, opts.token, opts.max_body_bytes, False, opts.admin_token)  # state: per replica
 
