@@ -42,6 +42,18 @@ def test_torch_compile_passes_the_conformance_kit() -> None:
     assert report.passed, report.text()
 
 
+@pytest.mark.parametrize("options", [{"mode": "eager"}, {"mode": "compile"}, {"mode": "eager", "autocast": "bfloat16"}])
+def test_torch_on_a_cuda_gpu_passes_the_conformance_kit(options: dict) -> None:
+    _needs("torch")
+    from chipfit.backends.torch import cuda_available
+
+    if not cuda_available():
+        pytest.skip("torch sees no CUDA GPU here (the farm's GPU nodes run this path)")
+    dtype = "bfloat16" if options.get("autocast") else "float32"
+    report = check_backend("torch", target="cuda", dtype=dtype, options=options)
+    assert report.passed, report.text()
+
+
 class _Wrapper:
     """ONNX Runtime with one deliberate defect, chosen by ``defect``."""
 
