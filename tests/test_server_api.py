@@ -123,6 +123,27 @@ def test_fit_job_streams_its_candidates_and_delivers_an_artifact_that_loads(serv
     assert loaded.run({"image": x})[0].shape == (2, 10)
 
 
+def test_a_recommend_job_ranks_targets_in_standard_json(server: Server) -> None:
+    """A recommend job answers with `recommend --json`'s document, parseable by a browser (no Infinity/NaN)."""
+    c, h = server.client, server.h("alpha")
+    body = {**_job(server.ids["model"], server.ids["data"], 0.1), "kind": "recommend"}
+    body["targets"] = ["aws-c5.xlarge", "raspberry-pi-5"]
+    submitted = c.post("/api/jobs", headers=h, json=body)
+    assert submitted.status_code == 201, submitted.text
+    _wait(c, submitted.json()["id"], h, ("done", "failed"))
+    raw = c.get(f"/api/jobs/{submitted.json()['id']}", headers=h).text
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name} in the job's answer")
+
+    job = json.loads(raw, parse_constant=refuse)
+    assert job["state"] == "done", job.get("error")
+    names = {t["name"] for t in job["result"]["targets"]}
+    assert {"aws-c5.xlarge", "raspberry-pi-5"} <= names
+    assert {t["source"] for t in job["result"]["targets"]} <= {"measured", "predicted"}
+    assert any(t["expected_error"] is None for t in job["result"]["targets"])  # the unvalidated predictor's: null
+
+
 def test_another_teams_ids_answer_404(server: Server) -> None:
     c, a, b = server.client, server.h("alpha"), server.h("beta")
     jobs = c.get("/api/jobs", headers=a).json()
