@@ -167,6 +167,8 @@ def test_the_solvers_time_limit_is_honoured() -> None:
         return
     assert p.peak_mb <= budget
     assert p.solve_s < 0.2 + 10  # the limit plus model building; 10 s of slack for a loaded machine
+    # a schedule that is the fixed fallback says so (solver names what was tried), else it is the solver's own
+    assert p.fallback == any("least-memory fixed schedule" in n for n in p.notes)
 
 
 def test_lp_rounding_costs_within_1_1x_of_the_milp() -> None:

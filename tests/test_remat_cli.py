@@ -100,7 +100,7 @@ def test_batch_json_measured_peak_within_the_budget(mlp: Path, between: tuple[fl
     d = json.loads(proc.stdout)  # stdout holds the JSON only (the solver's banner goes to stderr)
     for key in (
         "baseline_peak_mb", "peak_mb", "baseline_step_ms", "step_ms", "baseline_max_batch", "max_batch", "solver",
-        "optimality_gap", "predicted_peak_mb", "overhead", "recomputed", "measured_peak_mb",
+        "optimality_gap", "predicted_peak_mb", "overhead", "recomputed", "measured_peak_mb", "fallback",
     ):  # fmt: skip
         assert key in d, key
     assert d["batch"] == 2048 and d["max_batch"] is None and d["baseline_max_batch"] is None

@@ -46,6 +46,7 @@ class RematReport:
     optimizer: str
     drift_mb: float  # resident memory left from earlier probes (the margin: see chipfit.remat.measure)
     notes: tuple[str, ...] = ()
+    fallback: bool = False  # the plan is the least-memory fixed schedule: ``solver``'s own schedules did not fit
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -211,4 +212,5 @@ def _report(
         optimizer=spec.optimizer,
         drift_mb=drift,
         notes=notes,
+        fallback=bool(p.fallback) if p is not None else False,
     )

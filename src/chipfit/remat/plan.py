@@ -84,6 +84,9 @@ class Plan:
     solver_cost_ms: float | None = None  # the solver's objective Σ R·cost (whole schedule, milliseconds)
     peak_at: str = ""  # where the predicted peak is: forward, backward <unit>, optimizer
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # the solver's schedules did not fit (time limit, rounding): the least-memory fixed schedule, polished, is used;
+    # ``solver`` still names the solver that was tried
+    fallback: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -149,11 +152,11 @@ def plan(
             raise BudgetTooSmall(float(budget_mb), min_mb, static / MB)
         notes.append(f"the {solver} schedules did not fit; the least-memory fixed schedule is used, polished")
         segs, sim = schedule.polish(graph, fallback, budget, optimizer)
-        gap, cost = None, None
+        gap, cost, used_fallback = None, None, True
     else:
         assert found.simulation is not None
         segs, sim, gap, cost = found.segments, found.simulation, found.gap, found.cost
-        solver = found.solver or solver
+        solver, used_fallback = found.solver or solver, False
     min_mb = min(min_mb, sim.peak_bytes / MB)
     return Plan(
         peak_mb=sim.peak_bytes / MB,
@@ -167,6 +170,7 @@ def plan(
         solver_cost_ms=cost,
         peak_at=sim.where,
         notes=tuple(notes),
+        fallback=used_fallback,
         **common,
     )
 
