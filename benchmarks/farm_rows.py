@@ -7,6 +7,7 @@ README's `chipfit farm up --local-nodes` does. Every fit here is fresh (nothing 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -17,7 +18,7 @@ from typing import Any
 
 import chipfit
 from chipfit.farm.fit import farm_fit
-from chipfit.farm.local import down, up
+from chipfit.farm.local import down, state_path, up
 from chipfit.measure.stats import TimingPolicy
 from chipfit.search.driver import MeasureSettings
 from chipfit.search.space import SpaceOptions
@@ -128,10 +129,6 @@ def section(work: Path, rounds: int = 3) -> list[str]:
             two_node.append(wall)
             cpu_share.append(cpu / wall)
         # 3. fault run: one node killed mid-fit (its in-flight candidate goes to the other)
-        import json
-
-        from chipfit.farm.local import state_path
-
         state = json.loads(state_path(home).read_text())
         done: list[str] = []
 

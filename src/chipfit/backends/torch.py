@@ -81,8 +81,10 @@ class TorchExecutable:
         with torch.inference_mode(), cast:
             out = self._fn(*args)
         outs = out if isinstance(out, (tuple, list)) else [out]
-        # .cpu() waits for the GPU: the timed call covers the copies and the kernels; outputs come back as float32
-        return [o.detach().float().cpu().numpy() if o.is_floating_point() else o.detach().cpu().numpy() for o in outs]
+        # .cpu() waits for the GPU: the timed call covers the copies and the kernels; bfloat16 (autocast) comes back
+        # as float32, which numpy has; every other dtype as it is
+        bf16 = torch.bfloat16
+        return [(o.float() if o.dtype == bf16 else o).detach().cpu().numpy() for o in outs]
 
     def close(self) -> None:
         self._fn = None

@@ -3,12 +3,13 @@ cores): every variant built once, and the reference's outputs that fidelity is m
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from typing import Any
 
 import numpy as np
 
+from chipfit.fsutil import atomic_write_bytes
 from chipfit.search.space import Candidate
 
 __all__ = ["build_variants", "reference_outputs"]
@@ -67,9 +68,8 @@ def reference_outputs(run: Any, candidates: dict[str, list[Candidate]]) -> float
             outputs = collect_outputs(exe, data.inputs, ref.batch if fixed else q.chunk, q.limit, fixed)
         finally:
             exe.close()
-        ctx.reference_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ctx.reference_path.with_suffix(".tmp.npz")
-        np.savez(tmp, *outputs)
-        os.replace(tmp, ctx.reference_path)
+        buf = io.BytesIO()
+        np.savez(buf, *outputs)
+        atomic_write_bytes(ctx.reference_path, buf.getvalue())  # read by nodes on this host as soon as it exists
         run.say(f"{t}: the reference's outputs computed here ({ref.backend}, {len(outputs[0])} samples)")
     return time.monotonic() - t0

@@ -141,12 +141,18 @@ class ServerService:
                              .order_by(ModelRecordRow.created_at.desc()))  # fmt: skip
             return [model_of(r) for r in rows]
 
-    def get_model(self, team: Team, model_id: str) -> ModelRecord:
+    def _owned(self, table: type[Any], row_id: str, team: Team, missing: str) -> Any:
+        """``table``'s row ``row_id`` when it belongs to ``team``; else 404 with ``missing`` (another team's id
+        answers exactly as an unknown one: a team cannot tell them apart). The one place of team isolation."""
         with self.db.session() as s:
-            row = s.get(ModelRecordRow, model_id)
+            row = s.get(table, row_id)
         if row is None or row.team_id != team.id:
-            raise NotFound(f"No model {model_id!r} in team {team.name!r}: see GET /api/models.")
-        return model_of(row)
+            raise NotFound(missing)
+        return row
+
+    def get_model(self, team: Team, model_id: str) -> ModelRecord:
+        missing = f"No model {model_id!r} in team {team.name!r}: see GET /api/models."
+        return model_of(self._owned(ModelRecordRow, model_id, team, missing))
 
     def add_model(self, team: Team, upload: Upload | Sequence[Upload]) -> ModelRecord:
         """Store an uploaded model (one .onnx with its external data files, or a .pt2), deduplicated per team."""
@@ -200,10 +206,8 @@ class ServerService:
             return [data_of(r) for r in s.scalars(q.order_by(DataRow.created_at.desc()))]
 
     def get_data(self, team: Team, data_id: str) -> tuple[DataRecord, Path]:
-        with self.db.session() as s:
-            row = s.get(DataRow, data_id)
-        if row is None or row.team_id != team.id:
-            raise NotFound(f"No data set {data_id!r} in team {team.name!r}: upload one at POST /api/models/ID/data.")
+        missing = f"No data set {data_id!r} in team {team.name!r}: upload one at POST /api/models/ID/data."
+        row = self._owned(DataRow, data_id, team, missing)
         return data_of(row), Path(row.path)
 
     # jobs ---------------------------------------------------------------------------------------------------
@@ -266,11 +270,7 @@ class ServerService:
             return [job_of(r) for r in rows]
 
     def get_job(self, team: Team, job_id: str) -> Job:
-        with self.db.session() as s:
-            row = s.get(JobRow, job_id)
-        if row is None or row.team_id != team.id:
-            raise NotFound(f"No job {job_id!r} in team {team.name!r}: see GET /api/jobs.")
-        return job_of(row)
+        return job_of(self._owned(JobRow, job_id, team, f"No job {job_id!r} in team {team.name!r}: see GET /api/jobs."))
 
     def finished_job_json(self, team: Team, job_id: str) -> bytes | None:
         """The kept JSON of a finished job of ``team`` (no database read: safe on the event loop), else None."""
